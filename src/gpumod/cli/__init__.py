@@ -1,0 +1,1 @@
+"""The click CLI: one module per command group, loaded lazily; one error boundary."""

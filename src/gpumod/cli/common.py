@@ -1,0 +1,59 @@
+"""Shared CLI helpers: options every host command takes, output, the store."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def pod_option(func: F) -> F:
+    return click.option("--pod", "pod", metavar="NAME",
+                        help="Target this pod instead of the active one ('local' for this box).")(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON instead of a table.")(func)
+
+
+def store():
+    from gpumod.store.db import open_store
+
+    return open_store()
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def console(stderr: bool = False):
+    """A rich Console; colour only on a terminal, never markup from data."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False,
+                   width=None if sys.stdout.isatty() else 200)
+
+
+def table(*columns: str, title: str | None = None):
+    from rich import box
+    from rich.table import Table
+
+    t = Table(*columns, title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    return t
+
+
+def plain(text: object):
+    """Untrusted text (names, model ids, log lines) as rich Text: never markup."""
+    from rich.text import Text
+
+    return Text(str(text) if text is not None else "")
+
+
+def info(message: str) -> None:
+    click.echo(message, err=True)

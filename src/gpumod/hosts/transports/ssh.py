@@ -1,0 +1,137 @@
+"""SSHTransport: the system OpenSSH client with connection multiplexing.
+
+One master connection per host (ControlMaster=auto, ControlPersist) is
+shared by every command and every gpumod process, so a command after the
+first costs a round trip, not a handshake. Host keys are checked
+(StrictHostKeyChecking=accept-new): never disabled. The user's own options
+and ~/.ssh/config keep working.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from collections.abc import Sequence
+
+from gpumod import paths
+from gpumod.errors import (
+    AuthenticationError,
+    HostUnreachableError,
+    RemoteCommandError,
+    TransportError,
+)
+from gpumod.hosts.sshcmd import SSHTarget
+from gpumod.hosts.transports.base import CommandResult, Transport
+
+CONNECT_TIMEOUT = 10
+CONTROL_PERSIST = "10m"
+
+# First value wins in OpenSSH, so these come before the user's options:
+# nobody can turn host key checking off through gpumod.
+_ENFORCED = ["-o", "StrictHostKeyChecking=accept-new"]
+
+
+class SSHTransport(Transport):
+    def __init__(self, target: SSHTarget, *, label: str = "pod",
+                 connect_timeout: int = CONNECT_TIMEOUT) -> None:
+        self.target = target
+        self.label = label
+        self.connect_timeout = connect_timeout
+
+    # -- argv building (pure, unit-tested) ------------------------------
+    def base_argv(self, *, batch: bool = True, tty: bool = False) -> list[str]:
+        control = paths.control_dir() / "%C"
+        argv = ["ssh", *_ENFORCED, *self.target.options,
+                "-o", "ControlMaster=auto",
+                "-o", f"ControlPath={control}",
+                "-o", f"ControlPersist={CONTROL_PERSIST}",
+                "-o", f"ConnectTimeout={self.connect_timeout}",
+                "-o", "ServerAliveInterval=15",
+                "-o", "ServerAliveCountMax=3",
+                "-o", "LogLevel=ERROR"]
+        if batch:
+            argv += ["-o", "BatchMode=yes"]
+        argv.append("-tt" if tty else "-T")
+        return argv
+
+    def command_argv(self, argv: Sequence[str], *, tty: bool = False) -> list[str]:
+        """ssh ... destination -- 'quoted command' (one string the remote shell splits)."""
+        return [*self.base_argv(batch=not tty, tty=tty), "--", self.target.destination,
+                shlex.join(argv)]
+
+    # -- running ----------------------------------------------------------
+    def run(self, argv: Sequence[str], *, input: str | None = None,
+            timeout: float | None = 60) -> CommandResult:
+        full = self.command_argv(argv)
+        try:
+            proc = subprocess.run(full, input=input, capture_output=True, text=True,
+                                  timeout=timeout, check=False,
+                                  stdin=None if input is not None else subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise TransportError(
+                f"{self.label}: no answer within {timeout:g}s for {argv[0]}",
+                hint="check the pod is up; `pi ssh` shows what the connection does",
+            ) from exc
+        except FileNotFoundError as exc:
+            raise TransportError("the ssh client is not installed",
+                                 hint="install OpenSSH (apt-get install openssh-client)") from exc
+        if proc.returncode == 255:
+            raise_for_ssh_failure(self.label, proc.stderr)
+        return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+
+    def popen(self, argv: Sequence[str], *, stdin: int | None = subprocess.DEVNULL,
+              merge_stderr: bool = True) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command_argv(argv), stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
+
+    def interactive_argv(self, argv: Sequence[str] | None = None) -> list[str]:
+        base = self.base_argv(batch=False, tty=True)
+        if not argv:
+            return [*base, "--", self.target.destination]
+        return [*base, "--", self.target.destination, shlex.join(argv)]
+
+    def close(self) -> None:
+        """Ask the master connection to exit (used by tests and `pods remove`)."""
+        subprocess.run([*self.base_argv(), "-O", "exit", self.target.destination],
+                       capture_output=True, check=False, timeout=10)
+
+
+_PATTERNS: list[tuple[re.Pattern[str], type[TransportError], str]] = [
+    (re.compile(r"Permission denied|Too many authentication failures", re.I),
+     AuthenticationError, "check the key (-i), the user, and that the pod accepts it"),
+    (re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED", re.I),
+     AuthenticationError,
+     "the host key changed: if the pod was re-created, remove its old key with "
+     "`ssh-keygen -R HOST`"),
+    (re.compile(r"timed out|Connection timed out|Operation timed out", re.I),
+     HostUnreachableError, "is the pod running? check its address and port"),
+    (re.compile(r"Connection refused", re.I),
+     HostUnreachableError, "is sshd running on the pod, and is the port right?"),
+    (re.compile(r"Could not resolve hostname|Name or service not known", re.I),
+     HostUnreachableError, "check the host name in the SSH command"),
+    (re.compile(r"No route to host|Network is unreachable", re.I),
+     HostUnreachableError, "check the network and the pod's address"),
+    (re.compile(r"closed by remote host|Connection reset|kex_exchange", re.I),
+     HostUnreachableError, "the connection dropped; try again"),
+]
+
+
+def raise_for_ssh_failure(label: str, stderr: str) -> None:
+    """Exit code 255 from ssh: translate its message into a typed error."""
+    text = " ".join(stderr.split())
+    for pattern, error, hint in _PATTERNS:
+        if pattern.search(text):
+            raise error(f"{label}: {_first_ssh_line(stderr)}", hint=hint)
+    if text:
+        raise TransportError(f"{label}: ssh failed: {_first_ssh_line(stderr)}",
+                             hint="run the SSH command by hand to see more")
+    raise RemoteCommandError(f"{label}: the remote command exited with 255", returncode=255)
+
+
+def _first_ssh_line(stderr: str) -> str:
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line and not line.lower().startswith("warning: permanently added"):
+            return line
+    return stderr.strip()
