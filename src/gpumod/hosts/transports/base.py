@@ -60,6 +60,13 @@ class Transport(ABC):
     def interactive_argv(self, argv: Sequence[str] | None = None) -> list[str]:
         """The local argv that runs argv (or a login shell) attached to this terminal."""
 
+    @abstractmethod
+    def user_command_argv(self, command: str) -> list[str]:
+        """The local argv running a command line the user typed (`pi ssh NAME "CMD"`).
+
+        The one place a user's string reaches a shell on the host, by design.
+        """
+
     def run_script(self, script: str, args: Sequence[str] = (), *, input: str | None = None,
                    timeout: float | None = 60) -> CommandResult:
         """Run a fixed shell script shipped with gpumod, with args as positional parameters."""

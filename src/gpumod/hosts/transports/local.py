@@ -30,6 +30,9 @@ class LocalTransport(Transport):
         return subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
 
+    def user_command_argv(self, command: str) -> list[str]:
+        return ["sh", "-c", command]
+
     def interactive_argv(self, argv: Sequence[str] | None = None) -> list[str]:
         import os
 

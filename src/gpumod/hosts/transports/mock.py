@@ -43,5 +43,8 @@ class MockTransport(Transport):
                                  str(result.returncode)], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
 
+    def user_command_argv(self, command: str) -> list[str]:
+        return ["sh", "-c", command]
+
     def interactive_argv(self, argv: Sequence[str] | None = None) -> list[str]:
         return ["true"]

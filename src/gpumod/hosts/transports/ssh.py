@@ -85,6 +85,19 @@ class SSHTransport(Transport):
         return subprocess.Popen(self.command_argv(argv), stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
 
+    def user_command_argv(self, command: str) -> list[str]:
+        return [*self.base_argv(), "--", self.target.destination, command]
+
+    def resolved_hostname(self) -> str:
+        """The real host name after ~/.ssh/config (`ssh -G`), for endpoint URLs."""
+        proc = subprocess.run(["ssh", "-G", *self.target.options, self.target.destination],
+                              capture_output=True, text=True, check=False, timeout=10)
+        for line in proc.stdout.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "hostname" and value:
+                return value.strip()
+        return self.target.host
+
     def interactive_argv(self, argv: Sequence[str] | None = None) -> list[str]:
         base = self.base_argv(batch=False, tty=True)
         if not argv:

@@ -1,0 +1,1 @@
+"""Supervisors keep service processes alive: `process` (setsid + pid file) and `systemd`."""

@@ -1,0 +1,114 @@
+"""The SQLite store: migrations, WAL, transactions, concurrency."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gpumod.store import db as storedb
+from gpumod.store.migrations import MIGRATIONS
+
+
+def test_fresh_store_is_migrated_and_has_local(tmp_path):
+    s = storedb.Store(tmp_path / "a.db")
+    assert s.schema_version() == len(MIGRATIONS)
+    assert s.query_one("SELECT kind FROM hosts WHERE name='local'")["kind"] == "local"
+    assert s.get_setting("active_host") == "local"
+    assert s.query_one("PRAGMA journal_mode")[0] == "wal"
+    assert s.query_one("PRAGMA foreign_keys")[0] == 1
+
+
+def test_reopening_does_not_migrate_twice(tmp_path):
+    storedb.Store(tmp_path / "a.db").set_setting("x", "1")
+    again = storedb.Store(tmp_path / "a.db")
+    assert again.get_setting("x") == "1"
+    assert again.query_one("SELECT COUNT(*) FROM hosts")[0] == 1
+
+
+def test_newer_schema_is_refused(tmp_path):
+    from gpumod.errors import ConfigError
+
+    path = tmp_path / "a.db"
+    storedb.Store(path).db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    with pytest.raises(ConfigError, match="newer gpumod"):
+        storedb.Store(path)
+
+
+def test_failed_transaction_leaves_nothing_behind(tmp_path):
+    s = storedb.Store(tmp_path / "a.db")
+    with pytest.raises(RuntimeError), s.transaction() as d:
+        d.execute("INSERT INTO settings (key, value) VALUES ('half', 'written')")
+        raise RuntimeError("crash in the middle")
+    assert s.get_setting("half") is None
+
+
+def test_migration_failure_rolls_back_whole_migration(tmp_path, monkeypatch):
+    def broken(conn):
+        conn.execute("CREATE TABLE should_vanish (x)")
+        raise sqlite3.OperationalError("boom")
+
+    monkeypatch.setattr("gpumod.store.db.MIGRATIONS", [*MIGRATIONS, broken])
+    with pytest.raises(sqlite3.OperationalError):
+        storedb.Store(tmp_path / "a.db")
+    monkeypatch.undo()
+    s = storedb.Store(tmp_path / "a.db")
+    assert s.schema_version() == len(MIGRATIONS)
+    assert s.query_one("SELECT name FROM sqlite_master WHERE name='should_vanish'") is None
+
+
+def test_concurrent_writers_serialise(tmp_path):
+    """Eight processes each increment a counter 25 times: no lost update."""
+    path = tmp_path / "a.db"
+    storedb.Store(path).set_setting("counter", "0")
+    code = textwrap.dedent(f"""
+        from pathlib import Path
+        from gpumod.store.db import Store
+        s = Store(Path({str(path)!r}))
+        for _ in range(25):
+            with s.transaction() as d:
+                v = int(d.execute("SELECT value FROM settings WHERE key='counter'").fetchone()[0])
+                d.execute("UPDATE settings SET value=? WHERE key='counter'", (str(v + 1),))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(8)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert storedb.Store(path).get_setting("counter") == "200"
+
+
+def test_deleting_a_host_cascades_to_its_records(tmp_path):
+    s = storedb.Store(tmp_path / "a.db")
+    with s.transaction() as d:
+        d.execute("INSERT INTO hosts (name, kind) VALUES ('p', 'ssh')")
+        d.execute("INSERT INTO gpus (host, idx, uuid, name, memory_mib) VALUES ('p',0,'u','g',1)")
+        d.execute("INSERT INTO services (name, host, engine, model, port) "
+                  "VALUES ('s','p','vllm','m',8001)")
+    with s.transaction() as d:
+        d.execute("DELETE FROM hosts WHERE name='p'")
+    assert s.query_one("SELECT COUNT(*) FROM services")[0] == 0
+    assert s.query_one("SELECT COUNT(*) FROM gpus")[0] == 0
+
+
+def test_port_is_unique_per_host(tmp_path):
+    s = storedb.Store(tmp_path / "a.db")
+    with s.transaction() as d:
+        d.execute("INSERT INTO services (name, host, engine, model, port) "
+                  "VALUES ('a','local','vllm','m',8001)")
+    with pytest.raises(sqlite3.IntegrityError), s.transaction() as d:
+        d.execute("INSERT INTO services (name, host, engine, model, port) "
+                  "VALUES ('b','local','vllm','m',8001)")
+
+
+def test_home_resolution(monkeypatch, tmp_path):
+    from gpumod import paths
+
+    monkeypatch.setenv("GPUMOD_HOME", str(tmp_path / "g"))
+    monkeypatch.setenv("PI_CONFIG_DIR", str(tmp_path / "p"))
+    assert paths.home() == tmp_path / "g"
+    monkeypatch.delenv("GPUMOD_HOME")
+    assert paths.home() == tmp_path / "p"
+    monkeypatch.delenv("PI_CONFIG_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "h"))
+    assert paths.home() == tmp_path / "h" / ".gpumod"
