@@ -379,19 +379,31 @@ class Agent:
         stream = yield from self._open(create)
         out = _TurnOutput()
         text: list[str] = []
+        streamed: set[str] = set()  # output items whose text came as deltas
         for event in self._iterate(stream):
             kind = getattr(event, "type", "")
             if kind == "response.output_text.delta":
+                streamed.add(getattr(event, "item_id", "") or "")
                 text.append(event.delta)
                 yield TextDelta(text=event.delta)
             elif kind in ("response.reasoning_text.delta",
                           "response.reasoning_summary_text.delta"):
+                streamed.add(getattr(event, "item_id", "") or "")
                 yield ThinkingDelta(text=event.delta)
             elif kind == "response.output_item.done":
                 item = event.item
-                if getattr(item, "type", "") == "function_call":
+                item_type = getattr(item, "type", "")
+                if item_type == "function_call":
                     out.calls.append(_PendingCall(id=item.call_id or self._call_id(),
                                                   name=item.name, arguments=item.arguments))
+                elif getattr(item, "id", None) not in streamed:
+                    # Servers that send whole items without deltas (some vLLM versions).
+                    whole = _item_text(item)
+                    if whole and item_type == "reasoning":
+                        yield ThinkingDelta(text=whole)
+                    elif whole and item_type == "message":
+                        text.append(whole)
+                        yield TextDelta(text=whole)
             elif kind in ("response.completed", "response.incomplete"):
                 usage = getattr(event.response, "usage", None)
                 if usage is not None:
@@ -420,6 +432,17 @@ def _reasoning_of(delta: Any) -> str | None:
         if isinstance(value, str) and value:
             return value
     return None
+
+
+def _item_text(item: Any) -> str:
+    """The text of a whole Responses output item (message or reasoning)."""
+    parts: list[str] = []
+    for group in ("content", "summary"):
+        for part in getattr(item, group, None) or []:
+            value = getattr(part, "text", None)
+            if isinstance(value, str):
+                parts.append(value)
+    return "".join(parts)
 
 
 def _history_arguments(arguments: str) -> str:

@@ -223,14 +223,18 @@ class Tools:
                 for number, raw in enumerate(handle, start=1):
                     if number < first:
                         continue
-                    if len(out) >= count or chars > MAX_RESULT_CHARS:
+                    if len(out) >= count:
                         more = True
                         break
                     line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
                     if len(line) > MAX_LINE_CHARS:
                         line = line[:MAX_LINE_CHARS] + f" [line cut at {MAX_LINE_CHARS} chars]"
-                    out.append(f"{number:6d}\t{line}")
-                    chars += len(out[-1]) + 1
+                    numbered = f"{number:6d}\t{line}"
+                    if out and chars + len(numbered) + 1 > MAX_RESULT_CHARS - 200:
+                        more = True  # leave room for the note below, within the cap
+                        break
+                    out.append(numbered)
+                    chars += len(numbered) + 1
         except PermissionError as exc:
             raise ToolError(f"{file_path}: permission denied") from exc
         except OSError as exc:

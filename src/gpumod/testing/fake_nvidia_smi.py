@@ -332,51 +332,51 @@ def _select(gpus: list[dict[str, Any]], ids: str | None) -> list[dict[str, Any]]
 
 def _table(state: Mapping[str, Any], gpus: list[dict[str, Any]],
            procs: list[dict[str, Any]]) -> str:
-    width = 89
+    """The default summary (driver 550 layout: 91 columns)."""
+    width = 91
     rule = "+" + "-" * (width - 2) + "+"
-    out = [time.strftime("%a %b %d %H:%M:%S %Y"), rule]
+    cells = "+" + "-" * 41 + "+" + "-" * 24 + "+" + "-" * 22 + "+"
+
+    def row(a: str, b: str, c: str) -> str:
+        return f"|{a:<41}|{b:<24}|{c:<22}|"
+
+    def line(text: str) -> str:
+        return "| " + text.ljust(width - 4) + " |"
+
     driver = str(state.get("driver", DEFAULT_DRIVER))
     cuda = str(state.get("cuda", DEFAULT_CUDA))
-    head = f"NVIDIA-SMI {driver}".ljust(34) + f"Driver Version: {driver}".ljust(31) \
-        + f"CUDA Version: {cuda}"
-    out.append("| " + head.ljust(width - 4) + " |")
-    out.append("|-----------------------------------------+------------------------"
-               "+----------------------+")
-    out.append("| GPU  Name                 Persistence-M | Bus-Id          Disp.A "
-               "| Volatile Uncorr. ECC |")
-    out.append("| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage "
-               "| GPU-Util  Compute M. |")
-    out.append("|                                         |                        "
-               "|               MIG M. |")
-    out.append("|=========================================+========================"
-               "+======================|")
+    out = [time.strftime("%a %b %d %H:%M:%S %Y"), rule,
+           line(f"NVIDIA-SMI {driver:<22} Driver Version: {driver:<14} CUDA Version: {cuda}"),
+           "|" + cells[1:],
+           row(" GPU  Name                 Persistence-M ", " Bus-Id          Disp.A ",
+               " Volatile Uncorr. ECC "),
+           row(" Fan  Temp   Perf          Pwr:Usage/Cap ", "           Memory-Usage ",
+               " GPU-Util  Compute M. "),
+           row("", "", "               MIG M. "),
+           cells.replace("-", "=").replace("+", "|", 1)[:-1] + "|"]
     for g in gpus:
-        name = str(g["name"])[:28]
-        mem = f"{g['used_mib']}MiB / {g['memory_total_mib']}MiB"
-        out.append(f"| {g['index']:>3}  {name:<28} On  | {_bus_id(int(g['index'])):>18} Off "
-                   f"| {'0':>20} |")
-        out.append(f"| N/A   30C    P0             70W /  700W | {mem:>22} "
-                   f"| {'0%':>9}      Default |")
-        out.append("|                                         |                        "
-                   "|             Disabled |")
-        out.append("+-----------------------------------------+------------------------"
-                   "+----------------------+")
-    out.append("")
-    out.append(rule)
-    out.append("| " + "Processes:".ljust(width - 4) + " |")
-    out.append("|  GPU   GI   CI        PID   Type   Process name"
-               + "GPU Memory |".rjust(width - 48))
-    out.append("|        ID   ID" + "Usage      |".rjust(width - 15))
-    out.append("|" + "=" * (width - 2) + "|")
+        name = str(g["name"])[:30]
+        out.append(row(f" {g['index']:>3}  {name:<31}On  ",
+                       f"   {_bus_id(int(g['index']))} Off ", f"{'0':>21} "))
+        out.append(row(" N/A   30C    P0             70W /  700W ",
+                       f"{g['used_mib']:>8}MiB / {g['memory_total_mib']:>6}MiB ",
+                       f"{'0%':>8}      Default "))
+        out.append(row("", "", f"{'Disabled':>21} "))
+        out.append(cells)
+    out += ["", rule, line("Processes:"),
+            line(" GPU   GI   CI        PID   Type   Process name".ljust(width - 14)
+                 + "GPU Memory"),
+            line("       ID   ID".ljust(width - 14) + "Usage     "),
+            "|" + "=" * (width - 2) + "|"]
     index_of = {g["uuid"]: g["index"] for g in gpus}
     shown = [p for p in procs if p["gpu_uuid"] in index_of]
     if not shown:
-        out.append("|  " + "No running processes found".ljust(width - 5) + " |")
+        out.append(line(" No running processes found"))
     for p in shown:
+        left = f"{index_of[p['gpu_uuid']]:>4}   N/A  N/A {p['pid']:>9}      C   "
         mem = f"{p['used_mib']}MiB"
-        left = f"|  {index_of[p['gpu_uuid']]:>3}   N/A  N/A  {p['pid']:>9}      C   "
-        name = str(p["name"])[: width - len(left) - len(mem) - 4]
-        out.append(left + name.ljust(width - len(left) - len(mem) - 3) + mem + " |")
+        room = width - 4 - len(left) - len(mem) - 1
+        out.append(line(left + str(p["name"])[:room].ljust(room) + " " + mem))
     out.append(rule)
     return "\n".join(out) + "\n"
 

@@ -25,8 +25,11 @@ class StubServer:
         self.reasoning_field = reasoning_field
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
+        self._served = 0
+        self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -41,7 +44,9 @@ class StubServer:
         self._server.server_close()
 
     def _next_turn(self) -> dict[str, Any]:
-        index = len([r for r in self.requests if "model" in r]) - 1
+        with self._lock:
+            index = self._served
+            self._served += 1
         if index < len(self.turns):
             return self.turns[index]
         return {"content": "(script exhausted)"}

@@ -1,0 +1,1 @@
+"""Known models and presets shipped as data, and their loader."""

@@ -1,0 +1,214 @@
+"""The known-model catalog (catalog/data/models.yaml) and the one rule that picks a config.
+
+Rule (used by `start`, `models` and anything else that asks):
+
+1. With ``--gpus N``: the configurations for exactly N GPUs; one written for
+   this GPU type wins, else one for any type (flagged ``type_matched=False``).
+2. Without: among configurations whose GPU count the host has, those written
+   for this GPU type (or any type) first; then the smallest GPU count, which
+   leaves the other GPUs free for more services.
+3. GPU types match whole words of the GPU name ("NVIDIA H100 80GB HBM3" has
+   the words H100, 80GB, HBM3): "H20" never matches an H200, unlike Pi.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from gpumod.errors import ConfigError, UsageError
+from gpumod.hosts.model import GPU
+
+_MODEL_KEYS = {"id", "name", "engine", "source", "notes", "min_engine_version", "configs",
+               "aliases", "gguf_file"}
+_CONFIG_KEYS = {"gpus", "gpu_types", "args", "env", "notes", "min_engine_version"}
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    gpus: int
+    gpu_types: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    notes: str = ""
+    min_engine_version: str | None = None
+
+    def matches_type(self, gpu_name: str) -> bool:
+        if not self.gpu_types:
+            return True
+        words = gpu_words(gpu_name)
+        return any(t.upper() in words for t in self.gpu_types)
+
+    def label(self) -> str:
+        if self.gpus == 0:
+            return "CPU"
+        types = "/".join(self.gpu_types) if self.gpu_types else "any GPU"
+        return f"{self.gpus}x {types}"
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    id: str
+    name: str
+    engine: str
+    configs: tuple[HardwareConfig, ...]
+    source: str = "gpumod"
+    notes: str = ""
+    min_engine_version: str | None = None
+    aliases: tuple[str, ...] = ()
+    gguf_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    model: KnownModel
+    config: HardwareConfig
+    type_matched: bool
+
+    @property
+    def notes(self) -> str:
+        return self.config.notes or self.model.notes
+
+    @property
+    def min_engine_version(self) -> str | None:
+        return self.config.min_engine_version or self.model.min_engine_version
+
+
+def gpu_words(name: str) -> set[str]:
+    """Whole words of a GPU name, upper case, without the vendor: {'H100', '80GB', 'HBM3'}."""
+    words = set(re.split(r"[\s_/,()-]+", name.upper()))
+    return {w for w in words if w and w not in {"NVIDIA", "GEFORCE", "TESLA"}}
+
+
+def _config(raw: dict[str, Any], where: str) -> HardwareConfig:
+    unknown = set(raw) - _CONFIG_KEYS
+    if unknown:
+        raise ConfigError(f"catalog: {where}: unknown keys {sorted(unknown)}")
+    gpus = raw.get("gpus")
+    if not isinstance(gpus, int) or gpus < 0:
+        raise ConfigError(f"catalog: {where}: 'gpus' must be a whole number >= 0")
+    return HardwareConfig(
+        gpus=gpus, gpu_types=tuple(str(t) for t in raw.get("gpu_types") or ()),
+        args=tuple(str(a) for a in raw.get("args") or ()),
+        env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
+        notes=" ".join(str(raw.get("notes") or "").split()),
+        min_engine_version=raw.get("min_engine_version"))
+
+
+def parse_catalog(data: dict[str, Any]) -> dict[str, KnownModel]:
+    models: dict[str, KnownModel] = {}
+    for raw in data.get("models") or []:
+        where = raw.get("id", "?")
+        unknown = set(raw) - _MODEL_KEYS
+        if unknown:
+            raise ConfigError(f"catalog: {where}: unknown keys {sorted(unknown)}")
+        if raw.get("engine") not in ("vllm", "llamacpp", "command"):
+            raise ConfigError(f"catalog: {where}: engine must be vllm, llamacpp or command")
+        configs = tuple(_config(c, f"{where} config {i}")
+                        for i, c in enumerate(raw.get("configs") or []))
+        if not configs:
+            raise ConfigError(f"catalog: {where}: no configurations")
+        model = KnownModel(
+            id=raw["id"], name=raw.get("name") or raw["id"], engine=raw["engine"],
+            configs=configs, source=raw.get("source", "gpumod"),
+            notes=" ".join(str(raw.get("notes") or "").split()),
+            min_engine_version=raw.get("min_engine_version"),
+            aliases=tuple(raw.get("aliases") or ()), gguf_file=raw.get("gguf_file"))
+        if model.id in models:
+            raise ConfigError(f"catalog: {model.id} is listed twice")
+        models[model.id] = model
+    return models
+
+
+@functools.lru_cache(maxsize=1)
+def load_catalog() -> dict[str, KnownModel]:
+    import yaml
+
+    text = resources.files("gpumod.catalog").joinpath("data/models.yaml").read_text("utf-8")
+    return parse_catalog(yaml.safe_load(text) or {})
+
+
+def find_model(name: str) -> KnownModel | None:
+    """A known model by HF id (case-insensitive) or alias; None when unknown."""
+    catalog = load_catalog()
+    if name in catalog:
+        return catalog[name]
+    lowered = name.lower()
+    for model in catalog.values():
+        if model.id.lower() == lowered or lowered in (a.lower() for a in model.aliases):
+            return model
+    return None
+
+
+def select_config(model: KnownModel, gpus: Sequence[GPU],
+                  requested: int | None = None) -> Selection | None:
+    """The configuration for this host's GPUs (see the module docstring); None if none fits."""
+    gpu_name = gpus[0].name if gpus else ""
+    available = len(gpus)
+
+    def typed(config: HardwareConfig) -> bool:
+        return config.gpus == 0 or (bool(gpu_name) and config.matches_type(gpu_name))
+
+    if requested is not None:
+        candidates = [c for c in model.configs if c.gpus == requested]
+        if requested > available:
+            return None
+    else:
+        candidates = [c for c in model.configs if c.gpus <= available]
+        if available == 0:
+            candidates = [c for c in candidates if c.gpus == 0]
+        else:
+            # On a GPU host prefer GPU configurations over CPU ones.
+            on_gpu = [c for c in candidates if c.gpus > 0]
+            candidates = on_gpu or candidates
+    if not candidates:
+        return None
+    matching = [c for c in candidates if typed(c)]
+    pool = matching or candidates
+    best = min(pool, key=lambda c: (c.gpus, model.configs.index(c)))
+    return Selection(model, best, type_matched=bool(matching))
+
+
+def gpu_counts(model: KnownModel) -> list[int]:
+    return sorted({c.gpus for c in model.configs})
+
+
+def require_selection(model: KnownModel, gpus: Sequence[GPU],
+                      requested: int | None) -> Selection:
+    selection = select_config(model, gpus, requested)
+    if selection is not None:
+        return selection
+    counts = ", ".join(str(n) for n in gpu_counts(model))
+    have = f"{len(gpus)}x {gpus[0].name}" if gpus else "no GPU"
+    if requested is not None:
+        raise UsageError(f"{model.name} has no configuration for {requested} GPU(s) "
+                         f"on this host ({have})",
+                         hint=f"configurations exist for {counts} GPU(s); or pass your own "
+                              "engine args after --vllm")
+    raise UsageError(f"{model.name} does not fit this host ({have})",
+                     hint=f"it needs {counts} GPU(s); pick a bigger pod, or pass your own "
+                          "engine args after --vllm")
+
+
+def parse_version(text: str) -> tuple:
+    """'0.10.0rc1' -> (0, 10, 0, -1, 1); '0.10.1' -> (0, 10, 1, 0, 0)."""
+    match = re.match(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:\.?(rc|dev|a|b)(\d+))?", text.strip())
+    if not match:
+        return ()
+    major, minor, patch, tag, tagnum = match.groups()
+    rank = {None: 0, "rc": -1, "b": -2, "a": -3, "dev": -4}[tag]
+    return (int(major), int(minor or 0), int(patch or 0), rank, int(tagnum or 0))
+
+
+def version_ok(installed: str | None, minimum: str | None) -> bool | None:
+    """True/False when both are known; None when either is unknown."""
+    if not installed or not minimum:
+        return None
+    have, need = parse_version(installed), parse_version(minimum)
+    if not have or not need:
+        return None
+    return have >= need

@@ -1,0 +1,42 @@
+"""vLLM: `vllm serve MODEL --host H --port P [args]`, the API key by VLLM_API_KEY."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gpumod.engines.base import Engine, HealthCheck, _positive_int, flag_value
+from gpumod.spec import ServiceSpec
+
+TP = ("--tensor-parallel-size", "-tp")
+PP = ("--pipeline-parallel-size", "-pp")
+DP = ("--data-parallel-size", "-dp")
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+    binary = "vllm"
+    secret_env = "VLLM_API_KEY"
+    context_flags = ("--max-model-len",)
+    memory_flags = ("--gpu-memory-utilization",)
+    # /health is 200 once the engine is up (the port opens only after init).
+    health = HealthCheck("/health", ok_codes=(200,), loading_codes=())
+    error_patterns = (
+        r"Error", r"ERROR", r"Traceback", r"Exception", r"out of memory", r"OOM",
+        r"error:", r"No such file", r"not found", r"Free memory on device",
+    )
+
+    def argv(self, spec: ServiceSpec, *, bind: str, model_path: str | None = None,
+             binary: str | None = None) -> list[str]:
+        return [binary or self.binary, "serve", model_path or spec.model,
+                "--host", bind, "--port", str(spec.port), *spec.args]
+
+    def env(self, spec: ServiceSpec) -> dict[str, str]:
+        env = super().env(spec)
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        return env
+
+    def gpu_count(self, args: Sequence[str]) -> int:
+        """tensor x pipeline x data parallel sizes (each 1 when absent)."""
+        return (_positive_int(flag_value(args, TP), TP[0])
+                * _positive_int(flag_value(args, PP), PP[0])
+                * _positive_int(flag_value(args, DP), DP[0]))

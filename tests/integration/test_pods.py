@@ -1,0 +1,255 @@
+"""`pi pods ...`, `pi ssh`, `gpumod status` against a real loopback sshd "pod"."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import run_cli
+
+pytestmark = pytest.mark.sshd
+
+H100 = {"index": 0, "uuid": "GPU-aaaa-0000", "name": "NVIDIA H100 80GB HBM3",
+        "memory_total_mib": 81559}
+
+
+@pytest.fixture
+def pod(sshd, tmp_path):
+    """The loopback sshd with a fake nvidia-smi (two H100s) on its PATH."""
+    from gpumod.testing.fake_nvidia_smi import write_state
+    from gpumod.testing.shims import install_shims
+
+    state = tmp_path / "pod-gpus.json"
+    write_state(state, [H100, {**H100, "index": 1, "uuid": "GPU-aaaa-0001"}])
+    install_shims(sshd.bin_dir, gpu_state=state)
+    sshd.gpu_state = state
+    return sshd
+
+
+def _stored_hosts() -> list[dict]:
+    result = run_cli("pods", "--json")
+    assert result.code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_setup_no_install_registers_gpus_and_becomes_active(pod):
+    result = run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install")
+    assert result.code == 0, result.output
+    assert "==> detecting GPUs" in result.stderr  # live progress
+    assert "pod dc1 registered: 2x NVIDIA H100 80GB HBM3 80GB" in result.stdout
+    hosts = {h["name"]: h for h in _stored_hosts()}
+    assert hosts["dc1"]["active"] is True
+    assert [g["uuid"] for g in hosts["dc1"]["gpus"]] == ["GPU-aaaa-0000", "GPU-aaaa-0001"]
+    assert hosts["dc1"]["root"] == str(pod.remote_root)
+    listing = run_cli("pods")
+    star_line = next(line for line in listing.stdout.splitlines() if "dc1" in line)
+    assert star_line.lstrip().startswith("*")
+
+
+def test_second_pod_does_not_steal_active_and_active_switches(pod):
+    assert run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install").code == 0
+    assert run_cli("pods", "setup", "dc2", pod.ssh_command.replace("root@", "-l root "),
+                   "--no-install").code == 0
+    hosts = {h["name"]: h["active"] for h in _stored_hosts()}
+    assert hosts == {"local": False, "dc1": True, "dc2": False}
+    assert run_cli("pods", "active", "dc2").code == 0
+    assert run_cli("pods", "active", "local").code == 0
+    assert {h["name"]: h["active"] for h in _stored_hosts()}["local"] is True
+
+
+def test_rerun_setup_keeps_deployments(pod):
+    from gpumod.store import open_store
+
+    assert run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install").code == 0
+    with open_store().transaction() as db:
+        db.execute("INSERT INTO services (name, host, engine, model, port) "
+                   "VALUES ('qwen', 'dc1', 'vllm', 'Qwen/Qwen3-0.6B', 8001)")
+    again = run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install")
+    assert again.code == 0, again.output
+    assert "pod dc1 updated" in again.stdout
+    rows = open_store().query("SELECT name FROM services WHERE host = 'dc1'")
+    assert [r["name"] for r in rows] == ["qwen"]
+
+
+def test_duplicate_name_for_another_machine_is_refused_and_state_kept(pod):
+    assert run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install").code == 0
+    before = _stored_hosts()
+    result = run_cli("pods", "setup", "dc1", "ssh root@10.255.255.1", "--no-install")
+    assert result.code == 4
+    assert result.stderr.startswith("error: pod 'dc1' already exists")
+    assert _stored_hosts() == before
+
+
+def test_unreachable_host_records_nothing(pod):
+    pod.stop()
+    result = run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install")
+    assert result.code == 5
+    assert "pod dc1" in result.stderr and "Connection refused" in result.stderr
+    assert "hint:" in result.stderr
+    assert [h["name"] for h in _stored_hosts()] == ["local"]
+
+
+def test_refused_authentication(pod, tmp_path):
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    command = pod.ssh_command.replace(str(pod.client_key), str(other)).replace(
+        "ssh ", "ssh -o IdentitiesOnly=yes ", 1)
+    result = run_cli("pods", "setup", "dc1", command, "--no-install")
+    assert result.code == 5
+    assert "Permission denied" in result.stderr
+    assert [h["name"] for h in _stored_hosts()] == ["local"]
+
+
+def test_ssh_timeout_is_reported(pod):
+    # A server that accepts TCP but never speaks SSH: the banner never comes.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    port = silent.getsockname()[1]
+    try:
+        command = f"ssh -o ConnectTimeout=2 -p {port} root@127.0.0.1"
+        started = time.monotonic()
+        result = run_cli("pods", "setup", "slow", command, "--no-install")
+        assert time.monotonic() - started < 30
+    finally:
+        silent.close()
+    assert result.code == 5
+    assert "timed out" in result.stderr.lower()
+    assert [h["name"] for h in _stored_hosts()] == ["local"]
+
+
+def test_host_without_nvidia_smi_is_refused(sshd):
+    result = run_cli("pods", "setup", "cpu", sshd.ssh_command, "--no-install")
+    assert result.code == 6
+    assert "nvidia-smi not found" in result.stderr
+    assert [h["name"] for h in _stored_hosts()] == ["local"]
+
+
+def test_setup_needs_secrets_unless_no_install(pod, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    result = run_cli("pods", "setup", "dc1", pod.ssh_command)
+    assert result.code == 2
+    assert result.stderr.splitlines()[0] == "error: PI_API_KEY must be set for pod setup"
+    assert [h["name"] for h in _stored_hosts()] == ["local"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["Bad Name", "ssh root@h"], "invalid pod name"),
+        (["local", "ssh root@h"], "needs no setup"),
+        (["p", "root@h"], "must start with 'ssh'"),
+        (["p", "ssh root@h", "--vllm", ">=0.10"], "invalid --vllm"),
+        (["p", "ssh root@h", "--models-path", "relative/dir"], "must be absolute"),
+    ],
+)
+def test_bad_setup_input(args, fragment):
+    result = run_cli("pods", "setup", *args, "--no-install")
+    assert result.code == 2
+    assert fragment in result.stderr
+
+
+def test_pi_ssh_exit_code_and_output(pod):
+    assert run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install").code == 0
+    bindir = Path(sys.executable).parent
+    env = {**os.environ}
+    proc = subprocess.run([str(bindir / "pi"), "ssh", "dc1", "echo hello; exit 3"],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 3
+    assert proc.stdout == "hello\n"
+    proc = subprocess.run([str(bindir / "pi"), "ssh", "echo $GPUMOD_REMOTE_HOME"],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.stdout.strip() == str(pod.remote_root)  # active pod, not local
+
+
+def test_status_on_pod_shows_gpus_and_processes(pod):
+    from gpumod.testing.fake_nvidia_smi import register_process
+
+    assert run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install").code == 0
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        register_process(pod.gpu_state, sleeper.pid, "python3", [0], 30000)
+        result = run_cli("status", "--pod", "dc1", "--json", prog="gpumod")
+        assert result.code == 0, result.output
+        data = json.loads(result.stdout)
+        assert [g["index"] for g in data["gpus"]] == [0, 1]
+        gpu0 = data["gpus"][0]
+        assert gpu0["memory_used_mib"] == 30000
+        assert gpu0["memory_free_mib"] == 81559 - 30000
+        assert [(p["pid"], p["used_mib"], p["gpu"]) for p in data["processes"]] == [
+            (sleeper.pid, 30000, 0)]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_remove_forgets_local_records_only(pod):
+    assert run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install").code == 0
+    result = run_cli("pods", "remove", "dc1")
+    assert result.code == 0
+    assert "the machine itself was not touched" in result.stdout
+    assert [h["name"] for h in _stored_hosts()] == ["local"]
+    assert _stored_hosts()[0]["active"] is True
+    assert pod.remote_root.exists()
+
+
+def test_unknown_pod_everywhere():
+    for args in (["pods", "active", "nope"], ["pods", "remove", "nope"],
+                 ["status", "--pod", "nope"], ["ssh", "nope", "true"]):
+        result = run_cli(*args)
+        assert result.code == 3, args
+        assert "unknown pod 'nope'" in result.stderr
+
+
+def test_ctrl_c_during_setup_stops_remote_script_and_records_nothing(pod, tmp_path,
+                                                                     monkeypatch):
+    """SIGINT while the bootstrap runs: the remote script is killed, nothing stored."""
+    marker = tmp_path / "uv-started"
+    uv = pod.bin_dir / "uv"
+    uv.write_text(f"#!/bin/sh\necho $$ > {marker}\nexec sleep 120\n")
+    uv.chmod(0o755)
+    env = {**os.environ, "HF_TOKEN": "hf_secret_token_x", "PI_API_KEY": "pi_secret_key_x"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "pi"), "pods", "setup", "dc1",
+                             pod.ssh_command], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert marker.exists(), proc.communicate()[1] if proc.poll() is not None else "no uv call"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "setup cancelled" in err
+    uv_pid = int(marker.read_text())
+    for _ in range(50):
+        if not Path(f"/proc/{uv_pid}").exists():
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{uv_pid}").exists(), "the remote step is still running"
+    assert [h["name"] for h in _stored_hosts()] == ["local"]
+
+
+def test_two_setups_at_once_both_land(pod):
+    results: list = []
+
+    def go(name: str) -> None:
+        results.append(subprocess.run(
+            [str(Path(sys.executable).parent / "pi"), "pods", "setup", name, pod.ssh_command,
+             "--no-install"], capture_output=True, text=True, check=False))
+
+    threads = [threading.Thread(target=go, args=(f"p{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert sorted(h["name"] for h in _stored_hosts()) == ["local", "p0", "p1", "p2"]
