@@ -30,9 +30,10 @@ def _median_ms(argv: list[str], runs: int, env: dict[str, str] | None = None) ->
 
 
 def bench_ssh(commands: int) -> None:
+    from tests.support.sshd import LoopbackSSHD
+
     from gpumod.hosts.sshcmd import parse_ssh_command
     from gpumod.hosts.transports.ssh import SSHTransport
-    from tests.support.sshd import LoopbackSSHD
 
     with tempfile.TemporaryDirectory() as tmp:
         server = LoopbackSSHD(Path(tmp)).start()

@@ -129,7 +129,8 @@ def expose(name: str, address: str | None, ports: tuple[str, ...]) -> None:
     for item in ports:
         left, sep, right = item.partition("=")
         if not sep or not left.isdigit() or ":" not in right:
-            raise UsageError(f"invalid --port {item!r}", hint="use POD_PORT=HOST:PORT, e.g. 8001=213.1.2.3:40123")
+            raise UsageError(f"invalid --port {item!r}",
+                             hint="use POD_PORT=HOST:PORT, e.g. 8001=213.1.2.3:40123")
         rhost, _, rport = right.rpartition(":")
         if not rport.isdigit() or not rhost:
             raise UsageError(f"invalid --port {item!r}", hint="use POD_PORT=HOST:PORT")
@@ -149,7 +150,7 @@ def _transport_for(name: str | None):
 @click.argument("name", required=False)
 def shell(name: str | None) -> None:
     """Open an interactive shell on a pod (the active one without NAME)."""
-    host, transport = _transport_for(name)
+    _, transport = _transport_for(name)
     argv = transport.interactive_argv()
     sys.stdout.flush()
     os.execvp(argv[0], argv)

@@ -20,7 +20,7 @@ PLACEHOLDERS = ("port", "host", "model")
 class CommandEngine(Engine):
     name = "command"
     binary = ""
-    secret_env = "API_KEY"
+    secret_env = "API_KEY"  # noqa: S105 - a variable name, not a value
     health = HealthCheck("/health", ok_codes=(200,), loading_codes=(503,))
 
     def argv(self, spec: ServiceSpec, *, bind: str, model_path: str | None = None,

@@ -22,7 +22,7 @@ ROUTER_FLAGS = ("--models-dir", "--models-preset")
 class LlamaCppEngine(Engine):
     name = "llamacpp"
     binary = "llama-server"
-    secret_env = "LLAMA_API_KEY"
+    secret_env = "LLAMA_API_KEY"  # noqa: S105 - a variable name, not a value
     context_flags = ("-c", "--ctx-size")
     memory_flags = ()
     # /health answers 503 while the model loads and 200 when it is ready.

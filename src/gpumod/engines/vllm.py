@@ -15,7 +15,7 @@ DP = ("--data-parallel-size", "-dp")
 class VLLMEngine(Engine):
     name = "vllm"
     binary = "vllm"
-    secret_env = "VLLM_API_KEY"
+    secret_env = "VLLM_API_KEY"  # noqa: S105 - a variable name, not a value
     context_flags = ("--max-model-len",)
     memory_flags = ("--gpu-memory-utilization",)
     # /health is 200 once the engine is up (the port opens only after init).

@@ -228,10 +228,12 @@ def run_bootstrap(transport: Transport, root: str, argv: list[str],
 def _kill_remote_setup(transport: Transport, root: str) -> None:
     script = ('pid=$(cat "$1/setup.pid" 2>/dev/null) || exit 0; '
               'kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; '
-              'sleep 2; kill -KILL -- "-$pid" 2>/dev/null; rm -f "$1/setup.pid"; exit 0')
+              'for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 -- "-$pid" 2>/dev/null || break; '
+              'sleep 0.5; done; kill -KILL -- "-$pid" 2>/dev/null; rm -f "$1/setup.pid"; exit 0')
     try:
-        transport.run(["sh", "-c", script, "sh", root], timeout=30)
-    except Exception:  # noqa: BLE001 - best effort while cancelling; the error is reported
+        # bash, not sh: dash's kill does not take `--` before a process group.
+        transport.run(["bash", "-c", script, "bash", root], timeout=30)
+    except Exception:
         pass
 
 

@@ -125,7 +125,8 @@ def replicated_weight_bytes(facts: ModelFacts, elem_bytes: float) -> int:
     h = facts.hidden_size
     rep = facts.num_layers * 4 * h + h
     if facts.is_mla:
-        rep += facts.num_layers * h * (facts.kv_lora_rank + facts.qk_rope_head_dim + facts.q_lora_rank)
+        rep += facts.num_layers * h * (facts.kv_lora_rank + facts.qk_rope_head_dim
+                                       + facts.q_lora_rank)
     if facts.is_moe:
         rep += (facts.num_layers - facts.first_dense_layers) * h * facts.num_experts
     return int(rep * elem_bytes)
@@ -253,7 +254,7 @@ class VLLMEstimate:
 
     @property
     def total_mib(self) -> int:
-        return int(math.ceil(self.total_gib * 1024))
+        return math.ceil(self.total_gib * 1024)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -522,13 +523,16 @@ class LlamaCppEstimate:
     kv_tokens: int
     max_concurrency: float
     fits: bool
+    weights_bytes: int = 0
+    kv_cache_bytes: int = 0
+    compute_bytes: int = 0
     calibrated: bool = False
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def total_mib(self) -> int:
-        return int(math.ceil(self.total_gib * 1024))
+        return math.ceil(self.total_gib * 1024)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -626,7 +630,8 @@ def llamacpp_estimate(facts: ModelFacts, *, gpu_mib: int, args: LlamaCppArgs | N
         weights_gib=gib(weights), kv_cache_gib=gib(kv), compute_gib=gib(compute),
         cuda_context_gib=gib(context), total_gib=gib(total), kv_tokens=ctx,
         max_concurrency=round(args.ctx / per_slot, 2) if per_slot else 0.0,
-        fits=not problems, calibrated=calibrated, problems=problems, notes=notes)
+        fits=not problems, weights_bytes=int(weights), kv_cache_bytes=int(kv),
+        compute_bytes=int(compute), calibrated=calibrated, problems=problems, notes=notes)
 
 
 def llamacpp_max_layers(facts: ModelFacts, *, budget_mib: int, args: LlamaCppArgs) -> int:

@@ -69,7 +69,7 @@ class ModelFacts:
     q_lora_rank: int = 0
     qkv_bias: bool = False
     sliding_window: int = 0
-    layer_types: list[str] = field(default_factory=list)   # per layer: full/sliding/linear/mamba/none
+    layer_types: list[str] = field(default_factory=list)   # full/sliding/linear/mamba/none
     linear_state_bytes: int = 0        # fixed state per sequence per linear/mamba layer (bytes)
     # MoE
     num_experts: int = 0
@@ -135,7 +135,8 @@ class ModelFacts:
             "attention": self.attention, "kv_lora_rank": self.kv_lora_rank or None,
             "qk_rope_head_dim": self.qk_rope_head_dim or None,
             "sliding_window": self.sliding_window or None, "layer_types": counts,
-            "experts": self.num_experts or None, "experts_per_token": self.experts_per_token or None,
+            "experts": self.num_experts or None,
+            "experts_per_token": self.experts_per_token or None,
             "quantization": self.quant_method or None, "max_context": self.max_position,
             "vocab_size": self.vocab_size, "notes": self.notes,
         }
@@ -168,10 +169,7 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
 def _layer_types(cfg: dict[str, Any], n_layers: int, model_type: str) -> tuple[list[str], int]:
     """Per-layer attention kind and the sliding window (0: none)."""
     window = int(cfg.get("sliding_window") or 0)
-    if cfg.get("use_sliding_window") is False:
-        window_active = False
-    else:
-        window_active = window > 0
+    window_active = False if cfg.get("use_sliding_window") is False else window > 0
     raw = cfg.get("layer_types")
     if isinstance(raw, list) and len(raw) == n_layers:
         mapping = {"full_attention": FULL, "sliding_attention": SLIDING, "attention": FULL,
@@ -514,7 +512,7 @@ def _field(reader: Any, name: str) -> Any:
         return None
     try:
         return f.contents()
-    except Exception:  # noqa: BLE001 - a malformed field reads as absent
+    except Exception:
         return None
 
 
@@ -532,7 +530,7 @@ def facts_from_gguf(path: Path) -> ModelFacts:
     for part in parts:
         try:
             reader = gguf.GGUFReader(str(part), "r")
-        except Exception as exc:  # noqa: BLE001 - the gguf package raises plain errors
+        except Exception as exc:
             raise ConfigError(f"{part.name}: not a readable GGUF file ({exc})") from exc
         if not meta:
             arch = _field(reader, "general.architecture") or ""
@@ -758,8 +756,12 @@ def _hub_call(repo: str, call: Callable[[], Any], filename: str | None = None) -
         raise TransportError("Hugging Face is unreachable: HF_HUB_OFFLINE is set",
                              hint="unset HF_HUB_OFFLINE, or give a local model folder or GGUF"
                              ) from exc
-    except HfHubHTTPError as exc:
+    except (HfHubHTTPError, httpx.HTTPStatusError) as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 404 and not filename:
+            raise NotFoundError(f"no model {repo!r} on Hugging Face",
+                                hint="check the id (owner/name); private models need HF_TOKEN; "
+                                     "`gpumod model search WORDS` finds ids") from exc
         if status == 404:
             raise NotFoundError(f"{what} not found on Hugging Face") from exc
         if status in (401, 403):

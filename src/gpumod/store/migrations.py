@@ -28,7 +28,7 @@ def run_statements(db: sqlite3.Connection, sql: str) -> None:
 
 
 def m001_initial(db: sqlite3.Connection) -> None:
-    run_statements(db, 
+    run_statements(db,
         """
         CREATE TABLE settings (
             key   TEXT PRIMARY KEY,

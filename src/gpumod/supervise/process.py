@@ -64,7 +64,8 @@ dir=$1; workdir=$2; shift 2
 umask 077
 mkdir -p "$dir" || exit 20
 chmod 700 "$dir"
-if [ -r "$dir/service.pid" ] && pid_alive "$(cat "$dir/service.pid")" "$(cat "$dir/service.pidstart" 2>/dev/null)"; then
+old=$(cat "$dir/service.pid" 2>/dev/null || true)
+if [ -n "$old" ] && pid_alive "$old" "$(cat "$dir/service.pidstart" 2>/dev/null)"; then
   echo "a process of this service is already running (pid $(cat "$dir/service.pid"))" >&2
   exit 21
 fi
@@ -132,7 +133,8 @@ dir=$1
 pid=$(cat "$dir/service.pid" 2>/dev/null || true)
 start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
 if [ -z "$pid" ]; then
-  if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then echo crashed; else echo stopped; fi
+  if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then echo crashed
+  else echo stopped; fi
 elif pid_alive "$pid" "$start"; then echo running
 else echo crashed
 fi

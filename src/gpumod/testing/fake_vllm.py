@@ -1004,7 +1004,7 @@ def _serve(engine: Engine, sock: socket.socket) -> None:
                     signal.signal(s, h)
 
     config = uvicorn.Config(build_app(engine), log_level=engine.args.uvicorn_log_level,
-                            lifespan="off", timeout_graceful_shutdown=5,
+                            lifespan="on", timeout_graceful_shutdown=5,
                             timeout_keep_alive=5)
     host, port = sock.getsockname()[:2]
     log(f"Starting vLLM API server 0 on http://{host}:{port}", "launcher.py:44")

@@ -33,7 +33,8 @@ def agent_for(stub: StubServer, ws: Path, *, key: str | None = None, tools: bool
 def test_tool_call_result_fed_back_then_final_answer(ws: Path) -> None:
     args = json.dumps({"path": str(ws)})
     script = [
-        {"reasoning": "I should list the folder.", "tool_calls": [{"name": "ls", "arguments": args}]},
+        {"reasoning": "I should list the folder.",
+         "tool_calls": [{"name": "ls", "arguments": args}]},
         {"reasoning": "It has hello.txt.", "content": "The folder holds hello.txt."},
     ]
     with StubServer(script) as stub:
@@ -207,9 +208,9 @@ def test_gpt_oss_models_use_the_responses_api(ws: Path) -> None:
 
 
 def test_missing_key_is_a_config_error_naming_pi_api_key(ws: Path) -> None:
-    with StubServer([{"content": "x"}], api_key="s3cret") as stub:
-        with pytest.raises(ConfigError) as caught:
-            list(agent_for(stub, ws, key=None).run("hi"))
+    with StubServer([{"content": "x"}], api_key="s3cret") as stub, \
+            pytest.raises(ConfigError) as caught:
+        list(agent_for(stub, ws, key=None).run("hi"))
     assert "PI_API_KEY is not set" in caught.value.message
 
 

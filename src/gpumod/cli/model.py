@@ -1,0 +1,205 @@
+"""`gpumod model`: model facts, VRAM estimates, Hugging Face search."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from gpumod.cli.common import console, json_option, plain, print_json, table
+from gpumod.errors import UsageError
+
+
+def _store():
+    from gpumod.cli.common import store
+
+    return store()
+
+
+@click.group()
+def model() -> None:
+    """Model facts and VRAM estimates (vLLM, llama.cpp)."""
+
+
+def _gpu_mib(gpu: str | None, gpu_mib: int | None) -> tuple[int, str]:
+    from gpumod.planner import gputable
+
+    if gpu and gpu_mib:
+        raise UsageError("give --gpu or --gpu-mib, not both")
+    if gpu_mib:
+        if gpu_mib < 1024:
+            raise UsageError(f"--gpu-mib {gpu_mib} is too small", hint="MiB, e.g. 81559")
+        return gpu_mib, f"{gpu_mib} MiB"
+    name = gpu or "H100 80GB"
+    model_ = gputable.lookup(name)
+    return gputable.gpu_mib(name), model_.name if model_ else name
+
+
+def _calibration(store: Any, facts: Any, engine: str, version: str, gpu_name: str,
+                 args_key: str) -> dict[str, Any] | None:
+    from gpumod.planner.calibration import latest_calibration
+
+    return latest_calibration(store, model=facts.key, engine=engine, engine_version=version,
+                              gpu_name=gpu_name, args_key=args_key)
+
+
+@model.command()
+@click.argument("model_id", metavar="MODEL")
+@click.option("--engine", type=click.Choice(["vllm", "llamacpp"]), default="vllm",
+              show_default=True)
+@click.option("--gpu", metavar="NAME", help='GPU type, e.g. "H100 80GB", "RTX 4090", "L4".')
+@click.option("--gpu-mib", type=int, metavar="N", help="GPU memory in MiB (nvidia-smi total).")
+@click.option("--tp", type=int, default=1, show_default=True, help="Tensor parallel size (vLLM).")
+@click.option("--gpu-memory-utilization", "util", type=float, help="vLLM share of the card.")
+@click.option("--max-model-len", "max_len", metavar="TOKENS",
+              help="Context (vLLM --max-model-len, llama.cpp -c); 32k works.")
+@click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]),
+              default="auto", show_default=True)
+@click.option("--cache-type-k", default="f16", show_default=True, help="llama.cpp -ctk.")
+@click.option("--cache-type-v", default="f16", show_default=True, help="llama.cpp -ctv.")
+@click.option("--n-gpu-layers", "ngl", type=int, help="llama.cpp -ngl (default: all).")
+@click.option("--parallel", type=int, default=1, show_default=True, help="llama.cpp -np.")
+@click.option("--max-num-seqs", type=int, help="vLLM --max-num-seqs.")
+@click.option("--vllm-version", "version", metavar="X.Y", help="vLLM version (default 0.19).")
+@click.option("--refresh", is_flag=True, help="Refetch facts from Hugging Face.")
+@json_option
+def estimate(model_id: str, engine: str, gpu: str | None, gpu_mib: int | None, tp: int,
+             util: float | None, max_len: str | None, kv_cache_dtype: str, cache_type_k: str,
+             cache_type_v: str, ngl: int | None, parallel: int, max_num_seqs: int | None,
+             version: str | None, refresh: bool, as_json: bool) -> None:
+    """Per-GPU memory for MODEL (HF id, model folder or .gguf) on an engine."""
+    from gpumod.planner import estimate as est
+    from gpumod.planner.facts import resolve
+
+    mib, gpu_label = _gpu_mib(gpu, gpu_mib)
+    st = _store()
+    facts = resolve(model_id, store=st, refresh=refresh)
+    length = est.parse_tokens(max_len) if max_len else None
+    if engine == "vllm":
+        if util is not None and not 0 < util <= 1:
+            raise UsageError(f"--gpu-memory-utilization {util} is outside (0, 1]",
+                             hint="a share of the whole card, e.g. 0.9")
+        args = est.VLLMArgs(tp=tp, gpu_memory_utilization=util, max_model_len=length,
+                            kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
+                            version=version)
+        cal = _calibration(st, facts, "vllm", version or "", gpu_label, args.setup_key())
+        result: Any = est.vllm_estimate(facts, gpu_mib=mib, args=args, calibration=cal)
+    else:
+        largs = est.LlamaCppArgs(ctx=length or 4096, n_gpu_layers=999 if ngl is None else ngl,
+                                 cache_type_k=cache_type_k, cache_type_v=cache_type_v,
+                                 parallel=parallel)
+        key = f"ngl={largs.n_gpu_layers};ctk={cache_type_k};ctv={cache_type_v}"
+        cal = _calibration(st, facts, "llamacpp", "", gpu_label, key)
+        result = est.llamacpp_estimate(facts, gpu_mib=mib, args=largs, calibration=cal)
+    data = result.to_json()
+    data["gpu"] = gpu_label
+    if as_json:
+        print_json(data)
+        return
+    _print_estimate(data, facts)
+
+
+def _print_estimate(d: dict[str, Any], facts: Any) -> None:
+    c = console()
+    c.print(plain(f"{d['model']} on {d['gpu']} ({d['gpu_mib']} MiB), engine {d['engine']}"))
+    t = table("item", "GiB per GPU", "note")
+    if d["engine"] == "vllm":
+        rows = [("weights", d["weights_gib"], f"tp={d['tp']}"),
+                ("activation peak", d["activation_gib"], "profile run"),
+                ("non-torch (NCCL, cuBLAS)", d["non_torch_gib"], ""),
+                ("CUDA graphs", d["cuda_graph_gib"], "outside the budget before vLLM 0.21"),
+                ("KV cache pool", d["kv_cache_gib"],
+                 f"{d['kv_tokens']:,} tokens, {d['kv_bytes_per_token']:,} B/token"),
+                ("budget (util x total)", d["requested_gib"],
+                 f"--gpu-memory-utilization {d['gpu_memory_utilization']:.2f}"),
+                ("CUDA context", d["cuda_context_gib"], ""),
+                ("total on the card", d["total_gib"], "what nvidia-smi will show")]
+    else:
+        rows = [("weights (offloaded)", d["weights_gib"],
+                 f"{d['layers_offloaded']}/{facts.num_layers} layers"),
+                ("KV cache", d["kv_cache_gib"],
+                 f"-c {d['ctx']}, {d['cache_type_k']}/{d['cache_type_v']}"),
+                ("compute buffer", d["compute_gib"], ""),
+                ("CUDA context", d["cuda_context_gib"], ""),
+                ("total on the card", d["total_gib"], "")]
+    for name, value, note in rows:
+        t.add_row(name, f"{value:.2f}", plain(note))
+    c.print(t)
+    if d["engine"] == "vllm":
+        c.print(plain(f"max concurrency at {d['max_model_len']:,} tokens: "
+                      f"{d['max_concurrency']:.2f}x; smallest utilization for one sequence: "
+                      f"{d['min_gpu_memory_utilization']}"))
+    for note in d.get("notes", []):
+        c.print(plain(f"note: {note}"))
+    for problem in d.get("problems", []):
+        c.print(plain(f"does not fit: {problem}"))
+    c.print(plain("fits" if d["fits"] else "DOES NOT FIT"))
+
+
+@model.command()
+@click.argument("model_id", metavar="MODEL")
+@click.option("--ollama", "ollama_url", metavar="URL",
+              help="Read MODEL from an Ollama server's /api/show (e.g. http://127.0.0.1:11434).")
+@click.option("--refresh", is_flag=True, help="Refetch facts from Hugging Face.")
+@json_option
+def info(model_id: str, ollama_url: str | None, refresh: bool, as_json: bool) -> None:
+    """Facts about MODEL and its calibrations (estimate vs what the engine reported)."""
+    from gpumod.planner import facts as facts_mod
+    from gpumod.planner.calibration import calibrations_for
+
+    st = _store()
+    if ollama_url:
+        answer = facts_mod.fetch_ollama_show(ollama_url, model_id)
+        facts = facts_mod.facts_from_ollama_show(model_id, answer)
+        facts_mod.save_cached(st, facts)
+    else:
+        facts = facts_mod.resolve(model_id, store=st, refresh=refresh)
+    cals = calibrations_for(st, facts.key)
+    data = {"facts": facts.summary(), "calibrations": cals}
+    if as_json:
+        print_json(data)
+        return
+    c = console()
+    t = table("fact", "value")
+    for k, v in data["facts"].items():
+        if v in (None, [], {}, ""):
+            continue
+        t.add_row(k, plain(v))
+    c.print(t)
+    if cals:
+        ct = table("when", "engine", "gpu", "item", "estimate", "actual")
+        for cal in cals:
+            for item in ("weights_gib", "activation_gib", "kv_cache_gib", "compute_gib"):
+                a = cal["actual"].get(item)
+                if a is None:
+                    continue
+                ct.add_row(plain(cal["created_at"]),
+                           plain(f"{cal['engine']} {cal['engine_version']}".strip()),
+                           plain(cal["gpu_name"]), item,
+                           plain(cal["estimate"].get(item, "?")), plain(a))
+        c.print(ct)
+    else:
+        c.print(plain("no calibrations yet (recorded after a service starts)"))
+
+
+@model.command()
+@click.argument("query", nargs=-1, required=True)
+@click.option("--limit", type=int, default=20, show_default=True)
+@json_option
+def search(query: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Search Hugging Face for models (most downloaded first)."""
+    from gpumod.planner.facts import HubClient
+
+    if not 1 <= limit <= 200:
+        raise UsageError("--limit must be between 1 and 200")
+    results = HubClient().search(" ".join(query), limit=limit)
+    if as_json:
+        print_json(results)
+        return
+    t = table("model", "downloads", "likes", "task")
+    for r in results:
+        t.add_row(plain(r["id"]), plain(r["downloads"]), plain(r["likes"]),
+                  plain(r["pipeline_tag"] or ""))
+    console().print(t)
+    if not results:
+        click.echo("no models found", err=True)

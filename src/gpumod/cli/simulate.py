@@ -1,0 +1,89 @@
+"""`gpumod simulate`: check that a set of services fits before deploying it."""
+
+from __future__ import annotations
+
+import click
+
+from gpumod.cli.common import console, json_option, plain, pod_option, print_json, table
+from gpumod.errors import UsageError
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        out += [x.strip() for x in v.split(",") if x.strip()]
+    return out
+
+
+def _contexts(values: tuple[str, ...]) -> dict[str, int]:
+    from gpumod.planner.estimate import parse_tokens
+
+    out: dict[str, int] = {}
+    for v in values:
+        name, sep, tokens = v.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--context {v!r}: expected SERVICE=TOKENS", hint="e.g. chat=16k")
+        out[name.strip()] = parse_tokens(tokens)
+    return out
+
+
+@click.command()
+@click.option("--services", "services", multiple=True, metavar="A,B,C",
+              help="Services to place (comma-separated).")
+@click.option("--mode", metavar="NAME", help="Simulate a mode's services.")
+@click.option("--add", multiple=True, metavar="SERVICE", help="Add a service to the set.")
+@click.option("--remove", multiple=True, metavar="SERVICE", help="Remove a service from the set.")
+@click.option("--context", "context", multiple=True, metavar="SVC=TOKENS",
+              help="Override a service's context, e.g. chat=16k.")
+@click.option("--margin-mib", type=int, help="Safety margin per GPU (default 512).")
+@click.option("--visual", is_flag=True, help="Draw the ASCII VRAM picture.")
+@pod_option
+@json_option
+def simulate(services: tuple[str, ...], mode: str | None, add: tuple[str, ...],
+             remove: tuple[str, ...], context: tuple[str, ...], margin_mib: int | None,
+             visual: bool, pod: str | None, as_json: bool) -> None:
+    """Would these services fit on the pod's GPUs? Per GPU, by how much, and alternatives."""
+    from gpumod.cli.common import store
+    from gpumod.ops.hosts import resolve_host
+    from gpumod.planner.picture import render_gpu_bars
+    from gpumod.planner.simulate import simulate as run
+
+    st = store()
+    host = resolve_host(st, pod)
+    result = run(st, host=host.name, services=_split(services) or None, mode=mode,
+                 add=_split(add), remove=_split(remove), contexts=_contexts(context),
+                 margin_mib=margin_mib)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        c = console()
+        p = result.placement
+        title = f"mode {mode}" if mode else ", ".join(result.services)
+        c.print(plain(f"simulating {title} on {result.host}"))
+        if visual:
+            click.echo(render_gpu_bars(result.bars()))
+        t = table("GPU", "name", "usable GiB", "planned GiB", "free after GiB", "fits")
+        for g in p.gpus:
+            t.add_row(str(g.index), plain(g.name), f"{g.capacity_mib / 1024:.1f}",
+                      f"{(g.used_mib + g.planned_mib) / 1024:.1f}",
+                      f"{g.free_after_mib / 1024:.1f}",
+                      "yes" if g.fits else
+                      f"NO (over by {(g.margin_mib - g.free_after_mib) / 1024:.1f})")
+        c.print(t)
+        at = table("service", "engine", "GPUs", "GiB/GPU", "settings")
+        for a in p.assignments:
+            at.add_row(plain(a.service), plain(a.engine), ",".join(map(str, a.gpus)),
+                       f"{a.per_gpu_mib / 1024:.1f}", plain(" ".join(a.engine_args)))
+        c.print(at)
+        for w in result.warnings:
+            c.print(plain(f"warning: {w}"))
+        if p.fits:
+            c.print(plain("fits"))
+        else:
+            c.print(plain(f"DOES NOT FIT: {p.reason or 'over capacity'}"))
+            if p.alternatives:
+                c.print(plain("alternatives:"))
+                for alt in p.alternatives:
+                    c.print(plain(f"  [{alt.rank}] {alt.description}"))
+    if not result.placement.fits:
+        raise click.exceptions.Exit(8)

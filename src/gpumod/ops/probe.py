@@ -1,0 +1,137 @@
+"""Host-side checks: what listens, is a service's process alive, does it answer HTTP.
+
+All of it runs ON the host (through its transport), so pods need no public
+port for gpumod to see their services, and one round trip answers for every
+service of a host: `pi list` makes one SSH call per host, whatever the
+number of services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gpumod.hosts.transports.base import Transport
+from gpumod.supervise.process import SH_FUNCTIONS
+
+# An HTTP status code for a URL, from the host itself: curl, else python3, else 000.
+PROBE_FUNCTION = r"""
+probe() {
+  if command -v curl >/dev/null 2>&1; then
+    curl -s -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time 3 "$1" 2>/dev/null || true
+  elif command -v python3 >/dev/null 2>&1; then
+    python3 -c '
+import sys, urllib.request, urllib.error
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=3).status, end="")
+except urllib.error.HTTPError as e:
+    print(e.code, end="")
+except Exception:
+    print("000", end="")' "$1" 2>/dev/null || printf 000
+  else
+    printf 000
+  fi
+}
+"""
+
+LISTEN_LINES = r"""
+for f in /proc/net/tcp /proc/net/tcp6; do
+  [ -r "$f" ] && awk 'NR > 1 && $4 == "0A" { split($2, a, ":"); print "listen=" a[2] }' "$f"
+done
+"""
+
+# One service per 4 args: folder, port, health path, host to probe. One line each (any order).
+STATUS_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + r"""
+while [ $# -ge 4 ]; do
+  dir=$1; port=$2; path=$3; phost=$4; shift 4
+  (
+    pid=$(cat "$dir/service.pid" 2>/dev/null || true)
+    start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
+    if [ -z "$pid" ]; then
+      if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then p=gone
+      elif [ -d "$dir" ]; then p=stopped
+      else p=missing; fi
+    elif pid_alive "$pid" "$start"; then p=alive
+    else p=dead; fi
+    code=$(probe "http://$phost:$port$path")
+    printf '%s\t%s\t%s\t%s\n' "$dir" "${pid:--}" "$p" "${code:-000}"
+  ) &
+done
+wait
+echo "%%gpumod-status-done%%"
+"""
+
+# Wait for health while the log streams on stdout. Exit 0 healthy, 3 process exited,
+# 4 deadline passed. Args: folder, port, path, probe host, deadline seconds, ok codes.
+WAIT_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + r"""
+dir=$1; port=$2; path=$3; phost=$4; deadline=$5; okcodes=$6
+pid=$(cat "$dir/service.pid" 2>/dev/null || true)
+start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
+tail -n +1 -F "$dir/service.log" 2>/dev/null &
+tp=$!
+trap 'kill $tp 2>/dev/null' EXIT
+trap 'exit 130' INT TERM HUP PIPE
+end=$(( $(date +%s) + deadline ))
+while :; do
+  code=$(probe "http://$phost:$port$path")
+  case " $okcodes " in *" $code "*) sleep 0.3; exit 0 ;; esac
+  if ! pid_alive "$pid" "$start"; then sleep 0.5; exit 3; fi
+  [ "$(date +%s)" -ge "$end" ] && exit 4
+  sleep 0.25
+done
+"""
+
+
+@dataclass(frozen=True)
+class Probe:
+    service_dir: str
+    pid: int | None
+    process: str  # alive | dead | gone | stopped | missing
+    http: int     # 0 when nothing answered
+
+
+def probe_host(transport: Transport, items: Sequence[tuple[str, int, str, str]],
+               *, timeout: float = 30) -> dict[str, Probe]:
+    """Process and HTTP state of services on one host, in ONE round trip.
+
+    items: (service_dir, port, health_path, probe_host). Raises TransportError when the
+    host cannot be reached; returns {service_dir: Probe} for every line the host sent.
+    """
+    args: list[str] = []
+    for service_dir, port, path, phost in items:
+        args += [service_dir, str(port), path, phost]
+    result = transport.run_script(STATUS_SCRIPT, args, timeout=timeout)
+    result.check(f"{transport.label}: status check")
+    probes: dict[str, Probe] = {}
+    for line in result.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 4:
+            continue
+        service_dir, pid, process, code = parts
+        probes[service_dir] = Probe(service_dir, int(pid) if pid.isdigit() else None, process,
+                                    int(code) if code.isdigit() else 0)
+    return probes
+
+
+def parse_listening(stdout: str) -> set[int]:
+    ports: set[int] = set()
+    for line in stdout.splitlines():
+        if line.startswith("listen="):
+            try:
+                ports.add(int(line[7:].strip(), 16))
+            except ValueError:
+                continue
+    return ports
+
+
+def listening_ports(transport: Transport) -> set[int]:
+    result = transport.run_script(LISTEN_LINES, timeout=30)
+    result.check(f"{transport.label}: listing listening ports")
+    return parse_listening(result.stdout)
+
+
+def wait_argv(service_dir: str, port: int, path: str, probe_host: str, deadline: float,
+              ok_codes: Sequence[int]) -> list[str]:
+    """argv for Transport.popen: stream the log until healthy (0), exited (3), timeout (4)."""
+    return ["sh", "-c", WAIT_SCRIPT, "sh", service_dir, str(port), path, probe_host,
+            str(max(1, int(deadline))), " ".join(str(c) for c in ok_codes)]

@@ -1,0 +1,111 @@
+"""Service records in the store: read, reserve (port + GPUs in one transaction), finish, drop.
+
+A start first *reserves* its record (state 'starting') inside one BEGIN
+IMMEDIATE transaction that also picks the port and the GPUs, so two starts
+at the same moment serialise on SQLite's write lock and can never take the
+same port or GPUs. A start that fails removes its reservation; only a
+healthy start turns it into state 'running'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from gpumod import validate
+from gpumod.errors import CapacityError, ConflictError, NotFoundError
+from gpumod.hosts.model import Host
+from gpumod.spec import ServiceSpec
+from gpumod.store.db import Store
+
+FIRST_PORT = 8001
+LAST_PORT = 8999
+
+
+def get_service(store: Store, name: str) -> ServiceSpec:
+    row = store.query_one("SELECT * FROM services WHERE name = ?", (name,))
+    if row is None:
+        names = [r["name"] for r in store.query("SELECT name FROM services ORDER BY name")]
+        hint = f"known: {', '.join(names)}" if names else "nothing is deployed; see `pi start`"
+        raise NotFoundError(f"unknown service {name!r}", hint=hint)
+    return ServiceSpec.from_row(row)
+
+
+def list_services(store: Store, host: str | None = None) -> list[ServiceSpec]:
+    if host is None:
+        rows = store.query("SELECT * FROM services ORDER BY host, port")
+    else:
+        rows = store.query("SELECT * FROM services WHERE host = ? ORDER BY port", (host,))
+    return [ServiceSpec.from_row(r) for r in rows]
+
+
+def pick_gpus(host: Host, count: int, used: Iterable[Sequence[int]]) -> tuple[int, ...]:
+    """The `count` least used GPUs of the host (free ones first, lowest index on ties)."""
+    if count == 0:
+        return ()
+    indexes = [g.index for g in host.gpus]
+    if count > len(indexes):
+        have = f"{len(indexes)} GPU(s)" if indexes else "no GPU"
+        raise CapacityError(f"{count} GPU(s) requested but {host.name} has {have}",
+                            hint="lower the parallel sizes (tp x pp x dp), or use a bigger pod")
+    load = dict.fromkeys(indexes, 0)
+    for gpus in used:
+        for g in gpus:
+            if g in load:
+                load[g] += 1
+    ranked = sorted(indexes, key=lambda g: (load[g], g))
+    return tuple(sorted(ranked[:count]))
+
+
+def reserve(store: Store, spec: ServiceSpec, host: Host, *, gpu_count: int,
+            listening: set[int], port: int | None = None) -> ServiceSpec:
+    """Insert `spec` as 'starting' with a free port and GPUs chosen in the same transaction."""
+    validate.name(spec.name, "service name")
+    with store.transaction() as db:
+        if db.execute("SELECT 1 FROM services WHERE name = ?", (spec.name,)).fetchone():
+            existing = db.execute("SELECT host FROM services WHERE name = ?",
+                                  (spec.name,)).fetchone()["host"]
+            raise ConflictError(f"a service named {spec.name!r} already exists (on {existing})",
+                                hint=f"pick another --name, or `pi stop {spec.name}` first")
+        rows = db.execute("SELECT port, gpus FROM services WHERE host = ?",
+                          (host.name,)).fetchall()
+        taken = {r["port"] for r in rows}
+        if port is not None:
+            validate.port(port)
+            if port in taken:
+                raise ConflictError(f"port {port} on {host.name} is already used by a service",
+                                    hint="leave --port out to get a free one")
+            if port in listening:
+                raise ConflictError(f"port {port} on {host.name} is taken by another program",
+                                    hint="leave --port out to get a free one")
+            chosen = port
+        else:
+            chosen = next((p for p in range(FIRST_PORT, LAST_PORT + 1)
+                           if p not in taken and p not in listening), 0)
+            if not chosen:
+                raise CapacityError(f"no free port between {FIRST_PORT} and {LAST_PORT} "
+                                    f"on {host.name}")
+        import json
+
+        gpus = pick_gpus(host, gpu_count, (json.loads(r["gpus"]) for r in rows))
+        reserved = spec.with_(port=chosen, gpus=gpus, state="starting", pid=None)
+        values = reserved.row_values()
+        # Column names come from ServiceSpec.row_values(), never from input.
+        db.execute(f"INSERT INTO services ({', '.join(values)}) "  # noqa: S608
+                   f"VALUES ({', '.join('?' for _ in values)})", tuple(values.values()))
+    return reserved
+
+
+def finish(store: Store, spec: ServiceSpec) -> ServiceSpec:
+    """Turn a reservation into a running record (pid, args, env, extra as launched)."""
+    done = spec.with_(state="running")
+    values = done.row_values()
+    with store.transaction() as db:
+        db.execute(f"UPDATE services SET {', '.join(f'{k} = ?' for k in values)}, "  # noqa: S608
+                   "updated_at = datetime('now') WHERE name = ?",
+                   (*values.values(), spec.name))
+    return done
+
+
+def drop(store: Store, name: str) -> None:
+    with store.transaction() as db:
+        db.execute("DELETE FROM services WHERE name = ?", (name,))

@@ -1,0 +1,187 @@
+"""Sleep and wake a service, verified, with fallbacks that are reported.
+
+Sleep: ask the engine (level 2, level 1, or router unload), then check that the
+engine says it sleeps *and* that its process tree's GPU memory really dropped
+(nvidia-smi on the host). If a level fails, try the next: level 2 -> level 1 ->
+stop (the memory is then surely free; the next wake starts the service again).
+Engines without sleep are stopped.
+
+Wake: ask the engine (level 2 wake reloads the weights), then check ``/is_sleeping``
+is false, ``/health`` answers 200 and a one-token canary request answers. If that
+fails: restart (stop, start, health, canary). Engines without sleep are started.
+
+Every step is logged in the events table and returned in a SleepReport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from gpumod.engines.sleep import Attempt, SleepReport, memory_dropped, tree_gpu_mib
+from gpumod.errors import EngineError, GpumodError, UsageError
+from gpumod.ops import lifecycle
+from gpumod.ops.lifecycle import Progress, Runtime, _quiet
+from gpumod.store.db import Store
+
+LEVELS = {"1": "l1", "2": "l2", "l1": "l1", "l2": "l2", "router": "router"}
+
+
+def _memory(rt: Runtime) -> int | None:
+    try:
+        return tree_gpu_mib(rt.transport, rt.pid())
+    except GpumodError:
+        return None
+
+
+def _fallbacks(rt: Runtime, requested: str) -> list[str]:
+    if rt.sleep is None or requested == "stop":
+        return ["stop"]
+    if requested == "l2":
+        return ["l2", "l1", "stop"]
+    if requested == "l1":
+        return ["l1", "stop"]
+    return ["router", "stop"]
+
+
+def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
+                  progress: Progress = _quiet) -> SleepReport:
+    spec = rt.spec
+    if rt.sleep is None:
+        requested = "stop"
+    elif level is None:
+        requested = spec.sleep_mode
+    else:
+        found = LEVELS.get(str(level).lower())
+        if found is None:
+            raise UsageError(f"unknown sleep level {level!r}", hint="use 1 or 2")
+        requested = found
+    if rt.sleep is not None and requested not in rt.sleep.levels:
+        raise UsageError(f"{spec.name} ({spec.engine}, sleep {spec.sleep_mode}) cannot sleep "
+                         f"at {requested}", hint=f"use {', '.join(rt.sleep.levels)}")
+    report = SleepReport(spec.name, "sleep", requested)
+    t0 = time.monotonic()
+    if not rt.alive():
+        raise EngineError(f"{spec.name} is not running", hint="nothing to put to sleep")
+    report.memory_before_mib = _memory(rt)
+    steps = _fallbacks(rt, requested)
+    for step in steps:
+        if step == "stop":
+            try:
+                lifecycle.stop_one(store, rt, progress=progress)
+                report.attempts.append(Attempt("stop", True, "stopped to free the memory"))
+                report.result, report.ok = "stopped", True
+                report.memory_after_mib = 0 if report.memory_before_mib is not None else None
+            except GpumodError as exc:
+                report.attempts.append(Attempt("stop", False, exc.message))
+            break
+        assert rt.sleep is not None
+        try:
+            progress(f"{spec.name}: sleep {step}")
+            if step != "router" and rt.sleep.is_sleeping(rt.endpoint):
+                report.attempts.append(Attempt(step, True, "already asleep"))
+                report.result, report.ok = "already asleep", True
+                lifecycle.save_state(store, spec.name, "sleeping", keep_pid=True)
+                break
+            rt.sleep.sleep(rt.endpoint, step)
+            if not rt.sleep.is_sleeping(rt.endpoint):
+                raise EngineError("the engine answered but does not report sleeping")
+            after = _memory(rt)
+            dropped = memory_dropped(report.memory_before_mib, after)
+            report.memory_after_mib = after
+            if dropped is False:
+                raise EngineError(f"GPU memory did not drop ({report.memory_before_mib} -> "
+                                  f"{after} MiB): the engine says it sleeps but holds its memory")
+            detail = "memory not measured (no nvidia-smi)" if dropped is None else \
+                f"freed {report.memory_before_mib - after} MiB"  # type: ignore[operator]
+            report.attempts.append(Attempt(step, True, detail))
+            report.result, report.ok = f"asleep {step}", True
+            lifecycle.save_state(store, spec.name, "sleeping", keep_pid=True)
+            break
+        except GpumodError as exc:
+            report.attempts.append(Attempt(step, False, exc.message))
+            progress(f"{spec.name}: sleep {step} failed: {exc.message}")
+            # leave the engine awake before the next attempt
+            with contextlib.suppress(GpumodError):
+                if rt.sleep.is_sleeping(rt.endpoint):
+                    rt.sleep.wake(rt.endpoint, step if step in ("l1", "l2") else "router")
+    report.seconds = time.monotonic() - t0
+    store.log_event("sleep" if report.ok else "sleep-failed", host=spec.host, service=spec.name,
+                    detail=report.summary())
+    return report
+
+
+def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
+                 timeout: float = lifecycle.DEFAULT_HEALTH_TIMEOUT) -> SleepReport:
+    spec = rt.spec
+    level = spec.sleep_mode if spec.sleep_mode != "none" else "start"
+    report = SleepReport(spec.name, "wake", level)
+    t0 = time.monotonic()
+    if not rt.alive():
+        # stopped (no sleep support, or a sleep that fell back to stop): start it
+        try:
+            lifecycle.start_one(store, rt, timeout=timeout, progress=progress)
+            lifecycle.check_ready(rt)
+            report.attempts.append(Attempt("start", True))
+            report.result, report.ok = "started", True
+        except GpumodError as exc:
+            report.attempts.append(Attempt("start", False, exc.message))
+        report.memory_after_mib = _memory(rt) if report.ok else None
+        report.seconds = time.monotonic() - t0
+        store.log_event("wake" if report.ok else "wake-failed", host=spec.host,
+                        service=spec.name, detail=report.summary())
+        return report
+    report.memory_before_mib = _memory(rt)
+    if rt.sleep is not None:
+        try:
+            progress(f"{spec.name}: wake ({level})")
+            if rt.sleep.is_sleeping(rt.endpoint) or spec.sleep_mode == "router":
+                rt.sleep.wake(rt.endpoint, level)
+            if rt.sleep.is_sleeping(rt.endpoint):
+                raise EngineError("the engine still reports sleeping after wake")
+            lifecycle.check_ready(rt)
+            report.attempts.append(Attempt(f"wake {level}", True, "healthy, canary answered"))
+            report.result, report.ok = "awake", True
+        except GpumodError as exc:
+            report.attempts.append(Attempt(f"wake {level}", False, exc.message))
+            progress(f"{spec.name}: wake failed ({exc.message}); restarting")
+    else:
+        try:
+            lifecycle.check_ready(rt)
+            report.attempts.append(Attempt("check", True, "already awake"))
+            report.result, report.ok = "awake", True
+        except GpumodError as exc:
+            report.attempts.append(Attempt("check", False, exc.message))
+    if not report.ok:
+        try:
+            lifecycle.stop_one(store, rt, progress=progress)
+            lifecycle.start_one(store, rt, timeout=timeout, progress=progress)
+            lifecycle.check_ready(rt)
+            report.attempts.append(Attempt("restart", True))
+            report.result, report.ok = "restarted", True
+        except GpumodError as exc:
+            report.attempts.append(Attempt("restart", False, exc.message))
+            report.result = "failed"
+    if report.ok:
+        lifecycle.save_state(store, spec.name, "running", rt.pid())
+        report.memory_after_mib = _memory(rt)
+    report.seconds = time.monotonic() - t0
+    store.log_event("wake" if report.ok else "wake-failed", host=spec.host, service=spec.name,
+                    detail=report.summary())
+    return report
+
+
+def sleep_service(store: Store, name: str, level: str | None = None, *,
+                  progress: Progress = _quiet, transport=None) -> SleepReport:
+    spec = lifecycle.get_service(store, name)
+    with lifecycle.host_lock(spec.host, what=f"service sleep {name}"):
+        rt = lifecycle.runtime(store, spec, transport=transport)
+        return sleep_runtime(store, rt, level, progress=progress)
+
+
+def wake_service(store: Store, name: str, *, progress: Progress = _quiet,
+                 transport=None) -> SleepReport:
+    spec = lifecycle.get_service(store, name)
+    with lifecycle.host_lock(spec.host, what=f"service wake {name}"):
+        rt = lifecycle.runtime(store, spec, transport=transport)
+        return wake_runtime(store, rt, progress=progress)

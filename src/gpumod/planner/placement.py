@@ -1,0 +1,542 @@
+"""Placement: which GPUs each service gets, and the engine memory settings that make it fit.
+
+Pure functions: GPUs (total and used MiB, as nvidia-smi reports them) and
+service requests in, a :class:`Placement` out. Capacity is counted in CUDA's
+view of the card (nvidia-smi total minus the driver's reserve), because that
+is what vLLM checks: at start, ``gpu_memory_utilization x total`` must be at
+most the *free* memory, and the share is of the *whole* card, so a second
+vLLM on a card gets a utilization equal to its own slice, not "0.9".
+Services are started one at a time in the order given, each seeing the memory
+its predecessors took.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from gpumod.errors import CapacityError, UsageError
+from gpumod.planner import estimate as est
+from gpumod.planner.facts import ModelFacts
+from gpumod.planner.gputable import GIB, MIB, cuda_total_mib
+
+DEFAULT_MARGIN_MIB = 512
+
+
+@dataclass(frozen=True)
+class GPUState:
+    index: int
+    name: str
+    total_mib: int           # nvidia-smi memory.total
+    used_mib: int = 0        # in use now by processes that stay
+
+    @property
+    def capacity_mib(self) -> int:
+        return cuda_total_mib(self.total_mib)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A service already on a GPU (part of its used memory) that could sleep."""
+    name: str
+    gpus: tuple[int, ...]
+    mib: int
+    sleep_mode: str = "none"     # none | l1 | l2 | router
+    weights_mib: int = 0         # freed by level-2 sleep in addition to the KV cache
+
+
+@dataclass
+class ServiceRequest:
+    name: str
+    engine: str                                  # vllm | llamacpp | command | docker
+    facts: ModelFacts | None = None
+    tp: int = 1
+    context: int | None = None                   # vLLM --max-model-len / llama.cpp -c
+    gpu_memory_utilization: float | None = None  # fixed share of the card (vLLM)
+    kv_cache_memory_bytes: int | None = None     # fixed KV pool (vLLM)
+    kv_cache_dtype: str = "auto"
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    n_gpu_layers: int | None = None
+    parallel: int = 1
+    pinned_gpus: tuple[int, ...] = ()
+    vram_mib: int | None = None                  # fixed budget (generic engines, or override)
+    min_concurrency: float = 1.0
+    sleep_mode: str = "none"
+    version: str | None = None
+    max_num_seqs: int | None = None
+    enforce_eager: bool = False
+    variants: tuple[str, ...] = ()               # quantized variants known to the catalog
+    calibration: dict[str, Any] | None = None
+
+    def label(self) -> str:
+        return self.name
+
+
+@dataclass
+class Assignment:
+    service: str
+    engine: str
+    gpus: tuple[int, ...]
+    per_gpu_mib: int
+    settings: dict[str, Any]          # engine memory settings, e.g. gpu_memory_utilization
+    engine_args: list[str]            # the same as argv for the engine
+    estimate: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GPUFit:
+    index: int
+    name: str
+    total_mib: int
+    capacity_mib: int
+    used_mib: int
+    planned_mib: int
+    free_after_mib: int
+    margin_mib: int
+    fits: bool
+    services: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass
+class Alternative:
+    rank: int
+    kind: str   # shorter-context | fp8-kv | quantized | sleep | other-gpu | more-gpus | offload
+    description: str
+    saves_mib: int = 0
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Placement:
+    fits: bool
+    assignments: list[Assignment]
+    gpus: list[GPUFit]
+    alternatives: list[Alternative] = field(default_factory=list)
+    reason: str = ""
+    unplaced: list[str] = field(default_factory=list)
+
+    def assignment(self, service: str) -> Assignment | None:
+        return next((a for a in self.assignments if a.service == service), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------
+# Sizing one service on given GPUs
+# ---------------------------------------------------------------------------
+
+@dataclass
+class _Sized:
+    per_gpu_mib: int
+    settings: dict[str, Any]
+    args: list[str]
+    estimate: dict[str, Any]
+    notes: list[str]
+    problem: str = ""
+
+
+def _vllm_args(req: ServiceRequest, util: float | None) -> est.VLLMArgs:
+    return est.VLLMArgs(tp=req.tp, gpu_memory_utilization=util, max_model_len=req.context,
+                        kv_cache_dtype=req.kv_cache_dtype,
+                        kv_cache_memory_bytes=req.kv_cache_memory_bytes,
+                        max_num_seqs=req.max_num_seqs, enforce_eager=req.enforce_eager,
+                        version=req.version)
+
+
+def size_service(req: ServiceRequest, gpu_total_mib: int, free_mib: int,
+                 grow_to_mib: int | None = None) -> _Sized:
+    """Memory per GPU and engine settings for `req` when `free_mib` (CUDA view) is free.
+
+    vLLM without a fixed utilization gets the smallest share that serves
+    `min_concurrency` sequences of its context, grown up to `grow_to_mib` when given.
+    """
+    if req.engine == "vllm":
+        if req.facts is None:
+            raise UsageError(f"{req.name}: no model facts for a vLLM service")
+        capacity = cuda_total_mib(gpu_total_mib)
+        if req.gpu_memory_utilization is not None or req.kv_cache_memory_bytes:
+            e = est.vllm_estimate(req.facts, gpu_mib=gpu_total_mib,
+                                  args=_vllm_args(req, req.gpu_memory_utilization),
+                                  calibration=req.calibration)
+            util = e.gpu_memory_utilization
+        else:
+            need = est.utilization_for(req.facts, gpu_mib=gpu_total_mib,
+                                       args=_vllm_args(req, None),
+                                       sequences=max(1.0, req.min_concurrency))
+            util = need
+            if grow_to_mib is not None:
+                context_mib = (est.CONTEXT_GIB_TP1 if req.tp == 1 else est.CONTEXT_GIB_TP) * 1024
+                grown = math.floor((grow_to_mib - context_mib) / capacity * 100) / 100
+                util = max(need, min(grown, est.default_utilization(req.version)))
+            e = est.vllm_estimate(req.facts, gpu_mib=gpu_total_mib,
+                                  args=_vllm_args(req, min(util, 1.0)),
+                                  calibration=req.calibration)
+        settings: dict[str, Any] = {"gpu_memory_utilization": round(e.gpu_memory_utilization, 2),
+                                    "max_model_len": e.max_model_len,
+                                    "tensor_parallel_size": req.tp}
+        args = ["--gpu-memory-utilization", f"{e.gpu_memory_utilization:.2f}",
+                "--max-model-len", str(e.max_model_len)]
+        if req.kv_cache_memory_bytes:
+            settings = {"kv_cache_memory_bytes": req.kv_cache_memory_bytes,
+                        "max_model_len": e.max_model_len, "tensor_parallel_size": req.tp}
+            args = ["--kv-cache-memory-bytes", str(req.kv_cache_memory_bytes),
+                    "--max-model-len", str(e.max_model_len)]
+        if req.tp > 1:
+            args += ["--tensor-parallel-size", str(req.tp)]
+        if req.kv_cache_dtype != "auto":
+            settings["kv_cache_dtype"] = req.kv_cache_dtype
+            args += ["--kv-cache-dtype", req.kv_cache_dtype]
+        problem = "; ".join(e.problems)
+        if not problem and e.free_needed_gib * 1024 > free_mib:
+            problem = (f"needs {e.free_needed_gib:.1f} GiB free at start, "
+                       f"{free_mib / 1024:.1f} GiB free")
+        return _Sized(e.total_mib, settings, args, e.to_json(), e.notes, problem)
+    if req.engine == "llamacpp":
+        if req.facts is None:
+            raise UsageError(f"{req.name}: no model facts for a llama.cpp service")
+        largs = est.LlamaCppArgs(ctx=req.context or 4096,
+                                 n_gpu_layers=999 if req.n_gpu_layers is None else req.n_gpu_layers,
+                                 cache_type_k=req.cache_type_k, cache_type_v=req.cache_type_v,
+                                 parallel=req.parallel)
+        e2 = est.llamacpp_estimate(req.facts, gpu_mib=gpu_total_mib, args=largs,
+                                   calibration=req.calibration)
+        ngl = "all" if largs.n_gpu_layers >= req.facts.num_layers else str(largs.n_gpu_layers)
+        settings = {"ctx": largs.ctx, "n_gpu_layers": ngl, "cache_type_k": largs.cache_type_k,
+                    "cache_type_v": largs.cache_type_v}
+        args = ["-c", str(largs.ctx), "-ngl", str(999 if ngl == "all" else largs.n_gpu_layers),
+                "-ctk", largs.cache_type_k, "-ctv", largs.cache_type_v]
+        if largs.parallel > 1:
+            args += ["-np", str(largs.parallel)]
+        problem = "" if e2.total_mib <= free_mib else (
+            f"needs {e2.total_gib:.1f} GiB, {free_mib / 1024:.1f} GiB free")
+        return _Sized(e2.total_mib, settings, args, e2.to_json(), e2.notes, problem)
+    # generic engines: a declared budget or nothing known
+    mib = int(req.vram_mib or 0)
+    notes = [] if req.vram_mib else ["no VRAM budget declared: counted as 0"]
+    problem = "" if mib <= free_mib else f"needs {mib} MiB, {free_mib} MiB free"
+    return _Sized(mib, {"vram_mib": mib}, [], {"total_gib": round(mib / 1024, 2)}, notes, problem)
+
+
+# ---------------------------------------------------------------------------
+# Placement of several services
+# ---------------------------------------------------------------------------
+
+def _candidate_sets(req: ServiceRequest, gpus: list[GPUState]) -> list[tuple[int, ...]]:
+    indexes = [g.index for g in gpus]
+    if req.pinned_gpus:
+        unknown = [i for i in req.pinned_gpus if i not in indexes]
+        if unknown:
+            raise UsageError(f"{req.name}: GPU {unknown[0]} does not exist on this host",
+                             hint=f"GPUs here: {', '.join(map(str, indexes)) or 'none'}")
+        if len(req.pinned_gpus) != req.tp and req.engine == "vllm":
+            raise UsageError(f"{req.name}: pinned to {len(req.pinned_gpus)} GPU(s) but "
+                             f"tensor parallel size is {req.tp}")
+        return [tuple(req.pinned_gpus)]
+    if req.tp > len(gpus):
+        raise UsageError(f"{req.name}: tensor parallel size {req.tp} needs {req.tp} GPUs, "
+                         f"the host has {len(gpus)}",
+                         hint=f"use tp {max(1, len(gpus))}, or a pod with more GPUs")
+    return list(itertools.combinations(indexes, req.tp))
+
+
+def place(gpus: list[GPUState], requests: list[ServiceRequest], *,
+          margin_mib: int = DEFAULT_MARGIN_MIB, neighbours: list[Neighbour] = (),
+          with_alternatives: bool = True) -> Placement:
+    """Assign GPUs and memory settings to every request, in order; report per-GPU fit."""
+    if not gpus:
+        raise CapacityError("this host has no GPU", hint="`gpumod status` lists GPUs; "
+                            "pick a pod with GPUs (--pod NAME)")
+    by_index = {g.index: g for g in gpus}
+    planned: dict[int, int] = {g.index: 0 for g in gpus}
+    per_gpu_services: dict[int, list[tuple[str, int]]] = {g.index: [] for g in gpus}
+    assignments: list[Assignment] = []
+    unplaced: list[str] = []
+    reasons: list[str] = []
+    flexible: list[tuple[Assignment, ServiceRequest]] = []
+
+    def free(i: int) -> int:
+        g = by_index[i]
+        return g.capacity_mib - g.used_mib - planned[i] - margin_mib
+
+    for req in requests:
+        best: tuple[int, tuple[int, ...], _Sized] | None = None
+        failure = ""
+        for combo in _candidate_sets(req, gpus):
+            gpu_total = min(by_index[i].total_mib for i in combo)
+            free_min = min(free(i) for i in combo)
+            sized = size_service(req, gpu_total, max(0, free_min))
+            if sized.problem:
+                failure = failure or sized.problem
+                continue
+            leftover = free_min - sized.per_gpu_mib
+            if best is None or leftover < best[0]:      # best fit keeps big holes free
+                best = (leftover, combo, sized)
+        if best is None:
+            unplaced.append(req.name)
+            reasons.append(f"{req.name}: {failure or 'does not fit'}")
+            # count it anyway on its pinned/first GPUs so the overflow shows
+            combo = req.pinned_gpus or tuple(sorted(planned, key=lambda i: free(i),
+                                                    reverse=True)[:max(1, req.tp)])
+            sized = size_service(req, min(by_index[i].total_mib for i in combo), 10**9)
+            for i in combo:
+                planned[i] += sized.per_gpu_mib
+                per_gpu_services[i].append((req.name, sized.per_gpu_mib))
+            assignments.append(Assignment(req.name, req.engine, tuple(combo), sized.per_gpu_mib,
+                                          sized.settings, sized.args, sized.estimate,
+                                          [*sized.notes, "does not fit"]))
+            continue
+        _, combo, sized = best
+        for i in combo:
+            planned[i] += sized.per_gpu_mib
+            per_gpu_services[i].append((req.name, sized.per_gpu_mib))
+        a = Assignment(req.name, req.engine, combo, sized.per_gpu_mib, sized.settings,
+                       sized.args, sized.estimate, sized.notes)
+        assignments.append(a)
+        if req.engine == "vllm" and req.gpu_memory_utilization is None \
+                and not req.kv_cache_memory_bytes:
+            flexible.append((a, req))
+
+    # Grow flexible vLLM services into the memory left on their GPUs (fair shares).
+    if not unplaced:
+        for a, req in flexible:
+            share = min(free(i) // max(1, sum(1 for b, _ in flexible if i in b.gpus))
+                        for i in a.gpus)
+            if share <= 0:
+                continue
+            gpu_total = min(by_index[i].total_mib for i in a.gpus)
+            grown = size_service(req, gpu_total, a.per_gpu_mib + share,
+                                 grow_to_mib=a.per_gpu_mib + share)
+            if grown.problem or grown.per_gpu_mib <= a.per_gpu_mib:
+                continue
+            for i in a.gpus:
+                planned[i] += grown.per_gpu_mib - a.per_gpu_mib
+                per_gpu_services[i] = [(n, grown.per_gpu_mib if n == a.service else m)
+                                       for n, m in per_gpu_services[i]]
+            a.per_gpu_mib, a.settings, a.engine_args = (grown.per_gpu_mib, grown.settings,
+                                                        grown.args)
+            a.estimate, a.notes = grown.estimate, grown.notes
+
+    fits_list = []
+    for g in gpus:
+        after = g.capacity_mib - g.used_mib - planned[g.index]
+        fits_list.append(GPUFit(g.index, g.name, g.total_mib, g.capacity_mib, g.used_mib,
+                                planned[g.index], after, margin_mib, after >= margin_mib,
+                                per_gpu_services[g.index]))
+    ok = not unplaced and all(f.fits for f in fits_list)
+    placement = Placement(ok, assignments, fits_list, reason="; ".join(reasons), unplaced=unplaced)
+    if not ok and with_alternatives:
+        placement.alternatives = alternatives(gpus, requests, placement, margin_mib=margin_mib,
+                                              neighbours=list(neighbours))
+    return placement
+
+
+# ---------------------------------------------------------------------------
+# Alternatives
+# ---------------------------------------------------------------------------
+
+def _try(gpus: list[GPUState], requests: list[ServiceRequest], margin_mib: int,
+         neighbours: list[Neighbour] = ()) -> Placement | None:
+    try:
+        p = place(gpus, requests, margin_mib=margin_mib, neighbours=neighbours,
+                  with_alternatives=False)
+    except (UsageError, CapacityError):
+        return None
+    return p if p.fits else None
+
+
+def _model_max(req: ServiceRequest) -> int:
+    return (req.facts.max_position if req.facts and req.facts.max_position else 0) or 4096
+
+
+def alternatives(gpus: list[GPUState], requests: list[ServiceRequest], failed: Placement, *,
+                 margin_mib: int = DEFAULT_MARGIN_MIB,
+                 neighbours: list[Neighbour] = ()) -> list[Alternative]:
+    """Ranked changes that make the set fit (least disruptive first), combinations included."""
+    out: list[Alternative] = []
+    overflow = max(0, -min(f.free_after_mib - f.margin_mib for f in failed.gpus))
+    targets = [r for r in requests if r.name in failed.unplaced] or list(requests)
+    for req in sorted(targets, key=lambda r: -(failed.assignment(r.name).per_gpu_mib
+                                                if failed.assignment(r.name) else 0)):
+        idx = requests.index(req)
+        current = failed.assignment(req.name)
+        cur_mib = current.per_gpu_mib if current else 0
+
+        def variant(_req: ServiceRequest = req, _idx: int = idx,
+                    **changes: Any) -> list[ServiceRequest]:
+            return [*requests[:_idx], replace(_req, **changes), *requests[_idx + 1:]]
+
+        def saved(p: Placement, _name: str = req.name, _cur: int = cur_mib) -> int:
+            a = p.assignment(_name)
+            return max(0, _cur - (a.per_gpu_mib if a else 0))
+
+        if req.engine == "vllm" and req.facts is not None:
+            ctx = req.context or _model_max(req)
+            # 1. shorter context (largest that fits)
+            length = ctx // 2
+            while length >= 2048:
+                p = _try(gpus, variant(context=length), margin_mib)
+                if p:
+                    out.append(Alternative(0, "shorter-context",
+                                           f"{req.name}: --max-model-len {length} (was {ctx})",
+                                           saved(p), {"service": req.name, "context": length}))
+                    break
+                length //= 2
+            # 2. fp8 KV cache, alone and with a shorter context
+            if req.kv_cache_dtype == "auto":
+                p = _try(gpus, variant(kv_cache_dtype="fp8"), margin_mib)
+                if p:
+                    out.append(Alternative(0, "fp8-kv",
+                                           f"{req.name}: --kv-cache-dtype fp8 (halves the KV "
+                                           "cache per token)", saved(p),
+                                           {"service": req.name, "kv_cache_dtype": "fp8"}))
+                else:
+                    length = ctx // 2
+                    while length >= 2048:
+                        p = _try(gpus, variant(kv_cache_dtype="fp8", context=length), margin_mib)
+                        if p:
+                            out.append(Alternative(
+                                0, "fp8-kv+shorter-context",
+                                f"{req.name}: --kv-cache-dtype fp8 and --max-model-len {length}",
+                                saved(p), {"service": req.name, "kv_cache_dtype": "fp8",
+                                           "context": length}))
+                            break
+                        length //= 2
+            # 3. more GPUs (tensor parallel)
+            if req.tp * 2 <= len(gpus) and req.facts.num_heads % (req.tp * 2) == 0 \
+                    and not req.pinned_gpus:
+                p = _try(gpus, variant(tp=req.tp * 2), margin_mib)
+                if p:
+                    out.append(Alternative(0, "more-gpus",
+                                           f"{req.name}: --tensor-parallel-size {req.tp * 2}",
+                                           saved(p), {"service": req.name, "tp": req.tp * 2}))
+        if req.engine == "llamacpp" and req.facts is not None:
+            for k, v in (("q8_0", "q8_0"), ("q4_0", "q4_0")):
+                if req.cache_type_k == "f16":
+                    p = _try(gpus, variant(cache_type_k=k, cache_type_v=v), margin_mib)
+                    if p:
+                        out.append(Alternative(0, "quantized-kv",
+                                               f"{req.name}: -ctk {k} -ctv {v}", saved(p),
+                                               {"service": req.name, "cache_type_k": k,
+                                                "cache_type_v": v}))
+                        break
+            ctx = req.context or 4096
+            length = ctx // 2
+            while length >= 1024:
+                p = _try(gpus, variant(context=length), margin_mib)
+                if p:
+                    out.append(Alternative(0, "shorter-context",
+                                           f"{req.name}: -c {length} (was {ctx})", saved(p),
+                                           {"service": req.name, "context": length}))
+                    break
+                length //= 2
+            # partial offload: as many layers as fit on the emptiest GPU
+            g = max(gpus, key=lambda g: g.capacity_mib - g.used_mib)
+            others = sum(a.per_gpu_mib for a in failed.assignments
+                         if a.service != req.name and g.index in a.gpus)
+            budget = g.capacity_mib - g.used_mib - others - margin_mib
+            largs = est.LlamaCppArgs(ctx=req.context or 4096, cache_type_k=req.cache_type_k,
+                                     cache_type_v=req.cache_type_v, parallel=req.parallel)
+            n = est.llamacpp_max_layers(req.facts, budget_mib=budget, args=largs)
+            if 0 < n < req.facts.num_layers:
+                out.append(Alternative(0, "offload",
+                                       f"{req.name}: -ngl {n} ({req.facts.num_layers - n} "
+                                       "layers on the CPU, slower)", 0,
+                                       {"service": req.name, "n_gpu_layers": n}))
+        # 4. a quantized variant from the catalog, or a generic hint
+        for name in req.variants:
+            out.append(Alternative(0, "quantized", f"{req.name}: use {name}", 0,
+                                   {"service": req.name, "model": name}))
+        if not req.variants and req.facts is not None and not req.facts.quant_method \
+                and req.engine == "vllm":
+            weights = (current.estimate.get("weights_gib", 0) if current else 0)
+            if weights:
+                out.append(Alternative(0, "quantized",
+                                       f"{req.name}: an FP8 or 4-bit (AWQ/GPTQ) variant of the "
+                                       f"model would need ~{weights / 2:.1f} / "
+                                       f"{weights / 3.5:.1f} GiB of weights instead of "
+                                       f"{weights:.1f}", int(weights / 2 * 1024),
+                                       {"service": req.name, "quantize": "fp8|awq"}))
+        # 5. another GPU (when pinned) or time-sharing through sleep
+        if req.pinned_gpus:
+            p = _try(gpus, variant(pinned_gpus=()), margin_mib)
+            if p and p.assignment(req.name):
+                gpus_txt = ",".join(map(str, p.assignment(req.name).gpus))
+                out.append(Alternative(0, "other-gpu", f"{req.name}: run on GPU {gpus_txt}",
+                                       0, {"service": req.name, "gpus": gpus_txt}))
+    # 6. sleep neighbours (time-share)
+    sleepers = [n for n in neighbours if n.sleep_mode in ("l1", "l2", "router")]
+    if sleepers and overflow:
+        freed = sum(n.mib - (n.weights_mib if n.sleep_mode == "l1" else 0) for n in sleepers)
+        names = ", ".join(f"{n.name} ({n.sleep_mode})" for n in sleepers)
+        if freed >= overflow:
+            out.append(Alternative(0, "sleep", f"sleep {names} while this runs (time-share)",
+                                   freed, {"sleep": [n.name for n in sleepers]}))
+    for req in requests:
+        if req.sleep_mode in ("l1", "l2") and len(requests) > 1:
+            rest = [r for r in requests if r is not req]
+            if _try(gpus, rest, margin_mib):
+                out.append(Alternative(0, "sleep",
+                                       f"time-share: keep {req.name} asleep ({req.sleep_mode}) "
+                                       "and wake it on demand", 0,
+                                       {"sleep": [req.name]}))
+    # rank: fits with the smallest change first (order of kinds), then by saving
+    order = {"shorter-context": 0, "fp8-kv": 1, "fp8-kv+shorter-context": 2, "quantized-kv": 1,
+             "other-gpu": 3, "sleep": 4, "more-gpus": 5, "quantized": 6, "offload": 7}
+    out.sort(key=lambda a: (order.get(a.kind, 9), -a.saves_mib))
+    seen: set[str] = set()
+    ranked = []
+    for a in out:
+        if a.description in seen:
+            continue
+        seen.add(a.description)
+        a.rank = len(ranked) + 1
+        ranked.append(a)
+    return ranked
+
+
+# ---------------------------------------------------------------------------
+# Entry point for `pi start`
+# ---------------------------------------------------------------------------
+
+def gpu_states(usages: list[Any]) -> list[GPUState]:
+    """GPUState list from gpumod.hosts.gpus.GPUUsage rows (nvidia-smi)."""
+    states = []
+    for u in usages:
+        total = int(u.gpu.memory_mib)
+        used = u.used_mib
+        if used is None and u.free_mib is not None:
+            used = total - int(u.free_mib)
+        states.append(GPUState(u.gpu.index, u.gpu.name, total, int(used or 0)))
+    return states
+
+
+def plan_start(gpus_usage: list[Any], request: ServiceRequest, *,
+               margin_mib: int = DEFAULT_MARGIN_MIB,
+               neighbours: list[Neighbour] = ()) -> Placement:
+    """Place one service on a host as it is now (nvidia-smi), or raise CapacityError.
+
+    The error's message says why; its hint lists the ranked alternatives.
+    """
+    gpus = gpu_states(gpus_usage)
+    placement = place(gpus, [request], margin_mib=margin_mib, neighbours=neighbours)
+    if placement.fits:
+        return placement
+    fit = [f for f in placement.gpus if f.services]
+    worst = min(fit or placement.gpus, key=lambda f: f.free_after_mib)
+    short = -worst.free_after_mib + worst.margin_mib
+    reason = placement.reason or (f"GPU {worst.index} would be short of "
+                                  f"{short / 1024:.1f} GiB")
+    hint = "; ".join(f"[{a.rank}] {a.description}" for a in placement.alternatives[:5])
+    raise CapacityError(f"{request.name} does not fit: {reason}",
+                        hint=(("alternatives: " + hint) if hint else
+                              "free a GPU (`pi stop NAME`) or use a bigger pod") +
+                        "; --force starts it anyway")
+
+
+def mib_to_gib(mib: int) -> float:
+    return round(mib * MIB / GIB, 1)
