@@ -525,3 +525,12 @@ def test_script_ships_as_package_data():
     text = resources.files("gpumod").joinpath("scripts/pod_setup.sh").read_text()
     assert text.startswith("#!/usr/bin/env bash")
     assert json.dumps(text)  # plain text, uploadable through stdin
+
+
+def test_nvidia_smi_that_cannot_reach_the_driver_fails_the_gpu_step(pod):
+    pod.shims.fault("nvidia-smi")
+    run = pod.setup()
+    assert run.returncode == 1
+    kind, text = run.outcomes()["gpu"]
+    assert kind == "fail" and text.startswith("nvidia-smi failed: nvidia-smi: simulated failure")
+    assert installer_calls(pod.shims) == []

@@ -278,3 +278,34 @@ def test_three_pods_set_up_at_once_all_land(tmp_path):
     finally:
         for server in servers:
             server.stop()
+
+
+def test_full_setup_installs_with_progress_and_keeps_secrets_out_of_sight(sshd, tmp_path,
+                                                                          monkeypatch):
+    """`pi pods setup` end to end, installers replaced by recording shims on the pod."""
+    from tests.support.shims import install_setup_shims
+
+    shims = install_setup_shims(sshd.bin_dir, tmp_path / "shim-state")
+    monkeypatch.setenv("HF_TOKEN", "hf_SECRET_token_123")
+    monkeypatch.setenv("PI_API_KEY", "pi_SECRET_key_456")
+    result = run_cli("pods", "setup", "dc1", sshd.ssh_command, "--vllm", "0.10.1")
+    assert result.code == 0, result.output
+    for step in ("uv (Python package manager)", "PyTorch", "vLLM", "huggingface_hub"):
+        assert step in result.stderr
+    assert "hf_SECRET" not in result.output and "pi_SECRET" not in result.output
+    secrets = sshd.remote_root / "secrets.env"
+    assert oct(secrets.stat().st_mode & 0o777) == "0o600"
+    assert "pi_SECRET_key_456" in secrets.read_text()
+    for path in sshd.remote_home.rglob("*"):
+        if path.is_file() and path.suffix not in {".pyc"}:
+            text = path.read_text(errors="replace")
+            assert "SECRET" not in text, f"secret leaked into {path}"
+    assert all("SECRET" not in " ".join(call) for call in shims.calls())
+    host = {h["name"]: h for h in _stored_hosts()}["dc1"]
+    assert host["engine_env"]["venv"] == f"{sshd.remote_home}/venv"
+    assert host["vllm"] == "0.10.1"
+
+    again = run_cli("pods", "setup", "dc1", sshd.ssh_command)
+    assert again.code == 0, again.output
+    assert "already done" in again.stderr
+    assert "pod dc1 updated" in again.stdout

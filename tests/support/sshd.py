@@ -45,10 +45,13 @@ class LoopbackSSHD:
         self.etc = base / "sshd"
         self.remote_root = base / "remote-gpumod"
         self.bin_dir = base / "remote-bin"
+        # The remote login gets its own HOME so nothing a test runs there (setup
+        # scripts, caches, rc files) can touch this machine's real home.
+        self.remote_home = base / "remote-home"
         self.client_key = base / "client_key"
         self.known_hosts = base / "known_hosts"
         self.proc: subprocess.Popen[bytes] | None = None
-        for folder in (self.etc, self.remote_root, self.bin_dir):
+        for folder in (self.etc, self.remote_root, self.bin_dir, self.remote_home):
             folder.mkdir(parents=True, exist_ok=True)
         self._keys()
         self._config()
@@ -83,7 +86,7 @@ class LoopbackSSHD:
             "MaxSessions 100\n"
             "MaxStartups 100\n"
             "LogLevel ERROR\n"
-            f"SetEnv GPUMOD_REMOTE_HOME={self.remote_root} PATH={path}\n"
+            f"SetEnv GPUMOD_REMOTE_HOME={self.remote_root} HOME={self.remote_home} PATH={path}\n"
         )
 
     # -- life cycle -----------------------------------------------------------

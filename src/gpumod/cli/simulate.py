@@ -86,4 +86,9 @@ def simulate(services: tuple[str, ...], mode: str | None, add: tuple[str, ...],
                 for alt in p.alternatives:
                     c.print(plain(f"  [{alt.rank}] {alt.description}"))
     if not result.placement.fits:
-        raise click.exceptions.Exit(8)
+        from gpumod.errors import CapacityError
+
+        p = result.placement
+        raise CapacityError(f"does not fit: {p.reason or 'over capacity'}",
+                            hint=(f"{len(p.alternatives)} alternative(s) listed above"
+                                  if p.alternatives else "remove a service or use a bigger GPU"))

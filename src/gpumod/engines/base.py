@@ -188,8 +188,16 @@ class Engine(ABC):
             hits = lines[-limit:]
         return hits[-limit:]
 
-    def validate(self, spec: ServiceSpec) -> None:  # noqa: B027 - optional hook
+    #: flags gpumod sets itself; the same flag in the user's args would break health checks
+    owned_flags: tuple[str, ...] = ("--port", "--host")
+
+    def validate(self, spec: ServiceSpec) -> None:
         """Reject specs this engine cannot run (raise UsageError)."""
+        for flag in self.owned_flags:
+            if has_flag(spec.args, (flag,)):
+                raise UsageError(f"{flag} in the engine args would override gpumod's choice",
+                                 hint=f"give gpumod's own {flag} before --vllm"
+                                 if flag == "--port" else "gpumod binds the engine itself")
 
 
 def get_engine(name: str) -> Engine:

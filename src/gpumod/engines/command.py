@@ -22,6 +22,7 @@ class CommandEngine(Engine):
     binary = ""
     secret_env = "API_KEY"  # noqa: S105 - a variable name, not a value
     health = HealthCheck("/health", ok_codes=(200,), loading_codes=(503,))
+    owned_flags = ()
 
     def argv(self, spec: ServiceSpec, *, bind: str, model_path: str | None = None,
              binary: str | None = None) -> list[str]:

@@ -54,6 +54,7 @@ class LlamaCppEngine(Engine):
         return spec.model
 
     def validate(self, spec: ServiceSpec) -> None:
+        super().validate(spec)
         if has_flag(spec.args, ROUTER_FLAGS):
             raise UsageError("llama.cpp router mode is not a single-model deployment",
                              hint="start one GGUF model per deployment (router mode is for modes)")

@@ -23,6 +23,8 @@ from typing import Any
 
 from gpumod.errors import ConfigError, GpumodError, UsageError
 
+Progress = Callable[[str], None]
+
 
 class NotAvailable(ConfigError):
     """The operation behind a tool or command is not part of this build."""
@@ -116,40 +118,89 @@ def gpu_picture(pod: str | None = None) -> str:
 # --------------------------------------------------------------------------- services
 
 
+def _host_names(store: Any, pod: str | None) -> list[str] | None:
+    """[the pod's name] for --pod, else None (every host)."""
+    if not pod:
+        return None
+    from gpumod.ops.hosts import resolve_host
+
+    return [resolve_host(store, pod).name]
+
+
 def service_list(pod: str | None = None) -> list[dict[str, Any]]:
-    """Services with their real state (`gpumod list --json`)."""
+    """Services with their real state, probed on their hosts (`pi list --json`)."""
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.deploy", "list_deployments")(store, pod))
+        statuses = _op("gpumod.ops.deploy", "list_status")(store, _host_names(store, pod))
+        out = []
+        for status in statuses:
+            row = jsonable(status)
+            # A vLLM asleep still answers /health: the probe says running, the record knows.
+            if row.get("state") == "running" and status.spec.state == "sleeping":
+                row["state"] = "sleeping"
+            # A defined service never started (or stopped by gpumod) has no folder or pid:
+            # that is "stopped", not a crash.
+            elif row.get("state") == "crashed" and status.spec.state in ("defined", "stopped"):
+                row["state"] = "stopped"
+            out.append(row)
+        return out
 
 
 def service_status(name: str) -> dict[str, Any]:
+    """One service: spec, process state, health, whether it sleeps (`gpumod service status`)."""
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.deploy", "deployment_status")(store, name))
+        return jsonable(_op("gpumod.ops.lifecycle", "service_status")(store, name))
 
 
 def service_logs(name: str, lines: int = 200) -> str:
+    """The last LINES lines of a service's log (`pi logs NAME`)."""
+    chunks: list[bytes] = []
     with session_store() as store:
-        return str(_op("gpumod.ops.deploy", "read_log")(store, name, lines=lines))
+        _op("gpumod.ops.deploy", "logs")(store, name, lines=lines, follow=False,
+                                         write=chunks.append)
+    return b"".join(chunks).decode("utf-8", errors="replace")
 
 
-def service_start(name: str) -> dict[str, Any]:
+def _progress(progress: Progress | None) -> dict[str, Any]:
+    return {} if progress is None else {"progress": progress}
+
+
+def service_start(name: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Start a service (dependencies first), each healthy (`gpumod service start`)."""
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.lifecycle", "start_service")(store, name))
+        started = _op("gpumod.ops.lifecycle", "start_service")(store, name,
+                                                               **_progress(progress))
+        return {"service": name, "started": jsonable(started)}
 
 
-def service_stop(name: str) -> dict[str, Any]:
+def service_stop(name: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Stop a service (its dependents first) (`gpumod service stop`)."""
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.lifecycle", "stop_service")(store, name))
+        stopped = _op("gpumod.ops.lifecycle", "stop_service")(store, name,
+                                                              **_progress(progress))
+        return {"service": name, "stopped": jsonable(stopped)}
 
 
-def service_sleep(name: str, level: str | None = None) -> dict[str, Any]:
+def _report(report: Any) -> dict[str, Any]:
+    if not getattr(report, "ok", True):
+        from gpumod.errors import EngineError
+
+        raise EngineError(report.summary())
+    return jsonable(report)
+
+
+def service_sleep(name: str, level: str | None = None,
+                  progress: Progress | None = None) -> dict[str, Any]:
+    """Put a service to sleep (`gpumod service sleep`); a failed sleep raises."""
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.sleep", "sleep_service")(store, name, level=level))
+        return _report(_op("gpumod.ops.sleep", "sleep_service")(store, name, level,
+                                                                **_progress(progress)))
 
 
-def service_wake(name: str) -> dict[str, Any]:
+def service_wake(name: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Wake a sleeping service (`gpumod service wake`); a failed wake raises."""
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.sleep", "wake_service")(store, name))
+        return _report(_op("gpumod.ops.sleep", "wake_service")(store, name,
+                                                               **_progress(progress)))
 
 
 # --------------------------------------------------------------------------- modes
@@ -157,22 +208,54 @@ def service_wake(name: str) -> dict[str, Any]:
 
 def mode_list(pod: str | None = None) -> list[dict[str, Any]]:
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.modes", "list_modes")(store, pod))
+        names = _host_names(store, pod)
+        modes = _op("gpumod.ops.modes", "list_modes")(store, names[0] if names else None)
+        current = _op("gpumod.ops.modes", "current_mode")
+        return [{**jsonable(m), "current": current(store, m.host) == m.name} for m in modes]
 
 
 def mode_status(pod: str | None = None) -> dict[str, Any]:
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.modes", "mode_status")(store, pod))
+        from gpumod.ops.hosts import resolve_host
+
+        host = resolve_host(store, pod).name
+        return jsonable(_op("gpumod.ops.modes", "mode_status")(store, host))
 
 
 def mode_verify(mode: str) -> dict[str, Any]:
+    """Is every service of MODE running and healthy? Lists those that are not."""
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.modes", "verify_mode")(store, mode))
+        from gpumod.ops import modes
+
+        verify = getattr(modes, "verify_mode", None)
+        if verify is not None:
+            return jsonable(verify(store, mode))
+        # Until ops.modes has its own: the same per-service status `gpumod service status` uses.
+        status_of = _op("gpumod.ops.lifecycle", "service_status")
+        spec = modes.get_mode(store, mode)
+        services, problems = [], []
+        for name in spec.services:
+            try:
+                st = status_of(store, name)
+                row = {"name": name, "process": st.process, "health": st.health,
+                       "sleeping": st.sleeping}
+            except GpumodError as exc:
+                row = {"name": name, "process": "unknown", "health": f"unknown ({exc.message})",
+                       "sleeping": None}
+            row["ok"] = row["process"] == "running" and row["health"] == "ok"
+            services.append(row)
+            if not row["ok"]:
+                problems.append(f"{name}: process {row['process']}, health {row['health']}")
+        return {"mode": mode, "host": spec.host,
+                "current": modes.current_mode(store, spec.host) == mode,
+                "healthy": not problems, "services": services, "problems": problems}
 
 
-def mode_switch(mode: str) -> dict[str, Any]:
+def mode_switch(mode: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Switch the mode's host to MODE; a failure rolls back and raises (`gpumod mode switch`)."""
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.modes", "switch_mode")(store, mode))
+        return jsonable(_op("gpumod.ops.modes", "switch_mode")(store, mode,
+                                                               **_progress(progress)))
 
 
 # --------------------------------------------------------------------------- planner
@@ -210,8 +293,34 @@ def model_info(model: str) -> dict[str, Any]:
 def model_estimate(model: str, engine: str = "vllm", context: int | None = None,
                    gpu: str | None = None, args: Sequence[str] = (),
                    pod: str | None = None) -> dict[str, Any]:
-    """Per-GPU VRAM estimate for serving MODEL with ENGINE (`gpumod model estimate`)."""
+    """Per-GPU VRAM estimate for serving MODEL with ENGINE and these engine args.
+
+    The card: GPU type GPU, else the first GPU of --pod (or the active host), else an
+    H100 80GB. The args are read by the planner's own engine-args parsers.
+    """
+    from gpumod.planner import estimate as est
+    from gpumod.planner import gputable
+    from gpumod.planner.facts import resolve
+
+    if engine not in ("vllm", "llamacpp"):
+        raise UsageError(f"unknown engine {engine!r}", hint="use vllm or llamacpp")
+    argv = list(args)
+    if context is not None:
+        argv += ["--max-model-len" if engine == "vllm" else "-c", str(context)]
     with session_store() as store:
-        fn = _op("gpumod.planner.estimate", "estimate_model")
-        return jsonable(fn(store, model, engine=engine, context=context, gpu=gpu,
-                           args=list(args), pod=pod))
+        if gpu:
+            gpu_mib, gpu_label = gputable.gpu_mib(gpu), gpu
+        else:
+            from gpumod.ops.hosts import resolve_host
+
+            cards = resolve_host(store, pod).gpus
+            gpu_mib, gpu_label = ((cards[0].memory_mib, cards[0].name) if cards else
+                                  (gputable.gpu_mib("H100 80GB"), "H100 80GB"))
+        facts = resolve(model, store=store)
+        if engine == "vllm":
+            result: Any = est.vllm_estimate(facts, gpu_mib=gpu_mib,
+                                            args=est.parse_vllm_args(argv))
+        else:
+            result = est.llamacpp_estimate(facts, gpu_mib=gpu_mib,
+                                           args=est.parse_llamacpp_args(argv))
+        return {**jsonable(result), "gpu": gpu_label, "gpu_mib": gpu_mib}

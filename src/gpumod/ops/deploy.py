@@ -230,7 +230,7 @@ def model_kind(engine: str, model: str) -> str:
     """'path' (on the host), 'hf' (a Hugging Face id), or 'none' (command engine)."""
     if engine == "command":
         return "none"
-    if model.startswith(("/", "~/", "./", "../")):
+    if model.startswith(("/", "~/")):
         return "path"
     return "hf"
 
@@ -248,7 +248,10 @@ def split_gguf_ref(model: str, known: KnownModel | None) -> tuple[str, str | Non
 
 def validate_model(model: str) -> None:
     validate.no_control_chars(model, "model")
-    if model.startswith(("/", "~/", "./", "../")):
+    if model.startswith(("./", "../")):
+        raise UsageError(f"relative model path {model!r} on a pod",
+                         hint="give an absolute path (or ~/...) on the pod")
+    if model.startswith(("/", "~/")):
         return
     repo = model.split(":", 1)[0]
     if not validate.hf_id(repo):
@@ -301,6 +304,8 @@ class StartPlan:
 def plan_start(req: StartRequest, host: Host) -> StartPlan:
     """Engine, args, env and GPU count for a request on a host; raises UsageError."""
     validate.name(req.name, "service name")
+    if host.is_local and req.model.startswith(("./", "../")):
+        req.model = os.path.abspath(req.model)  # local paths are relative to where you are
     validate_model(req.model)
     known = find_model(req.model.split(":", 1)[0]) if model_kind("vllm", req.model) == "hf" \
         else None
@@ -591,7 +596,7 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
                 cleanup_error = stop_exc.message
         try:
             records.drop(store, req.name)
-        except Exception:  # noqa: S110 - the original error matters more
+        except Exception:  # the original error matters more than a failed cleanup
             pass
         if isinstance(exc, KeyboardInterrupt):
             raise Cancelled("start cancelled; the engine was stopped and nothing recorded"

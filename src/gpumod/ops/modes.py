@@ -70,8 +70,11 @@ def get_mode(store: Store, name: str) -> Mode:
 
 
 def list_modes(store: Store, host: str | None = None) -> list[Mode]:
-    sql = "SELECT name FROM modes" + (" WHERE host = ?" if host else "") + " ORDER BY host, name"
-    return [get_mode(store, r["name"]) for r in store.query(sql, (host,) if host else ())]
+    if host:
+        rows = store.query("SELECT name FROM modes WHERE host = ? ORDER BY name", (host,))
+    else:
+        rows = store.query("SELECT name FROM modes ORDER BY host, name")
+    return [get_mode(store, r["name"]) for r in rows]
 
 
 def current_mode(store: Store, host: str) -> str | None:
@@ -162,9 +165,12 @@ def plan_switch(store: Store, name: str, *, keep_warm: bool = False) -> SwitchPl
         raise NotFoundError(f"mode {name} lists unknown services: {', '.join(missing)}")
     ordered = lifecycle.dependency_order(specs, target_specs)
     target = {s.name for s in ordered}
-    in_modes = {r["service"] for r in store.query(
+    listed = {r["service"] for r in store.query(
         "SELECT ms.service FROM mode_services ms JOIN modes m ON m.name = ms.mode "
         "WHERE m.host = ?", (mode.host,))}
+    # a mode's services and the dependencies started with them
+    in_modes = {s.name for s in lifecycle.dependency_order(
+        specs, [by_name[n] for n in listed if n in by_name])}
     plan = SwitchPlan(mode.host, name, current_mode(store, mode.host))
     plan.implicit = [s.name for s in ordered if s.name not in mode.services]
     active = [s for s in specs if s.state in lifecycle.ACTIVE_STATES]

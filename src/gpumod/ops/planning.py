@@ -239,15 +239,15 @@ def _rejection_text(sim: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the loop
 
 
-SYSTEM_PROMPT = """\
+SYSTEM_PROMPT = f"""\
 You are gpumod's planning assistant. gpumod runs LLM inference services (vLLM, llama.cpp, \
 others) on GPU hosts and groups them into modes (named sets of services that run together).
 The user asks for a change. Look first: use the read-only tools (service_list, mode_list, \
 mode_status, gpu_status, model_info, model_estimate, simulate_mode). Then hand in exactly one \
-proposal with the {propose} tool: a mode name, its services (only services that service_list \
+proposal with the {PROPOSE} tool: a mode name, its services (only services that service_list \
 shows), and optional context lengths per service. The proposal is simulated; if it does not \
 fit in VRAM you get the reason and may revise it. After an accepted proposal, answer with a \
-short summary for the user. You cannot change anything yourself.""".format(propose=PROPOSE)
+short summary for the user. You cannot change anything yourself."""
 
 
 @dataclass
@@ -391,19 +391,34 @@ def _summary(client: Any, model: str, messages: list[dict[str, Any]], endpoint: 
 
 
 def apply_plan(proposal: Proposal, *, pod: str | None = None) -> dict[str, Any]:
-    """Make the proposal real: save the mode, set the contexts, switch to it.
+    """Make the proposal real: set the contexts, save the mode, switch to it.
 
-    Simulated again first (the world may have changed since the model looked).
+    Simulated again first (the world may have changed since the model looked). A mode of
+    that name with other services is replaced.
     """
+    from gpumod.errors import CapacityError, NotFoundError
+    from gpumod.ops import lifecycle, modes
+    from gpumod.ops.hosts import resolve_host
+
     sim = check_proposal(proposal, pod=pod)
     if not sim.get("fits"):
-        from gpumod.errors import CapacityError
-
         raise CapacityError(f"the proposal does not fit any more: {sim.get('reason')}",
                             hint="run `gpumod plan` again")
     with bridge.session_store() as store:
-        for service, tokens in proposal.contexts.items():
-            bridge._op("gpumod.ops.services", "set_context")(store, service, tokens)
-        bridge._op("gpumod.ops.modes", "save_mode")(store, proposal.mode, proposal.services,
-                                                     pod=pod)
+        host = (resolve_host(store, pod).name if pod else
+                lifecycle.get_service(store, proposal.services[0]).host)
+        if proposal.contexts:
+            set_context = bridge._op("gpumod.ops.lifecycle", "set_context")
+            for service, tokens in proposal.contexts.items():
+                set_context(store, service, tokens)
+        try:
+            existing = modes.get_mode(store, proposal.mode)
+        except NotFoundError:
+            existing = None
+        if existing is None or list(existing.services) != proposal.services \
+                or existing.host != host:
+            if existing is not None:
+                modes.delete_mode(store, proposal.mode)
+            modes.create_mode(store, proposal.mode, proposal.services, host=host,
+                              description=" ".join(proposal.explanation.split())[:200])
     return bridge.mode_switch(proposal.mode)

@@ -141,7 +141,8 @@ def setup_pod(
     if secrets:
         body = "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secrets.items()))
         _upload(transport, root, "secrets.env", body, mode="600")
-    args = ["--vllm", vllm or "release"]
+    # Without --vllm the script keeps whatever vLLM is installed (a nightly stays nightly).
+    args = ["--vllm", vllm] if vllm else []
     if models_path:
         args += ["--models-path", models_path]
     if mount:

@@ -101,7 +101,7 @@ def render_gpu_bars(gpus: Sequence[GPUBar], *, width: int = 48, unicode: bool = 
             name = seg.label
             if cols >= 4:
                 inner = cols - 1
-                text = ("--" + name)[:inner]
+                text = ("--" + name) if len(name) + 2 <= inner else name[:inner]
                 label_line += "|" + text.ljust(inner, "-")
             else:
                 label_line += "|" + "-" * (cols - 1)
@@ -119,3 +119,31 @@ def render_gpu_bars(gpus: Sequence[GPUBar], *, width: int = 48, unicode: bool = 
             lines.append(f"{pad}! over by {_gib(overflow)} GiB")
         lines.append("")
     return "\n".join(lines).rstrip("\n")
+
+
+def render_live_status(status: dict, *, width: int = 48, unicode: bool = True) -> str:
+    """`gpumod status --visual`: bars from a HostStatus JSON (gpus + processes).
+
+    Each GPU process is a segment (named after its service when known);
+    memory nvidia-smi counts as used but no listed process holds is "(other)".
+    """
+    bars = []
+    processes = status.get("processes") or []
+    for g in status.get("gpus") or []:
+        total = int(g.get("memory_total_mib") or 0)
+        used = int(g.get("memory_used_mib") or 0)
+        segments: list[Segment] = []
+        by_label: dict[str, int] = {}
+        for p in processes:
+            if p.get("gpu") != g.get("index") or not p.get("used_mib"):
+                continue
+            label = str(p.get("service") or f"{p.get('name') or 'pid'}:{p.get('pid')}")
+            by_label[label] = by_label.get(label, 0) + int(p["used_mib"])
+        for label, mib in by_label.items():
+            segments.append(Segment(label, mib))
+        rest = used - sum(by_label.values())
+        if rest > 0:
+            segments.append(Segment("(other)", rest, "driver, other users"))
+        bars.append(GPUBar(int(g.get("index") or 0), str(g.get("name") or "GPU"), total,
+                           segments))
+    return render_gpu_bars(bars, width=width, unicode=unicode)

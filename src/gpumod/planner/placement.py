@@ -169,9 +169,12 @@ def size_service(req: ServiceRequest, gpu_total_mib: int, free_mib: int,
                                        args=_vllm_args(req, None),
                                        sequences=max(1.0, req.min_concurrency))
             util = need
-            if grow_to_mib is not None:
-                context_mib = (est.CONTEXT_GIB_TP1 if req.tp == 1 else est.CONTEXT_GIB_TP) * 1024
-                grown = math.floor((grow_to_mib - context_mib) / capacity * 100) / 100
+            if grow_to_mib is not None and need <= 1:
+                base = est.vllm_estimate(req.facts, gpu_mib=gpu_total_mib,
+                                         args=_vllm_args(req, need),
+                                         calibration=req.calibration)
+                overhead_mib = base.total_mib - base.requested_gib * 1024   # context, graphs
+                grown = math.floor((grow_to_mib - overhead_mib) / capacity * 100) / 100
                 util = max(need, min(grown, est.default_utilization(req.version)))
             e = est.vllm_estimate(req.facts, gpu_mib=gpu_total_mib,
                                   args=_vllm_args(req, min(util, 1.0)),

@@ -8,15 +8,12 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp import Client
 
-pytest.importorskip("mcp")
-
-from mcp import Client  # noqa: E402
-
-from gpumod.mcp.server import TOOL_NAMES, build_server  # noqa: E402
-from gpumod.spec import ServiceSpec  # noqa: E402
-from gpumod.store.db import open_store  # noqa: E402
-from tests.unit.mcp.conftest import (  # noqa: E402
+from gpumod.mcp.server import TOOL_NAMES, build_server
+from gpumod.spec import ServiceSpec
+from gpumod.store.db import open_store
+from tests.unit.mcp.conftest import (
     define_mode,
     define_service,
     model_folder,

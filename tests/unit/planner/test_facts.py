@@ -123,7 +123,7 @@ def test_local_folder_bad_safetensors_header(tmp_path):
 
 
 def test_folder_without_config(tmp_path):
-    with pytest.raises(NotFoundError, match="config.json"):
+    with pytest.raises(NotFoundError, match=r"config\.json"):
         F.facts_from_folder(tmp_path)
 
 

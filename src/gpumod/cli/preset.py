@@ -1,0 +1,59 @@
+"""`gpumod preset list|show|schema`: service and mode presets shipped with gpumod."""
+
+from __future__ import annotations
+
+import click
+
+from gpumod.cli.common import console, json_option, plain, print_json, table
+
+
+@click.group()
+def preset() -> None:
+    """Service and mode presets (YAML, checked against a schema)."""
+
+
+@preset.command("list")
+@click.option("--kind", type=click.Choice(["service", "mode"]), default=None)
+@json_option
+def list_cmd(kind: str | None, as_json: bool) -> None:
+    """Every preset: shipped ones and yours ($GPUMOD_HOME/presets)."""
+    from gpumod.catalog.presets import load_all
+
+    items = [i for i in load_all() if kind is None or i.preset.kind == kind]
+    if as_json:
+        print_json([{**i.preset.model_dump(mode="json"), "source": i.source} for i in items])
+        return
+    t = table("KIND", "NAME", "ENGINE", "MODEL / SERVICES", "SLEEP", "DESCRIPTION")
+    for i in items:
+        p = i.preset
+        if p.kind == "service":
+            t.add_row("service", plain(p.name), p.engine, plain(p.model), p.sleep,
+                      plain(p.description[:70]))
+        else:
+            t.add_row("mode", plain(p.name), "", plain(", ".join(p.services) or "(none)"), "",
+                      plain(p.description[:70]))
+    console().print(t)
+
+
+@preset.command("show")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["service", "mode"]), default=None)
+@json_option
+def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
+    """One preset in full (YAML)."""
+    from gpumod.catalog.presets import get_preset, to_yaml
+
+    item = get_preset(name, kind)
+    if as_json:
+        print_json({**item.preset.model_dump(mode="json"), "source": item.source})
+        return
+    click.echo(f"# {item.path} ({item.source})")
+    click.echo(to_yaml(item.preset), nl=False)
+
+
+@preset.command("schema")
+def schema_cmd() -> None:
+    """The JSON Schema presets are checked against."""
+    from gpumod.catalog.presets import preset_json_schema
+
+    print_json(preset_json_schema())

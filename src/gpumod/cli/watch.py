@@ -1,0 +1,50 @@
+"""`gpumod watch`: health checks, restarts and idle sleep in the foreground."""
+
+from __future__ import annotations
+
+import click
+
+from gpumod.cli.common import pod_option, store
+
+
+@click.command()
+@pod_option
+@click.option("--interval", type=float, default=10, show_default=True,
+              help="Seconds between rounds.")
+@click.option("--once", is_flag=True, help="One round, then exit.")
+@click.option("--iterations", type=int, default=None, help="Stop after N rounds.")
+@click.option("--fail-threshold", type=int, default=3, show_default=True,
+              help="Failed health checks in a row before a restart.")
+@click.option("--max-restarts", type=int, default=3, show_default=True,
+              help="Restarts allowed per service within --restart-window.")
+@click.option("--restart-window", type=float, default=600, show_default=True)
+@click.option("--idle-ttl", type=float, default=600, show_default=True,
+              help="Default idle seconds before a sleep-on-idle service sleeps.")
+@click.option("--no-restart", is_flag=True, help="Only report crashed services.")
+@click.option("--no-idle-sleep", is_flag=True, help="Never put idle services to sleep.")
+def watch(pod: str | None, interval: float, once: bool, iterations: int | None,
+          fail_threshold: int, max_restarts: int, restart_window: float, idle_ttl: float,
+          no_restart: bool, no_idle_sleep: bool) -> None:
+    """Watch a host's services: restart crashed ones, sleep idle ones, log every action."""
+    import time
+
+    from gpumod.errors import UsageError
+    from gpumod.ops import hosts as hosts_ops
+    from gpumod.ops.watch import Policy
+    from gpumod.ops.watch import watch as run
+
+    if interval <= 0 or fail_threshold < 1 or max_restarts < 0 or idle_ttl < 0:
+        raise UsageError("--interval and --fail-threshold must be positive")
+    if iterations is not None and iterations < 1:
+        raise UsageError("--iterations must be at least 1")
+    st = store()
+    host = hosts_ops.resolve_host(st, pod).name
+    policy = Policy(interval=interval, fail_threshold=fail_threshold, max_restarts=max_restarts,
+                    restart_window=restart_window, default_idle_ttl=idle_ttl,
+                    restart=not no_restart, idle_sleep=not no_idle_sleep)
+
+    def log(message: str) -> None:
+        click.echo(f"{time.strftime('%H:%M:%S')} {host} {message}")
+
+    log(f"watching (every {interval:g}s; Ctrl+C stops)")
+    run(st, host, iterations=1 if once else iterations, policy=policy, log=log)

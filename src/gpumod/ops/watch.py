@@ -1,0 +1,213 @@
+"""`gpumod watch`: a foreground loop over one host's services.
+
+Each round, for every service recorded as running or sleeping:
+
+- **health**: a service whose process is gone, or whose ``/health`` fails
+  ``fail_threshold`` rounds in a row, is restarted by policy (``Restart`` on: at most
+  ``max_restarts`` within ``restart_window`` seconds, with exponential backoff between
+  attempts); past that it is marked failed and left alone (and logged);
+- **idle sleep**: a running service with a sleep mode and an idle TTL (``extra.idle_ttl``,
+  or ``sleep_on_idle`` in the current mode with the default TTL) whose ``/metrics`` show no
+  running or waiting requests and no change of the token counters for longer than the TTL
+  is put to sleep (verified, with fallbacks; see ops.sleep).
+
+Every action goes to the events table and to the log callback.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gpumod.errors import GpumodError
+from gpumod.ops import lifecycle
+from gpumod.ops.lifecycle import Runtime
+from gpumod.store.db import Store
+from gpumod.supervise.base import ProcessState
+
+_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)")
+BUSY = ("vllm:num_requests_running", "vllm:num_requests_waiting",
+        "llamacpp:requests_processing", "llamacpp:requests_deferred")
+COUNTERS = ("vllm:generation_tokens_total", "vllm:prompt_tokens_total",
+            "llamacpp:tokens_predicted_total", "llamacpp:prompt_tokens_total")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {metric name: sum over label sets}."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _METRIC.match(line.strip())
+        if not match:
+            continue
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            continue
+        out[match.group(1)] = out.get(match.group(1), 0.0) + value
+    return out
+
+
+@dataclass
+class Policy:
+    interval: float = 10.0
+    fail_threshold: int = 3
+    max_restarts: int = 3
+    restart_window: float = 600.0
+    backoff_base: float = 5.0
+    backoff_max: float = 300.0
+    default_idle_ttl: float = 600.0
+    restart: bool = True
+    idle_sleep: bool = True
+
+
+@dataclass
+class Track:
+    failures: int = 0
+    restarts: list[float] = field(default_factory=list)
+    next_restart: float = 0.0
+    gave_up: bool = False
+    counters: tuple[float, ...] | None = None
+    idle_since: float | None = None
+
+
+class Watcher:
+    def __init__(self, store: Store, host: str, *, policy: Policy | None = None,
+                 log: Callable[[str], None] = print, transport=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.host = host
+        self.policy = policy or Policy()
+        self.log = log
+        self.transport = transport
+        self.clock = clock
+        self.tracks: dict[str, Track] = {}
+
+    def action(self, service: str, what: str, detail: str = "") -> None:
+        self.store.log_event(f"watch-{what}", host=self.host, service=service, detail=detail)
+        self.log(f"{service}: {what}" + (f" ({detail})" if detail else ""))
+
+    def idle_ttl(self, rt: Runtime, sleepy: set[str]) -> float | None:
+        ttl = rt.spec.extra.get("idle_ttl")
+        if ttl:
+            return float(ttl)
+        if rt.spec.name in sleepy:
+            return self.policy.default_idle_ttl
+        return None
+
+    def round(self) -> None:
+        from gpumod.ops.modes import current_mode, get_mode
+
+        sleepy: set[str] = set()
+        mode = current_mode(self.store, self.host)
+        if mode:
+            try:
+                sleepy = set(get_mode(self.store, mode).sleep_on_idle)
+            except GpumodError:
+                sleepy = set()
+        for spec in lifecycle.list_services(self.store, self.host):
+            if spec.state not in {"running", "sleeping"}:
+                continue
+            track = self.tracks.setdefault(spec.name, Track())
+            try:
+                rt = lifecycle.runtime(self.store, spec, transport=self.transport)
+                self.check(rt, track, sleepy)
+            except GpumodError as exc:
+                self.action(spec.name, "error", exc.message)
+
+    def check(self, rt: Runtime, track: Track, sleepy: set[str]) -> None:
+        now = self.clock()
+        state = rt.supervisor.state(rt.plan)
+        if state == ProcessState.UNKNOWN:
+            self.log(f"{rt.spec.name}: state unknown (host unreachable?)")
+            return
+        healthy = False
+        if state == ProcessState.RUNNING:
+            answer = rt.endpoint.request("GET", rt.health_path, timeout=10)
+            healthy = answer.status == 200
+            if not healthy:
+                track.failures += 1
+                self.log(f"{rt.spec.name}: health failing ({answer.describe()}), "
+                         f"{track.failures}/{self.policy.fail_threshold}")
+        else:
+            track.failures = self.policy.fail_threshold  # crashed: act now
+            self.action(rt.spec.name, "crashed", f"process {state.value}")
+        if healthy:
+            track.failures = 0
+            track.gave_up = False
+            if rt.spec.state == "running":
+                self.idle(rt, track, sleepy, now)
+            return
+        if track.failures < self.policy.fail_threshold or not self.policy.restart:
+            return
+        self.restart(rt, track, now)
+
+    def restart(self, rt: Runtime, track: Track, now: float) -> None:
+        if track.gave_up or now < track.next_restart:
+            return
+        track.restarts = [t for t in track.restarts if now - t < self.policy.restart_window]
+        if len(track.restarts) >= self.policy.max_restarts:
+            track.gave_up = True
+            lifecycle.save_state(self.store, rt.spec.name, "failed")
+            self.action(rt.spec.name, "gave-up",
+                        f"{len(track.restarts)} restarts in {self.policy.restart_window:g}s")
+            return
+        track.restarts.append(now)
+        delay = min(self.policy.backoff_max,
+                    self.policy.backoff_base * 2 ** (len(track.restarts) - 1))
+        track.next_restart = now + delay
+        try:
+            from contextlib import suppress
+
+            with suppress(GpumodError):
+                rt.supervisor.stop(rt.plan)
+            lifecycle.start_one(self.store, rt, progress=lambda _m: None)
+            track.failures = 0
+            self.action(rt.spec.name, "restarted", f"attempt {len(track.restarts)}")
+        except GpumodError as exc:
+            self.action(rt.spec.name, "restart-failed",
+                        f"{exc.message}; next try in {delay:g}s")
+
+    def idle(self, rt: Runtime, track: Track, sleepy: set[str], now: float) -> None:
+        ttl = self.idle_ttl(rt, sleepy)
+        if not self.policy.idle_sleep or ttl is None or rt.sleep is None:
+            return
+        answer = rt.endpoint.request("GET", "/metrics", timeout=10)
+        if answer.status != 200:
+            return  # no metrics: never guess idleness
+        metrics = parse_metrics(answer.body)
+        busy = sum(metrics.get(k, 0.0) for k in BUSY)
+        counters = tuple(metrics.get(k, 0.0) for k in COUNTERS)
+        if busy > 0 or counters != track.counters:
+            track.counters = counters
+            track.idle_since = now
+            return
+        if track.idle_since is None:
+            track.idle_since = now
+            return
+        if now - track.idle_since < ttl:
+            return
+        from gpumod.ops.sleep import sleep_runtime
+
+        report = sleep_runtime(self.store, rt, progress=lambda _m: None)
+        track.idle_since = None
+        self.action(rt.spec.name, "idle-sleep" if report.ok else "idle-sleep-failed",
+                    report.summary())
+
+
+def watch(store: Store, host: str, *, iterations: int | None = None,
+          policy: Policy | None = None, log: Callable[[str], None] = print,
+          transport=None) -> Watcher:
+    watcher = Watcher(store, host, policy=policy, log=log, transport=transport)
+    count = 0
+    while iterations is None or count < iterations:
+        started = time.monotonic()
+        watcher.round()
+        count += 1
+        if iterations is not None and count >= iterations:
+            break
+        time.sleep(max(0.0, watcher.policy.interval - (time.monotonic() - started)))
+    return watcher

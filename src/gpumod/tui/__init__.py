@@ -1,0 +1,1 @@
+"""`gpumod tui`: the live terminal dashboard (Textual, the `tui` extra)."""

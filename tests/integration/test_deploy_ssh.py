@@ -1,0 +1,172 @@
+"""Deployments on a loopback SSH "pod" (real sshd) with the fake vLLM and nvidia-smi there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpumod.hosts.model import GPU, Host
+from gpumod.ops import hosts as hostops
+from gpumod.store.db import open_store
+from gpumod.testing.fake_nvidia_smi import read_state, write_state
+from gpumod.testing.shims import install_shims
+from tests.integration.test_deploy_local import (
+    KEY,
+    MODEL,
+    fake_hf_cache,
+    first_free_port,
+    port_listening,
+    processes_in,
+    ps_args,
+    url_port,
+)
+from tests.support.cli import run_cli
+from tests.support.real import free_port
+
+pytestmark = pytest.mark.sshd
+
+
+def register_pod(store, sshd, name: str, state, hf_home) -> Host:
+    gpus = tuple(GPU(g["index"], g["uuid"], g["name"], g["memory_total_mib"])
+                 for g in read_state(state)["gpus"])
+    host = Host(name=name, kind="ssh", ssh_command=sshd.ssh_command, address="127.0.0.1",
+                root=str(sshd.remote_root), engine_env={"hf_cache": str(hf_home)}, gpus=gpus)
+    hostops.save_host(store, host, replace=False)
+    return hostops.get_host(store, name)
+
+
+@pytest.fixture
+def pod(sshd, tmp_path, monkeypatch):
+    state = tmp_path / "pod-gpus.json"
+    write_state(state, ["h100", "h100"])
+    install_shims(sshd.bin_dir, gpu_state=state)
+    hf_home = tmp_path / "pod-hf"
+    fake_hf_cache(hf_home, MODEL)
+    monkeypatch.setenv("PI_API_KEY", KEY)
+    store = open_store()
+    register_pod(store, sshd, "dc1", state, hf_home)
+    yield sshd
+    if sshd.proc is None:
+        sshd.start()
+    for row in store.query("SELECT name FROM services"):
+        run_cli("stop", row["name"], "--timeout", "2")
+
+
+def test_start_list_logs_stop_on_the_pod(pod):
+    expected = first_free_port()
+    result = run_cli("start", MODEL, "--name", "qwen", "--pod", "dc1")
+    assert result.code == 0, result.output
+    assert url_port(result.stdout) == expected
+    manifest = json.loads((pod.remote_root / "services/qwen/manifest.json").read_text())
+    assert manifest["env"]["CUDA_VISIBLE_DEVICES"] == "0"
+    assert manifest["argv"][manifest["argv"].index("--host") + 1] == "0.0.0.0"
+    assert KEY not in ps_args()
+    assert KEY not in (pod.remote_root / "services/qwen/service.log").read_text()
+
+    (row,) = json.loads(run_cli("list", "--pod", "dc1", "--json").stdout)
+    assert (row["state"], row["pod"]) == ("running", "dc1")
+
+    logs = run_cli("logs", "qwen", "-n", "20")
+    assert logs.code == 0 and "vLLM API server" in logs.stdout
+
+    stopped = run_cli("stop", "qwen")
+    assert stopped.code == 0, stopped.output
+    assert not port_listening(expected)
+    assert not processes_in(pod.remote_root)
+
+
+def test_list_is_one_ssh_round_trip_per_host(pod, monkeypatch):
+    for i in range(3):
+        assert run_cli("start", MODEL, "--name", f"m{i}", "--pod", "dc1", "-q",
+                       "--memory", "30%").code == 0
+    from gpumod.hosts.transports import ssh
+
+    calls: list = []
+    real_run = ssh.SSHTransport.run
+
+    def counting(self, argv, **kwargs):
+        calls.append(argv)
+        return real_run(self, argv, **kwargs)
+
+    monkeypatch.setattr(ssh.SSHTransport, "run", counting)
+    listed = run_cli("list", "--pod", "dc1", "--json")
+    assert listed.code == 0
+    assert [r["state"] for r in json.loads(listed.stdout)] == ["running"] * 3
+    assert len(calls) == 1
+
+
+def test_pod_down_lists_unreachable_keeps_records_and_stop_fails(pod):
+    assert run_cli("start", MODEL, "--name", "q", "--pod", "dc1", "-q").code == 0
+    pod.stop()
+    listed = run_cli("list", "--pod", "dc1", "--json")
+    assert listed.code == 5
+    (row,) = json.loads(listed.stdout)
+    assert row["state"] == "unreachable"
+    assert "could not reach dc1" in listed.stderr
+    pruned = run_cli("list", "--pod", "dc1", "--prune")
+    assert pruned.code == 5
+    stopped = run_cli("stop", "q")
+    assert stopped.code == 5
+    assert len(json.loads(run_cli("list", "--all-pods", "--json").stdout)) == 1
+    pod.start()
+    assert run_cli("stop", "q").code == 0
+    assert json.loads(run_cli("list", "--all-pods", "--json").stdout) == []
+
+
+def test_engine_failure_on_pod_shows_its_error_and_leaves_nothing(pod):
+    # the fake reads FAKE_VLLM_FAIL from its environment: set it through the pod's shim
+    shim = pod.bin_dir / "vllm"
+    shim.write_text(shim.read_text().replace("exec ", "FAKE_VLLM_FAIL='No CUDA GPUs are "
+                                             "available' exec ", 1))
+    result = run_cli("start", MODEL, "--name", "bad", "--pod", "dc1", "-q")
+    assert result.code == 7
+    assert "No CUDA GPUs are available" in result.stderr
+    assert not (pod.remote_root / "services/bad").exists()
+    assert json.loads(run_cli("list", "--all-pods", "--json").stdout) == []
+
+
+def test_engine_missing_on_pod(pod):
+    (pod.bin_dir / "vllm").unlink()
+    result = run_cli("start", MODEL, "--name", "x", "--pod", "dc1")
+    assert result.code == 7
+    assert "vllm is not installed on pod dc1" in result.stderr
+
+
+def test_port_map_changes_the_url(pod):
+    store = open_store()
+    hostops.set_port_map(store, "dc1", {str(first_free_port()): "203.0.113.7:40123"}, None)
+    result = run_cli("start", MODEL, "--name", "mapped", "--pod", "dc1", "-q")
+    assert result.code == 0, result.output
+    assert "http://203.0.113.7:40123/v1" in result.stdout
+
+
+def test_tunnel_forwards_a_local_port_to_the_service(pod):
+    assert run_cli("start", MODEL, "--name", "t", "--pod", "dc1", "-q").code == 0
+    local = free_port()
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "gpumod.cli.main", "tunnel", "t",
+                             "--local-port", str(local)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 20
+        while not port_listening(local) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        answer = httpx.get(f"http://127.0.0.1:{local}/v1/models",
+                           headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+        assert answer.status_code == 200
+        assert answer.json()["data"][0]["id"] == MODEL
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_tunnel_to_a_local_service_is_refused(pod, monkeypatch, tmp_path):
+    result = run_cli("tunnel", "nothing")
+    assert result.code == 3

@@ -1,0 +1,178 @@
+"""The MCP server through the SDK's own client: over stdio and HTTP (the real `gpumod mcp`
+process) and in process, with mutating tools driving a real fake-vLLM process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client, StdioServerParameters
+
+from gpumod.mcp import bridge
+from gpumod.mcp.server import TOOL_NAMES, build_server
+from gpumod.spec import ServiceSpec
+from gpumod.store.db import open_store
+from gpumod.testing.harness import free_port, port_open
+from tests.unit.mcp.conftest import (  # noqa: F401
+    define_mode,
+    define_service,
+    fake_gpus,
+    register_gpu,
+    structured,
+)
+
+
+@pytest.fixture
+def chat(fake_gpus: Path) -> Iterator[str]:
+    store = open_store()
+    register_gpu(store)
+    define_service(store, ServiceSpec("chat", "local", "vllm", "Qwen/Qwen3-8B", free_port(),
+                                      gpus=(0,), sleep_mode="l1",
+                                      args=("--max-model-len", "4096",
+                                            "--gpu-memory-utilization", "0.3")))
+    define_mode(store, "code", ["chat"])
+    try:
+        yield "chat"
+    finally:
+        try:
+            bridge.service_stop("chat")
+        except Exception:
+            pass
+
+
+def stdio_params() -> StdioServerParameters:
+    # The SDK passes only a safe subset of the environment; hand over what gpumod needs.
+    return StdioServerParameters(command=sys.executable,
+                                 args=["-m", "gpumod.cli.main", "mcp"], env=dict(os.environ))
+
+
+def run(server: Any, action) -> Any:
+    async def main() -> Any:
+        async with Client(server) as client:
+            return await action(client)
+    return anyio.run(main)
+
+
+def test_stdio_lists_tools_and_calls_a_read_only_tool(fake_gpus: Path) -> None:
+    async def action(client):
+        tools = await client.list_tools()
+        status = await client.call_tool("gpu_status", {})
+        bad = await client.call_tool("service_status", {"name": ""})
+        unknown = await client.call_tool("service_status", {"name": "ghost"})
+        again = await client.call_tool("gpu_status", {"pod": "local"})
+        return tools, status, bad, unknown, again
+
+    tools, status, bad, unknown, again = run(stdio_params(), action)
+    assert {t.name for t in tools.tools} == set(TOOL_NAMES)
+    assert not status.is_error
+    assert structured(status)["gpus"][0]["memory_total_mib"] == 81559
+    assert bad.is_error and "name" in bad.content[0].text
+    assert unknown.is_error and "unknown service 'ghost'" in unknown.content[0].text
+    assert not again.is_error       # the server survived the errors
+
+
+def test_stdio_mutating_tools_drive_a_real_service(chat: str) -> None:
+    async def action(client):
+        started = await client.call_tool("service_start", {"name": chat})
+        listed = await client.call_tool("service_list", {})
+        gpus = await client.call_tool("gpu_status", {})
+        slept = await client.call_tool("service_sleep", {"name": chat})
+        asleep = await client.call_tool("service_list", {"pod": "local"})
+        woken = await client.call_tool("service_wake", {"name": chat})
+        stopped = await client.call_tool("service_stop", {"name": chat})
+        after = await client.call_tool("service_list", {})
+        return started, listed, gpus, slept, asleep, woken, stopped, after
+
+    started, listed, gpus, slept, asleep, woken, stopped, after = run(stdio_params(), action)
+    for result in (started, listed, gpus, slept, asleep, woken, stopped, after):
+        assert not result.is_error, result.content[0].text
+    assert structured(started)["started"] == ["chat"]
+    [row] = structured(listed)["services"]
+    assert (row["name"], row["state"]) == ("chat", "running")
+    assert structured(gpus)["processes"][0]["service"] == "chat"
+    assert structured(gpus)["processes"][0]["used_mib"] > 20_000
+    sleep = structured(slept)
+    assert sleep["result"] == "asleep l1" and sleep["memory_after_mib"] < 1024
+    assert structured(asleep)["services"][0]["state"] == "sleeping"
+    assert structured(woken)["result"] == "awake"
+    assert structured(stopped)["stopped"] == ["chat"]
+    assert structured(after)["services"][0]["state"] == "stopped"
+
+
+def test_in_process_mode_switch_verify_and_status(chat: str) -> None:
+    async def action(client):
+        before = await client.call_tool("mode_verify", {"mode": "code"})
+        switched = await client.call_tool("mode_switch", {"mode": "code"})
+        status = await client.call_tool("mode_status", {})
+        verified = await client.call_tool("mode_verify", {"mode": "code"})
+        modes = await client.call_tool("mode_list", {})
+        missing = await client.call_tool("mode_switch", {"mode": "nope"})
+        return before, switched, status, verified, modes, missing
+
+    before, switched, status, verified, modes, missing = run(build_server(), action)
+    b = structured(before)
+    assert b["healthy"] is False and b["problems"][0].startswith("chat: process stopped")
+    assert not switched.is_error, switched.content[0].text
+    assert structured(switched)["ok"] is True
+    assert structured(status)["current_mode"] == "code"
+    v = structured(verified)
+    assert v["healthy"] is True and v["problems"] == [] and v["current"] is True
+    assert structured(modes)["modes"] == [
+        {"name": "code", "host": "local", "description": "", "services": ["chat"],
+         "sleep_on_idle": [], "current": True}]
+    assert missing.is_error and "unknown mode 'nope'" in missing.content[0].text
+
+
+def test_start_failure_is_a_tool_error_with_the_engines_reason(fake_gpus: Path,
+                                                                monkeypatch) -> None:
+    store = open_store()
+    register_gpu(store)
+    define_service(store, ServiceSpec("broken", "local", "vllm", "Qwen/Qwen3-8B", free_port(),
+                                      gpus=(0,), env={"FAKE_VLLM_FAIL": "CUDA out of memory"}))
+
+    result = run(build_server(), lambda c: c.call_tool("service_start", {"name": "broken"}))
+    assert result.is_error
+    text = result.content[0].text
+    assert "broken did not start" in text and "CUDA out of memory" in text
+
+
+def test_http_transport_binds_loopback_and_serves(fake_gpus: Path, tmp_path: Path) -> None:
+    port = free_port()
+    log = open(tmp_path / "mcp-http.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "gpumod.cli.main", "mcp", "--transport",
+                             "http", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not port_open(port):
+            assert proc.poll() is None, (tmp_path / "mcp-http.log").read_text()
+            assert time.monotonic() < deadline, "the HTTP server did not open its port"
+            time.sleep(0.1)
+        listening = Path("/proc/net/tcp").read_text()
+        assert f"0100007F:{port:04X}" in listening       # 127.0.0.1, not 0.0.0.0
+
+        async def action(client):
+            return await client.list_tools(), await client.call_tool("gpu_status", {})
+
+        tools, status = run(f"http://127.0.0.1:{port}/mcp", action)
+        assert len(tools.tools) == len(TOOL_NAMES)
+        assert structured(status)["host"] == "local"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_mcp_cli_bad_options() -> None:
+    from tests.support.cli import run_cli
+
+    result = run_cli("mcp", "--port", "9000")
+    assert result.code == 2 and "--port only goes with --transport http" in result.stderr
+    result = run_cli("mcp", "--transport", "carrier-pigeon")
+    assert result.code == 2

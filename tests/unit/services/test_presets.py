@@ -1,0 +1,73 @@
+"""Presets: every shipped file passes the schema; bad files name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gpumod.catalog import presets
+from gpumod.cli.main import cli
+from gpumod.errors import ConfigError
+
+
+def test_shipped_presets_cover_the_seed() -> None:
+    names = {(i.preset.kind, i.preset.name) for i in presets.load_all()}
+    for service in ("embedding", "reranker", "chat", "asr", "coder", "embedding-code"):
+        assert ("service", service) in names
+    for mode in ("code", "rag", "speak", "blank"):
+        assert ("mode", mode) in names
+    services = {n for k, n in names if k == "service"}
+    for item in presets.load_all():
+        if item.preset.kind == "mode":
+            assert set(item.preset.services) <= services, item.preset.name
+    engines = {i.preset.engine for i in presets.load_all() if i.preset.kind == "service"}
+    assert engines == {"vllm", "llamacpp", "command", "docker"}
+
+
+@pytest.mark.parametrize("text,match", [
+    ("kind: service\nname: x\nengine: vllm\nmodel: m\nport: abc\n", "x.yaml: port:"),
+    ("kind: service\nname: x\nengine: vllm\nmodel: m\nprot: 80\n", "x.yaml: prot: Extra"),
+    ("kind: service\nname: x\nengine: tgi\nmodel: m\n", "x.yaml: engine:"),
+    ("kind: service\nname: x\nengine: llamacpp\nmodel: m\nsleep: l1\n", "x.yaml: sleep:"),
+    ("kind: service\nname: x\nengine: docker\nmodel: m\ndocker: {image: a, privileged: true}\n",
+     "privileged"),
+    ("kind: service\nname: x\nengine: vllm\nmodel: m\nargs: [\"a\\nb\"]\n", "x.yaml: args:"),
+    ("kind: mode\nname: x\nservices: [a]\nsleep_on_idle: [b]\n", "sleep_on_idle"),
+    ("kind: other\nname: x\n", "kind:"),
+    ("kind: [unclosed\n", "not valid YAML"),
+])
+def test_bad_presets_point_at_the_key(text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        presets.parse_preset(text, "x.yaml")
+
+
+def test_user_preset_overrides_and_bad_user_file_fails(gpumod_home: Path) -> None:
+    folder = gpumod_home / "presets" / "services"
+    folder.mkdir(parents=True)
+    (folder / "chat.yaml").write_text("kind: service\nname: chat\nengine: vllm\nmodel: my/m\n")
+    assert presets.service_preset("chat").model == "my/m"
+    (folder / "bad.yaml").write_text("kind: service\nname: bad\nengine: vllm\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: model: Field required"):
+        presets.load_all()
+
+
+def test_preset_cli_list_show_and_errors() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["preset", "list"])
+    assert result.exit_code == 0 and "reranker" in result.output and "speak" in result.output
+    result = runner.invoke(cli, ["preset", "show", "chat"])
+    assert result.exit_code == 0 and "engine: vllm" in result.output and "sleep: l1" in result.output
+    result = runner.invoke(cli, ["preset", "list", "--json"])
+    assert result.exit_code == 0 and '"name": "code"' in result.output
+
+
+def test_unknown_preset_exits_non_zero(capsys) -> None:
+    from gpumod.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["preset", "show", "nope"])
+    assert exc.value.code == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown preset 'nope'") and "known:" in err

@@ -1,0 +1,66 @@
+"""The TUI's command-line parser."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpumod.errors import UsageError
+from gpumod.tui.commands import COMMANDS, help_lines, parse
+
+
+def test_simple_commands() -> None:
+    assert parse("/status").name == "status"
+    assert parse("  /quit ").name == "quit"
+    assert parse("/q").name == "quit"
+    assert parse("/?").name == "help"
+    switch = parse("/switch code")
+    assert (switch.name, switch.target) == ("switch", "code")
+    assert parse("/wake chat").target == "chat"
+
+
+def test_sleep_and_logs_options() -> None:
+    assert parse("/sleep chat").level is None
+    assert parse("/sleep chat L2").level == "l2"
+    assert parse("/logs chat").lines == 200
+    assert parse("/logs chat 50").lines == 50
+
+
+def test_simulate_options() -> None:
+    cmd = parse("/simulate code --add reranker,tts --remove chat --context coder=16k")
+    assert cmd.target == "code"
+    assert cmd.add == ("reranker", "tts")
+    assert cmd.remove == ("chat",)
+    assert cmd.contexts == {"coder": 16384}
+    inline = parse("/simulate --add=a --context=a=4096")
+    assert inline.target == "" and inline.add == ("a",) and inline.contexts == {"a": 4096}
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("", "empty command"),
+    ("status", "commands start with '/'"),
+    ("/", "empty command"),
+    ("/rm -rf", "unknown command /rm"),
+    ("/switch", "usage: /switch MODE"),
+    ("/switch a b", "usage: /switch MODE"),
+    ("/status now", "/status takes no arguments"),
+    ("/sleep chat l3", "unknown sleep level"),
+    ("/logs chat many", "LINES must be a number"),
+    ("/logs chat 0", "LINES must be a number"),
+    ("/simulate", "nothing to simulate"),
+    ("/simulate a b", "one mode"),
+    ("/simulate code --add", "--add needs a value"),
+    ("/simulate code --add ,", "--add needs service names"),
+    ("/simulate code --context chat", "--context wants NAME=TOKENS"),
+    ("/simulate code --context chat=-5", "--context wants NAME=TOKENS"),
+    ("/simulate code --force", "unknown option"),
+    ("/switch 'unclosed", "cannot read the command"),
+])
+def test_bad_commands(line: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("?", r"\?")):
+        parse(line)
+
+
+def test_help_lists_every_command() -> None:
+    text = "\n".join(help_lines())
+    for name in COMMANDS:
+        assert f"/{name}" in text
