@@ -15,18 +15,23 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from gpumod.mcp import bridge
+from gpumod.ops import api as bridge
 from gpumod.mcp.server import TOOL_NAMES, build_server
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.testing.harness import free_port, port_open
-from tests.unit.mcp.conftest import (  # noqa: F401
+from tests.unit.mcp.conftest import (
     define_mode,
     define_service,
-    fake_gpus,
+    install_fake_gpus,
     register_gpu,
     structured,
 )
+
+
+@pytest.fixture
+def fake_gpus(tmp_path: Path, fake_gpu_state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return install_fake_gpus(tmp_path, fake_gpu_state, monkeypatch)
 
 
 @pytest.fixture

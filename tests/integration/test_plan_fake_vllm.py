@@ -19,9 +19,20 @@ from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.testing.fake_nvidia_smi import write_state
 from gpumod.testing.harness import FakeVLLM
-from tests.unit.mcp.conftest import define_mode, define_service, model_folder, register_gpu
+from tests.unit.mcp.conftest import (
+    define_mode,
+    define_service,
+    install_fake_gpus,
+    model_folder,
+    register_gpu,
+)
 
 PARSERS = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+
+
+@pytest.fixture
+def fake_gpus(tmp_path: Path, fake_gpu_state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return install_fake_gpus(tmp_path, fake_gpu_state, monkeypatch)
 
 
 def gpumod(args: list[str], env: dict[str, str] | None = None,
@@ -55,7 +66,7 @@ def serve(tmp_path: Path, turns: list[dict], api_key: str | None = None) -> Fake
     env = {"FAKE_VLLM_SCRIPT": str(script)}
     if api_key:
         env["VLLM_API_KEY"] = api_key
-    gpus = write_state(tmp_path / "fake-gpus.json", ["h100"])
+    gpus = write_state(tmp_path / "planner-llm-gpus.json", ["h100"])  # its own GPU
     return FakeVLLM("Qwen/Qwen3-8B", PARSERS, env=env, log_path=tmp_path / "vllm.log",
                     gpu_state=gpus)
 
@@ -188,3 +199,81 @@ def test_plan_unreachable_endpoint_is_one_clear_error(services: None) -> None:
     assert result.returncode == 7
     assert f"error: cannot reach {url}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def startable(tmp_path: Path, fake_gpus: Path) -> Iterator[None]:
+    """`chat` can really start: the `vllm` on PATH is the fake, the GPUs are fake ones."""
+    from gpumod.ops import api as bridge
+    from gpumod.testing.harness import free_port
+
+    store = open_store()
+    register_gpu(store)
+    small = model_folder(tmp_path, "Qwen__Qwen3-8B.json")
+    define_service(store, ServiceSpec("chat", "local", "vllm", str(small), free_port(),
+                                      gpus=(0,), args=("--max-model-len", "8192",
+                                                       "--gpu-memory-utilization", "0.3")))
+    try:
+        yield
+    finally:
+        try:
+            bridge.service_stop("chat")
+        except Exception:
+            pass
+
+
+def _propose_chat_only(tmp_path: Path, runs: int = 2) -> FakeVLLM:
+    """The n-th request gets the n-th turn: one proposal and one summary per `gpumod plan`."""
+    turns = [{"content": "", "tool_calls": [call("propose_plan", mode="chat-only",
+                                                 services=["chat"],
+                                                 explanation="just chat\nfor now")]},
+             {"content": "Switch to chat-only."}] * runs
+    return serve(tmp_path, turns)
+
+
+def test_plan_apply_saves_the_mode_and_switches_after_confirmation(
+        tmp_path: Path, startable: None) -> None:
+    with _propose_chat_only(tmp_path) as fake:
+        fake.wait_ready()
+        declined = gpumod(["plan", "only chat", "--base-url", fake.base_url + "/v1",
+                           "--apply"], stdin="n\n")
+        assert declined.returncode == 130, declined.stderr
+        assert "Apply: save mode 'chat-only' and switch to it?" in declined.stderr
+        assert open_store().query("SELECT name FROM modes") == []
+
+        applied = gpumod(["plan", "only chat", "--base-url", fake.base_url + "/v1",
+                          "--apply"], stdin="y\n")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "applied: mode chat-only is active" in applied.stdout
+    store = open_store()
+    mode = store.query_one("SELECT * FROM modes WHERE name = 'chat-only'")
+    assert mode["description"] == "just chat for now"
+    assert store.query_one("SELECT current_mode FROM host_state WHERE host = 'local'")[
+        "current_mode"] == "chat-only"
+    from gpumod.ops import api as bridge
+
+    assert [s["state"] for s in bridge.service_list()] == ["running"]
+
+
+def test_mcp_plan_with_ai_returns_the_checked_proposal(rejected_then_accepted: FakeVLLM,
+                                                       monkeypatch) -> None:
+    import anyio
+    from mcp import Client
+
+    from gpumod.mcp.server import build_server
+
+    monkeypatch.setenv("GPUMOD_LLM_BASE_URL", rejected_then_accepted.base_url + "/v1")
+    monkeypatch.setenv("GPUMOD_LLM_API_KEY", "k-plan")
+    monkeypatch.delenv("GPUMOD_LLM_MODEL", raising=False)
+
+    async def main():
+        async with Client(build_server()) as client:
+            return await client.call_tool("plan_with_ai", {"prompt": "add big to code"})
+
+    result = anyio.run(main)
+    assert not result.is_error, result.content[0].text
+    data = result.structured_content
+    assert data["fits"] is True and data["rejected_proposals"] == 1
+    assert data["proposal"]["services"] == ["chat", "coder"]
+    assert "k-plan" not in result.content[0].text
+    assert [r["name"] for r in open_store().query("SELECT name FROM modes")] == ["code"]

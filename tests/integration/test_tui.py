@@ -19,13 +19,18 @@ import pytest
 from rich.text import Text
 from textual.widgets import DataTable, RichLog, Static
 
-from gpumod.mcp import bridge
+from gpumod.ops import api as bridge
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.tui.app import GpumodApp
-from tests.unit.mcp.conftest import define_service, fake_gpus, register_gpu  # noqa: F401
+from tests.unit.mcp.conftest import define_service, install_fake_gpus, register_gpu
 
 SIZE = (130, 45)
+
+
+@pytest.fixture
+def fake_gpus(tmp_path: Path, fake_gpu_state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return install_fake_gpus(tmp_path, fake_gpu_state, monkeypatch)
 
 
 def screen_text(app: GpumodApp) -> str:
@@ -102,6 +107,14 @@ def test_dashboard_shows_gpu_bar_service_table_and_footer(chat: str) -> None:
             assert table_rows(app)["chat"][1] == "● running"
             assert "q Quit" in screen and "r Refresh" in screen and "/ Command" in screen
             assert "local" in screen                      # the host switcher
+            # layout, top to bottom: hosts, GPU bars, service table, output, command, footer
+            lines = screen.splitlines()
+
+            def row(needle: str) -> int:
+                return next(i for i, line in enumerate(lines) if needle in line)
+
+            assert row("local") < row("GPU 0") < row("SERVICE") < row("gpumod: type /help") \
+                < row("/switch MODE") < row("q Quit")
 
     asyncio.run(main())
 

@@ -1,5 +1,5 @@
-"""gpumod's MCP server (`gpumod mcp`) and the thin bridge the front ends share.
+"""gpumod's MCP server (`gpumod mcp`), a thin front end over `gpumod.ops.api`.
 
-`gpumod.mcp.bridge` has no dependency on the MCP SDK: the TUI and `gpumod plan`
+`gpumod.ops.api` has no dependency on the MCP SDK: the TUI and `gpumod plan`
 use it too. Only `gpumod.mcp.server` imports the SDK (the `mcp` extra).
 """

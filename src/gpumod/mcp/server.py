@@ -1,6 +1,6 @@
 """`gpumod mcp`: gpumod's operations as MCP tools, on the official MCP Python SDK.
 
-Every tool is a thin call into `gpumod.mcp.bridge`, which calls the same
+Every tool is a thin call into `gpumod.ops.api`, which calls the same
 operations the CLI uses. A gpumod error comes back as a tool error
 (`isError: true`) carrying the error's message and hint; nothing a client
 sends can crash the server. Read-only tools say so (`readOnlyHint`), tools
@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from gpumod.errors import GpumodError
-from gpumod.mcp import bridge
+from gpumod.ops import api as bridge
 
 try:  # mcp 2.x
     from mcp.server.mcpserver import MCPServer as _Server

@@ -21,7 +21,7 @@ from typing import Any
 
 from gpumod import validate
 from gpumod.errors import ConfigError, EngineError, GpumodError, UsageError
-from gpumod.mcp import bridge
+from gpumod.ops import api as bridge
 
 DEFAULT_MAX_TURNS = 12
 MAX_PROPOSALS = 3              # simulator rejections the model may answer before we stop

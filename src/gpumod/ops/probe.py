@@ -61,9 +61,27 @@ wait
 echo "%%gpumod-status-done%%"
 """
 
+# Does a process of group/session $1 hold the listening socket of port $2? (Linux /proc;
+# elsewhere assume yes.) Guards against another program answering on "our" port.
+OWNER_FUNCTION = r"""
+owns_port() {
+  [ -r /proc/net/tcp ] || return 0
+  hex=$(printf ':%04X' "$2")
+  inodes=$(awk -v p="$hex" 'NR > 1 && $4 == "0A" && substr($2, length($2) - 4) == p \
+    { print $10 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null)
+  [ -n "$inodes" ] || return 1
+  for m in $(members "$1"); do
+    for i in $inodes; do
+      ls -l "/proc/$m/fd" 2>/dev/null | grep -q "socket:\[$i\]" && return 0
+    done
+  done
+  return 1
+}
+"""
+
 # Wait for health while the log streams on stdout. Exit 0 healthy, 3 process exited,
 # 4 deadline passed. Args: folder, port, path, probe host, deadline seconds, ok codes.
-WAIT_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + r"""
+WAIT_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + OWNER_FUNCTION + r"""
 dir=$1; port=$2; path=$3; phost=$4; deadline=$5; okcodes=$6
 pid=$(cat "$dir/service.pid" 2>/dev/null || true)
 start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
@@ -74,7 +92,8 @@ trap 'exit 130' INT TERM HUP PIPE
 end=$(( $(date +%s) + deadline ))
 while :; do
   code=$(probe "http://$phost:$port$path")
-  case " $okcodes " in *" $code "*) sleep 0.3; exit 0 ;; esac
+  case " $okcodes " in *" $code "*) if owns_port "$pid" "$port"; then sleep 0.3; exit 0; fi ;;
+  esac
   if ! pid_alive "$pid" "$start"; then sleep 0.5; exit 3; fi
   [ "$(date +%s)" -ge "$end" ] && exit 4
   sleep 0.25

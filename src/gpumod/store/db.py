@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,15 +111,20 @@ def loads(text: str | None, default: Any = None) -> Any:
     return default if text in (None, "") else json.loads(text)
 
 
-_open: dict[Path, Store] = {}
+_open: dict[tuple[Path, int], Store] = {}
 
 
 def open_store(path: Path | None = None) -> Store:
-    """The store for this process (created, migrated, cached per path)."""
+    """The store for this process and thread (created, migrated, cached per path).
+
+    An SQLite connection belongs to the thread that opened it, so each thread
+    (MCP and TUI workers, parallel host queries) gets its own.
+    """
     if path is None:
         paths.ensure_home()
         path = paths.database_path()
-    store = _open.get(path)
+    key = (path, threading.get_ident())
+    store = _open.get(key)
     if store is None:
-        store = _open[path] = Store(path)
+        store = _open[key] = Store(path)
     return store

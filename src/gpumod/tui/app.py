@@ -1,7 +1,7 @@
 """`gpumod tui`: a live dashboard over the operations layer (Textual).
 
 Everything slow (nvidia-smi, SSH, health probes, starts, switches) runs in
-thread workers; the UI thread only draws. Data comes from `gpumod.mcp.bridge`,
+thread workers; the UI thread only draws. Data comes from `gpumod.ops.api`,
 the same calls the MCP server makes. Untrusted text (service names, model ids,
 log lines, error messages) is drawn as `rich.text.Text`, never parsed as markup.
 """
@@ -111,7 +111,7 @@ class GpumodApp(App[None]):
                  bridge: Any = None) -> None:
         super().__init__()
         if bridge is None:
-            from gpumod.mcp import bridge as default_bridge
+            from gpumod.ops import api as default_bridge
 
             bridge = default_bridge
         self.bridge = bridge

@@ -17,13 +17,18 @@ REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "tests" / "fixtures" / "planner" / "configs"
 
 
+def install_fake_gpus(tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One fake H100 answered by the fake nvidia-smi (and a fake `vllm`), first on PATH."""
+    write_state(state, ["h100"])
+    bin_dir = install_shims(tmp_path / "bin", gpu_state=state)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return state
+
+
 @pytest.fixture
 def fake_gpus(tmp_path: Path, fake_gpu_state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """One fake H100 answered by the fake nvidia-smi, first on PATH. Returns the state file."""
-    write_state(fake_gpu_state, ["h100"])
-    bin_dir = install_shims(tmp_path / "bin", gpu_state=fake_gpu_state)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    return fake_gpu_state
+    """install_fake_gpus as a fixture. Returns the state file."""
+    return install_fake_gpus(tmp_path, fake_gpu_state, monkeypatch)
 
 
 def model_folder(tmp_path: Path, config: str = "Qwen__Qwen3-8B.json") -> Path:

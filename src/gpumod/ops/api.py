@@ -207,11 +207,14 @@ def service_wake(name: str, progress: Progress | None = None) -> dict[str, Any]:
 
 
 def mode_list(pod: str | None = None) -> list[dict[str, Any]]:
+    """Modes of a host (--pod, else the active one), as `gpumod mode list --json`."""
     with session_store() as store:
-        names = _host_names(store, pod)
-        modes = _op("gpumod.ops.modes", "list_modes")(store, names[0] if names else None)
-        current = _op("gpumod.ops.modes", "current_mode")
-        return [{**jsonable(m), "current": current(store, m.host) == m.name} for m in modes]
+        from gpumod.ops.hosts import resolve_host
+
+        host = resolve_host(store, pod).name
+        modes = _op("gpumod.ops.modes", "list_modes")(store, host)
+        current = _op("gpumod.ops.modes", "current_mode")(store, host)
+        return [{**jsonable(m), "current": m.name == current} for m in modes]
 
 
 def mode_status(pod: str | None = None) -> dict[str, Any]:
