@@ -188,7 +188,7 @@ def test_plan_bad_inputs(services: None) -> None:
     empty = gpumod(["plan", "  ", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"])
     assert empty.returncode == 2 and "the prompt is empty" in empty.stderr
     unknown = gpumod(["plan", "x", "--llm", "ghost"])
-    assert unknown.returncode == 3 and "unknown deployment 'ghost'" in unknown.stderr
+    assert unknown.returncode == 3 and "unknown service 'ghost'" in unknown.stderr
 
 
 def test_plan_unreachable_endpoint_is_one_clear_error(services: None) -> None:

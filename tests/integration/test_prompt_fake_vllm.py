@@ -190,7 +190,7 @@ def test_named_deployment_from_the_store(vllm, ws: Path, gpumod_home: Path) -> N
     from gpumod.store.db import open_store
 
     spec = ServiceSpec(name="qwen", host="local", engine="vllm", model="Qwen/Qwen3-8B",
-                       port=engine.port, extra={"served_model_name": "qwen-small"})
+                       port=engine.port, args=("--served-model-name", "qwen-small"))
     values = spec.row_values()
     with open_store().transaction() as db:
         db.execute(f"INSERT INTO services ({', '.join(values)}) "

@@ -123,10 +123,11 @@ def _check_url(url: str) -> str:
 
 def _deployment_endpoint(name: str, pod: str | None) -> tuple[str, str]:
     from gpumod import validate
-    from gpumod.agent.endpoint import endpoint_for, get_service
     from gpumod.cli.common import store
     from gpumod.errors import NotFoundError
+    from gpumod.ops.endpoints import endpoint_for
     from gpumod.ops.hosts import get_host
+    from gpumod.ops.services import get_service
 
     validate.name(name, "deployment name")
     db = store()

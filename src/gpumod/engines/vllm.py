@@ -35,6 +35,10 @@ class VLLMEngine(Engine):
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         return env
 
+    def served_model(self, spec: ServiceSpec) -> str:
+        """vLLM answers to --served-model-name (its first value) when given."""
+        return flag_value(spec.args, ("--served-model-name",)) or spec.model
+
     def gpu_count(self, args: Sequence[str]) -> int:
         """tensor x pipeline x data parallel sizes (each 1 when absent)."""
         return (_positive_int(flag_value(args, TP), TP[0])

@@ -55,6 +55,7 @@ from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hostops
 from gpumod.ops import probe as probes
 from gpumod.ops import services as records
+from gpumod.ops.endpoints import endpoint_url
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 from gpumod.supervise.base import LaunchPlan
@@ -194,18 +195,6 @@ def bind_address(host: Host) -> str:
 
 def probe_address(bind: str) -> str:
     return "127.0.0.1" if bind in ("0.0.0.0", "::", "127.0.0.1", "") else bind  # noqa: S104
-
-
-def endpoint_url(host: Host, port: int) -> str:
-    """http://<address>:<port>/v1, or where the host's port map sends that port."""
-    mapped = host.port_map.get(str(port))
-    if mapped:
-        base = mapped if "://" in mapped else f"http://{mapped}"
-        return base.rstrip("/") + "/v1"
-    address = "127.0.0.1" if host.is_local else (host.address or host.ssh_target().host)
-    if ":" in address and not address.startswith("["):
-        address = f"[{address}]"
-    return f"http://{address}:{port}/v1"
 
 
 def service_dir(host: Host, name: str) -> str:

@@ -65,7 +65,8 @@ def resolve_endpoint(*, llm: str | None = None, base_url: str | None = None,
     api_key = os.environ.get(ENV_API_KEY) or None
     if llm:
         validate.name(llm, "deployment name")
-        from gpumod.agent.endpoint import endpoint_for, get_service
+        from gpumod.ops.endpoints import endpoint_for
+        from gpumod.ops.services import get_service
 
         with bridge.session_store() as store:
             url, served = endpoint_for(store, get_service(store, llm))

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gpumod.agent.endpoint import endpoint_for, get_service
 from gpumod.cli.main import main
 from gpumod.errors import ConfigError, NotFoundError
+from gpumod.ops.endpoints import endpoint_for
+from gpumod.ops.services import get_service
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from tests.unit.agent.stub_server import StubServer
@@ -35,9 +36,8 @@ def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def add_service(name: str, host: str, port: int, model: str = "Qwen/Qwen3-0.6B",
-                extra: dict | None = None) -> ServiceSpec:
-    spec = ServiceSpec(name=name, host=host, engine="vllm", model=model, port=port,
-                       extra=extra or {})
+                args: tuple[str, ...] = ()) -> ServiceSpec:
+    spec = ServiceSpec(name=name, host=host, engine="vllm", model=model, port=port, args=args)
     values = spec.row_values()
     store = open_store()
     with store.transaction() as db:
@@ -160,7 +160,7 @@ def test_interactive_keeps_history_until_end_of_input(ws, capsys, monkeypatch) -
 def test_named_local_deployment_uses_loopback_and_served_name(ws, capsys) -> None:
     with StubServer([{"content": "hello"}], api_key="k1") as stub:
         port = int(stub.base_url.split(":")[2].split("/")[0])
-        add_service("qwen", "local", port, extra={"served_model_name": "qwen-small"})
+        add_service("qwen", "local", port, args=("--served-model-name", "qwen-small"))
         import os
 
         os.environ["PI_API_KEY"] = "k1"  # reset by the autouse fixture for the next test
@@ -201,7 +201,7 @@ def test_unknown_deployment_exits_not_found(ws, capsys) -> None:
     add_service("qwen", "local", 18123)
     code, _, err = run_cli(["prompt", "nope", "hi"], capsys)
     assert code == NotFoundError.exit_code
-    assert "error: unknown deployment 'nope'" in err and "qwen" in err
+    assert "error: unknown service 'nope'" in err and "qwen" in err
 
 
 def test_pod_that_does_not_hold_the_deployment_is_refused(ws, capsys) -> None:
