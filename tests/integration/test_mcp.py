@@ -15,8 +15,8 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from gpumod.ops import api as bridge
 from gpumod.mcp.server import TOOL_NAMES, build_server
+from gpumod.ops import api as bridge
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.testing.harness import free_port, port_open

@@ -1,0 +1,17 @@
+"""docs/cli.md is generated from the CLI: it must match what the CLI says now."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_cli_reference_is_current():
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts/gen_cli_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    expected = module.render()
+    actual = (ROOT / "docs/cli.md").read_text()
+    assert actual == expected, "docs/cli.md is out of date: run scripts/gen_cli_docs.py"
