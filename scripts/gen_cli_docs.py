@@ -29,30 +29,29 @@ Exit codes: 0 ok; 2 bad usage or configuration; 3 not found; 4 conflict
 """
 
 
-def _help(command: click.Command, path: list[str]) -> str:
-    ctx = click.Context(command, info_name=" ".join(["gpumod", *path]), terminal_width=100,
-                        max_content_width=100)
-    return command.get_help(ctx)
+def _context(command: click.Command, name: str, parent: click.Context | None) -> click.Context:
+    # Child contexts inherit the root's settings (-h/--help), as when the CLI runs.
+    return click.Context(command, info_name=name, parent=parent, terminal_width=100,
+                         max_content_width=100, **({} if parent else cli.context_settings))
 
 
-def _walk(command: click.Command, path: list[str], out: list[str]) -> None:
+def _walk(command: click.Command, ctx: click.Context, path: list[str], out: list[str]) -> None:
     level = "#" * min(len(path) + 1, 4)
-    out.append(f"{level} `{' '.join(['gpumod', *path])}`\n\n```\n{_help(command, path)}\n```\n")
+    out.append(f"{level} `{' '.join(['gpumod', *path])}`\n\n```\n{command.get_help(ctx)}\n```\n")
     if isinstance(command, click.Group):
-        ctx = click.Context(command)
         for name in command.list_commands(ctx):
             sub = command.get_command(ctx, name)
             if sub is not None and not sub.hidden:
-                _walk(sub, [*path, name], out)
+                _walk(sub, _context(sub, name, ctx), [*path, name], out)
 
 
 def render() -> str:
     out = [HEADER]
-    ctx = click.Context(cli)
+    root = _context(cli, "gpumod", None)
     for name in COMMANDS:
-        command = cli.get_command(ctx, name)
+        command = cli.get_command(root, name)
         if command is not None:
-            _walk(command, [name], out)
+            _walk(command, _context(command, name, root), [name], out)
     return "\n".join(out)
 
 

@@ -14,4 +14,10 @@ def test_cli_reference_is_current():
     spec.loader.exec_module(module)
     expected = module.render()
     actual = (ROOT / "docs/cli.md").read_text()
-    assert actual == expected, "docs/cli.md is out of date: run scripts/gen_cli_docs.py"
+    if actual != expected:
+        import difflib
+
+        diff = "".join(difflib.unified_diff(actual.splitlines(True), expected.splitlines(True),
+                                            "docs/cli.md", "CLI now", n=1))
+        raise AssertionError("docs/cli.md is out of date: run scripts/gen_cli_docs.py\n"
+                             + diff[:3000])
