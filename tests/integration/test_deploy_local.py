@@ -414,3 +414,19 @@ def test_threads_reserving_at_once_never_share_a_port(local_env):
     assert sorted(r.port for r in got) == list(range(8001, 8009))  # listening=set() given
     with local_env.store.transaction() as db:
         db.execute("DELETE FROM services")
+
+
+def test_definitions_show_stopped_are_never_pruned_and_pi_stop_keeps_them(local_env):
+    """A `gpumod service` definition never started is 'stopped' (not 'crashed')."""
+    from gpumod.ops import lifecycle
+    from gpumod.spec import ServiceSpec
+
+    lifecycle.add_service(local_env.store, ServiceSpec("kept", "local", "vllm", MODEL, 0,
+                                                       gpus=(0,)))
+    (row,) = json.loads(run_cli("list", "--json").stdout)
+    assert (row["name"], row["state"], row["process"]) == ("kept", "stopped", "stopped")
+    pruned = run_cli("list", "--prune")
+    assert pruned.code == 0 and "pruned" not in pruned.stderr
+    assert run_cli("stop", "kept").code == 0
+    (row,) = json.loads(run_cli("list", "--json").stdout)
+    assert (row["name"], row["state"], row["recorded_state"]) == ("kept", "stopped", "stopped")

@@ -8,8 +8,9 @@ import click
 
 from gpumod.cli.common import console, json_option, plain, pod_option, print_json, store, table
 
-STATE_STYLE = {"running": "green", "starting": "yellow", "unhealthy": "yellow",
-               "crashed": "red", "stopped": "red", "unreachable": "magenta", "unknown": "magenta"}
+STATE_STYLE = {"running": "green", "starting": "yellow", "sleeping": "cyan",
+               "unhealthy": "yellow", "crashed": "red", "stopped": "red",
+               "unreachable": "magenta", "unknown": "magenta"}
 
 
 class VerbatimTailCommand(click.Command):
@@ -46,12 +47,14 @@ def _err(message: str) -> None:
 @click.option("--health-path", metavar="PATH", help="Health URL path (default /health).")
 @click.option("--no-download", is_flag=True, help="Fail instead of downloading the model.")
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream the engine log while waiting.")
+@click.option("--force", is_flag=True,
+              help="Start even where the planner says the model does not fit.")
 @json_option
 @click.pass_context
 def start(ctx: click.Context, model: str | None, name: str | None, pod: str | None,
           engine: str | None, memory: str | None, context: str | None, gpus: int | None,
           port: int | None, deadline: float | None, health_path: str | None,
-          no_download: bool, quiet: bool, as_json: bool) -> None:
+          no_download: bool, quiet: bool, force: bool, as_json: bool) -> None:
     """Start MODEL (HF id, or a path on the host) as an OpenAI-compatible endpoint.
 
     \b
@@ -80,7 +83,7 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
     req = deploy.StartRequest(model=model, name=name, pod=pod, engine=engine, memory=memory,
                               context=context, gpus=gpus, port=port, custom_args=custom,
                               deadline=deadline, health_path=health_path,
-                              download=not no_download)
+                              download=not no_download, force=force)
     log = (lambda line: None) if quiet else (lambda line: _err(f"  | {line}"))
     result = deploy.start(store(), req, out=_err, log=log)
     if as_json:
@@ -103,19 +106,21 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
 @click.command("list")
 @pod_option
 @click.option("--all-pods", is_flag=True, help="Every host, not just the target one.")
-@click.option("--prune", is_flag=True, help="Forget deployments whose process is gone.")
+@click.option("--prune", is_flag=True,
+              help="Forget deployments whose process is gone (not `gpumod service` definitions).")
 @json_option
 def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> None:
     """Deployments with their real state (process and HTTP health, checked on the host)."""
     from gpumod.errors import TransportError, UsageError
     from gpumod.ops import deploy
     from gpumod.ops import hosts as hostops
+    from gpumod.ops.states import list_status
 
     s = store()
     if all_pods and pod:
         raise UsageError("--pod and --all-pods exclude each other")
     names = None if all_pods else [hostops.resolve_host(s, pod).name]
-    statuses = deploy.list_status(s, names)
+    statuses = list_status(s, names)
     removed = deploy.prune(s, statuses) if prune else []
     shown = [st for st in statuses if st.spec.name not in removed]
     if as_json:

@@ -21,7 +21,7 @@ def model() -> None:
     """Model facts and VRAM estimates (vLLM, llama.cpp)."""
 
 
-def _gpu_mib(gpu: str | None, gpu_mib: int | None) -> tuple[int, str]:
+def _gpu_mib(gpu: str | None, gpu_mib: int | None) -> tuple[int, str | None]:
     from gpumod.planner import gputable
 
     if gpu and gpu_mib:
@@ -29,18 +29,10 @@ def _gpu_mib(gpu: str | None, gpu_mib: int | None) -> tuple[int, str]:
     if gpu_mib:
         if gpu_mib < 1024:
             raise UsageError(f"--gpu-mib {gpu_mib} is too small", hint="MiB, e.g. 81559")
-        return gpu_mib, f"{gpu_mib} MiB"
+        return gpu_mib, None          # named from the size (a known card's, if one matches)
     name = gpu or "H100 80GB"
     model_ = gputable.lookup(name)
     return gputable.gpu_mib(name), model_.name if model_ else name
-
-
-def _calibration(store: Any, facts: Any, engine: str, version: str, gpu_name: str,
-                 args_key: str) -> dict[str, Any] | None:
-    from gpumod.planner.calibration import latest_calibration
-
-    return latest_calibration(store, model=facts.key, engine=engine, engine_version=version,
-                              gpu_name=gpu_name, args_key=args_key)
 
 
 @model.command()
@@ -69,30 +61,34 @@ def estimate(model_id: str, engine: str, gpu: str | None, gpu_mib: int | None, t
              version: str | None, refresh: bool, as_json: bool) -> None:
     """Per-GPU memory for MODEL (HF id, model folder or .gguf) on an engine."""
     from gpumod.planner import estimate as est
+    from gpumod.planner import estimate_for
     from gpumod.planner.facts import resolve
 
     mib, gpu_label = _gpu_mib(gpu, gpu_mib)
     st = _store()
     facts = resolve(model_id, store=st, refresh=refresh)
     length = est.parse_tokens(max_len) if max_len else None
+    # The options become the engine's own args, read by the same parser the MCP tool
+    # and the start check use, so all of them apply a calibration identically.
+    argv: list[str] = []
     if engine == "vllm":
         if util is not None and not 0 < util <= 1:
             raise UsageError(f"--gpu-memory-utilization {util} is outside (0, 1]",
                              hint="a share of the whole card, e.g. 0.9")
-        args = est.VLLMArgs(tp=tp, gpu_memory_utilization=util, max_model_len=length,
-                            kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
-                            version=version)
-        cal = _calibration(st, facts, "vllm", version or "", gpu_label, args.setup_key())
-        result: Any = est.vllm_estimate(facts, gpu_mib=mib, args=args, calibration=cal)
+        argv += ["--tensor-parallel-size", str(tp), "--kv-cache-dtype", kv_cache_dtype]
+        if util is not None:
+            argv += ["--gpu-memory-utilization", repr(util)]
+        if length:
+            argv += ["--max-model-len", str(length)]
+        if max_num_seqs:
+            argv += ["--max-num-seqs", str(max_num_seqs)]
     else:
-        largs = est.LlamaCppArgs(ctx=length or 4096, n_gpu_layers=999 if ngl is None else ngl,
-                                 cache_type_k=cache_type_k, cache_type_v=cache_type_v,
-                                 parallel=parallel)
-        key = f"ngl={largs.n_gpu_layers};ctk={cache_type_k};ctv={cache_type_v}"
-        cal = _calibration(st, facts, "llamacpp", "", gpu_label, key)
-        result = est.llamacpp_estimate(facts, gpu_mib=mib, args=largs, calibration=cal)
-    data = result.to_json()
-    data["gpu"] = gpu_label
+        argv += ["-c", str(length or 4096), "-ctk", cache_type_k, "-ctv", cache_type_v,
+                 "-np", str(parallel)]
+        if ngl is not None:
+            argv += ["-ngl", str(ngl)]
+    data = estimate_for(st, facts, engine=engine, args=argv, gpu_mib=mib, gpu_name=gpu_label,
+                        engine_version=version)
     if as_json:
         print_json(data)
         return

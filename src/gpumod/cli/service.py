@@ -133,15 +133,21 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
         extra["systemd_scope"] = scope
     elif supervisor == "docker" and engine != "docker":
         raise UsageError("--supervisor docker is for engine docker")
-    port_value = port or base["port"] or lifecycle.next_free_port(st, host.name)
+    from gpumod.errors import GpumodError
+    from gpumod.ops.probe import listening_ports
+
+    try:  # ports other programs hold there are not offered (as `pi start` does)
+        listening = listening_ports(hosts_ops.transport_for(host))
+    except GpumodError:
+        listening = set()
     spec = ServiceSpec(
-        name=name, host=host.name, engine=engine, model=model, port=port_value,
+        name=name, host=host.name, engine=engine, model=model, port=port or base["port"] or 0,
         gpus=tuple(gpu_list), args=tuple(base["args"]), env=dict(base["env"]),
         supervisor=chosen, sleep_mode=sleep_mode or base["sleep"],
         health_path=base["health_path"], depends_on=tuple(base["depends_on"]),
         vram_mib=vram_mib or base["vram_mib"], extra=extra)
-    lifecycle.add_service(st, spec)
-    click.echo(f"added {name}: {engine} {model} on {host.name}:{port_value} "
+    spec = lifecycle.add_service(st, spec, listening=listening)
+    click.echo(f"added {name}: {engine} {model} on {host.name}:{spec.port} "
                f"(supervisor {chosen}, sleep {spec.sleep_mode})")
 
 
@@ -150,23 +156,24 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
 @click.option("--all", "all_hosts", is_flag=True, help="Services of every host.")
 @json_option
 def list_cmd(pod: str | None, all_hosts: bool, as_json: bool) -> None:
-    """Services in the registry (state as last recorded; `status NAME` checks it live)."""
+    """Services with their live state (checked on their hosts, one round trip per host)."""
     from gpumod.ops import hosts as hosts_ops
-    from gpumod.ops import lifecycle
+    from gpumod.ops.states import list_status
 
     st = store()
     host = None if all_hosts else hosts_ops.resolve_host(st, pod).name
-    specs = lifecycle.list_services(st, host)
+    statuses = list_status(st, None if host is None else [host])
     if as_json:
-        print_json([s.to_json() for s in specs])
+        print_json([s.to_json() for s in statuses])
         return
-    if not specs:
+    if not statuses:
         click.echo("no services" + (f" on {host}" if host else ""))
         return
     t = table("NAME", "HOST", "ENGINE", "MODEL", "PORT", "GPUS", "SLEEP", "SUPERVISOR", "STATE")
-    for s in specs:
+    for status in statuses:
+        s = status.spec
         t.add_row(plain(s.name), plain(s.host), s.engine, plain(s.model), str(s.port),
-                  ",".join(map(str, s.gpus)) or "-", s.sleep_mode, s.supervisor, s.state)
+                  ",".join(map(str, s.gpus)) or "-", s.sleep_mode, s.supervisor, status.state)
     from gpumod.cli.common import console
 
     console().print(t)
@@ -176,18 +183,18 @@ def list_cmd(pod: str | None, all_hosts: bool, as_json: bool) -> None:
 @click.argument("name")
 @json_option
 def status_cmd(name: str, as_json: bool) -> None:
-    """Live state of one service: process, health, sleeping."""
-    from gpumod.ops import lifecycle
+    """Live state of one service: state, process, health."""
+    from gpumod.ops.states import service_status
 
-    status = lifecycle.service_status(store(), name)
+    status = service_status(store(), name)
     if as_json:
         print_json(status.to_json())
         return
     s = status.spec
     click.echo(f"{s.name}: {s.engine} {s.model} on {s.host}:{s.port}")
-    click.echo(f"  recorded state: {s.state}   process: {status.process}   "
-               f"health: {status.health}")
-    if status.sleeping is not None:
+    click.echo(f"  state: {status.state} ({status.detail})   recorded: {s.state}   "
+               f"process: {status.process}   health: {status.health}")
+    if s.sleep_mode != "none":
         click.echo(f"  sleeping: {'yes' if status.sleeping else 'no'} (sleep mode {s.sleep_mode})")
 
 
@@ -195,11 +202,14 @@ def status_cmd(name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--timeout", type=float, default=600, show_default=True,
               help="Seconds to wait for each service to become healthy.")
-def start_cmd(name: str, timeout: float) -> None:
+@click.option("--force", is_flag=True,
+              help="Start even where the planner says the service does not fit.")
+def start_cmd(name: str, timeout: float, force: bool) -> None:
     """Start a service (its dependencies first), waiting until each is healthy."""
     from gpumod.ops import lifecycle
 
-    started = lifecycle.start_service(store(), name, timeout=timeout, progress=_progress)
+    started = lifecycle.start_service(store(), name, timeout=timeout, progress=_progress,
+                                      force=force)
     click.echo(f"started: {', '.join(started)}" if started else f"{name} is already running")
 
 

@@ -130,25 +130,14 @@ def _host_names(store: Any, pod: str | None) -> list[str] | None:
 def service_list(pod: str | None = None) -> list[dict[str, Any]]:
     """Services with their real state, probed on their hosts (`pi list --json`)."""
     with session_store() as store:
-        statuses = _op("gpumod.ops.deploy", "list_status")(store, _host_names(store, pod))
-        out = []
-        for status in statuses:
-            row = jsonable(status)
-            # A vLLM asleep still answers /health: the probe says running, the record knows.
-            if row.get("state") == "running" and status.spec.state == "sleeping":
-                row["state"] = "sleeping"
-            # A defined service never started (or stopped by gpumod) has no folder or pid:
-            # that is "stopped", not a crash.
-            elif row.get("state") == "crashed" and status.spec.state in ("defined", "stopped"):
-                row["state"] = "stopped"
-            out.append(row)
-        return out
+        statuses = _op("gpumod.ops.states", "list_status")(store, _host_names(store, pod))
+        return [jsonable(status) for status in statuses]
 
 
 def service_status(name: str) -> dict[str, Any]:
-    """One service: spec, process state, health, whether it sleeps (`gpumod service status`)."""
+    """One service: its live state, process, health, whether it sleeps (`gpumod service status`)."""
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.lifecycle", "service_status")(store, name))
+        return jsonable(_op("gpumod.ops.states", "service_status")(store, name))
 
 
 def service_logs(name: str, lines: int = 200) -> str:
@@ -228,30 +217,7 @@ def mode_status(pod: str | None = None) -> dict[str, Any]:
 def mode_verify(mode: str) -> dict[str, Any]:
     """Is every service of MODE running and healthy? Lists those that are not."""
     with session_store() as store:
-        from gpumod.ops import modes
-
-        verify = getattr(modes, "verify_mode", None)
-        if verify is not None:
-            return jsonable(verify(store, mode))
-        # Until ops.modes has its own: the same per-service status `gpumod service status` uses.
-        status_of = _op("gpumod.ops.lifecycle", "service_status")
-        spec = modes.get_mode(store, mode)
-        services, problems = [], []
-        for name in spec.services:
-            try:
-                st = status_of(store, name)
-                row = {"name": name, "process": st.process, "health": st.health,
-                       "sleeping": st.sleeping}
-            except GpumodError as exc:
-                row = {"name": name, "process": "unknown", "health": f"unknown ({exc.message})",
-                       "sleeping": None}
-            row["ok"] = row["process"] == "running" and row["health"] == "ok"
-            services.append(row)
-            if not row["ok"]:
-                problems.append(f"{name}: process {row['process']}, health {row['health']}")
-        return {"mode": mode, "host": spec.host,
-                "current": modes.current_mode(store, spec.host) == mode,
-                "healthy": not problems, "services": services, "problems": problems}
+        return jsonable(_op("gpumod.ops.modes", "verify_mode")(store, mode))
 
 
 def mode_switch(mode: str, progress: Progress | None = None) -> dict[str, Any]:
@@ -301,8 +267,7 @@ def model_estimate(model: str, engine: str = "vllm", context: int | None = None,
     The card: GPU type GPU, else the first GPU of --pod (or the active host), else an
     H100 80GB. The args are read by the planner's own engine-args parsers.
     """
-    from gpumod.planner import estimate as est
-    from gpumod.planner import gputable
+    from gpumod.planner import estimate_for, gputable
     from gpumod.planner.facts import resolve
 
     if engine not in ("vllm", "llamacpp"):
@@ -311,19 +276,19 @@ def model_estimate(model: str, engine: str = "vllm", context: int | None = None,
     if context is not None:
         argv += ["--max-model-len" if engine == "vllm" else "-c", str(context)]
     with session_store() as store:
+        version: str | None = None
         if gpu:
-            gpu_mib, gpu_label = gputable.gpu_mib(gpu), gpu
+            gpu_mib, gpu_name = gputable.gpu_mib(gpu), gpu
         else:
             from gpumod.ops.hosts import resolve_host
 
-            cards = resolve_host(store, pod).gpus
-            gpu_mib, gpu_label = ((cards[0].memory_mib, cards[0].name) if cards else
-                                  (gputable.gpu_mib("H100 80GB"), "H100 80GB"))
+            host = resolve_host(store, pod)
+            cards = host.gpus
+            gpu_mib, gpu_name = ((cards[0].memory_mib, cards[0].name) if cards else
+                                 (gputable.gpu_mib("H100 80GB"), "H100 80GB"))
+            if cards and engine == "vllm":
+                version = str(host.engine_env.get("vllm_version") or "") or None
         facts = resolve(model, store=store)
-        if engine == "vllm":
-            result: Any = est.vllm_estimate(facts, gpu_mib=gpu_mib,
-                                            args=est.parse_vllm_args(argv))
-        else:
-            result = est.llamacpp_estimate(facts, gpu_mib=gpu_mib,
-                                           args=est.parse_llamacpp_args(argv))
-        return {**jsonable(result), "gpu": gpu_label, "gpu_mib": gpu_mib}
+        # the same calibrated path as `gpumod model estimate` (planner.estimate_for)
+        return estimate_for(store, facts, engine=engine, args=argv, gpu_mib=gpu_mib,
+                            gpu_name=gpu_name, engine_version=version)

@@ -4,17 +4,19 @@ start:  validate everything locally -> one pre-flight round trip to the host
         (engine binary, model on disk or in the HF cache, listening ports) ->
         download into the host's HF cache if needed (progress; Ctrl+C cancels
         and kills the download on the host) -> reserve the record with a free
-        port and GPUs in ONE transaction -> launch under the process
-        supervisor (secrets by stdin into a 0600 file) -> wait for HTTP health
-        ON the host with a deadline while the engine log streams -> record it.
-        Any failure or Ctrl+C after the launch stops the whole process group,
-        removes the service folder and the reservation: nothing half-recorded,
-        nothing left running.
-list:   one round trip per host (all services in one status script), hosts in
-        parallel threads; an unreachable host marks its services 'unreachable'
-        and never deletes anything.
+        port and GPUs in ONE transaction -> the one launch path shared with
+        `gpumod service start` (ops.launch.launch: planner admission with the
+        GPU figures the pre-flight read, launch under the process supervisor,
+        health wait ON the host while the log streams, record, calibration).
+        Any failure or Ctrl+C after the reservation stops the whole process
+        group, removes the service folder and the reservation: nothing
+        half-recorded, nothing left running.
+list:   ops.states (one round trip per host, hosts in parallel; an unreachable
+        host marks its services 'unreachable' and never deletes anything);
+        --prune forgets deployments whose process is gone (never definitions).
 stop:   TERM the process group, KILL after a timeout, confirm the port is free,
-        then drop the record. A failed SSH call keeps the record.
+        then drop the record (a `gpumod service` definition is kept, 'stopped').
+        A failed SSH call keeps the record.
 """
 
 from __future__ import annotations
@@ -26,9 +28,7 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from gpumod import validate
 from gpumod.catalog.models import (
@@ -50,16 +50,19 @@ from gpumod.errors import (
     TransportError,
     UsageError,
 )
+from gpumod.hosts.gpus import GPU_FIELDS, GPUUsage, parse_gpu_csv
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hostops
+from gpumod.ops import launch as launcher
 from gpumod.ops import probe as probes
 from gpumod.ops import services as records
 from gpumod.ops.endpoints import endpoint_url
+from gpumod.ops.launch import LaunchOptions, probe_address, service_dir
+from gpumod.ops.states import ServiceStatus
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
-from gpumod.supervise.base import LaunchPlan
-from gpumod.supervise.process import ProcessSupervisor, tail_argv
+from gpumod.supervise.process import tail_argv
 
 Output = Callable[[str], None]
 
@@ -95,6 +98,10 @@ case $kind in
 esac
 command -v curl >/dev/null 2>&1 && echo "probe=curl"
 command -v python3 >/dev/null 2>&1 && echo "probe=python3"
+if command -v nvidia-smi >/dev/null 2>&1 &&
+   g=$(nvidia-smi --query-gpu=""" + GPU_FIELDS + r""" --format=csv,noheader,nounits 2>/dev/null); then
+  echo "nvidia_smi=ok"; printf '%s\n' "$g" | sed 's/^/gpu=/'
+fi
 """ + probes.LISTEN_LINES
 
 DOWNLOAD_SCRIPT = r"""
@@ -143,6 +150,7 @@ class Preflight:
     cached: str | None = None
     probe: list[str] = field(default_factory=list)
     listening: set[int] = field(default_factory=set)
+    usage: list[GPUUsage] | None = None     # live GPU figures; None without nvidia-smi
 
 
 def parse_preflight(stdout: str) -> Preflight:
@@ -165,6 +173,14 @@ def parse_preflight(stdout: str) -> Preflight:
             pre.cached = value
         elif key == "probe":
             pre.probe.append(value)
+        elif key == "nvidia_smi":
+            pre.usage = []
+    if pre.usage is not None:
+        try:
+            pre.usage = parse_gpu_csv("\n".join(line[4:] for line in stdout.splitlines()
+                                                if line.startswith("gpu=")))
+        except ValueError:
+            pre.usage = None
     pre.listening = probes.parse_listening(stdout)
     return pre
 
@@ -186,33 +202,6 @@ def api_key_from_env() -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in key):
         raise ConfigError("PI_API_KEY contains a newline or control character")
     return key
-
-
-def bind_address(host: Host) -> str:
-    """Pods serve on all interfaces (reached from outside); `local` on loopback only."""
-    return "127.0.0.1" if host.is_local else "0.0.0.0"  # noqa: S104 - pods are reached remotely
-
-
-def probe_address(bind: str) -> str:
-    return "127.0.0.1" if bind in ("0.0.0.0", "::", "127.0.0.1", "") else bind  # noqa: S104
-
-
-def service_dir(host: Host, name: str) -> str:
-    return posixpath.join(hostops.host_root(host), "services", name)
-
-
-def launch_plan(spec: ServiceSpec, host: Host, argv: Sequence[str] = (),
-                env: dict[str, str] | None = None) -> LaunchPlan:
-    return LaunchPlan(service=spec.name, argv=tuple(argv), env=dict(env or {}),
-                      service_dir=service_dir(host, spec.name))
-
-
-def supervisor_for(spec: ServiceSpec, transport: Transport, manifest: dict | None = None):
-    if spec.supervisor == "systemd":
-        from gpumod.supervise.systemd import SystemdSupervisor  # type: ignore[attr-defined]
-
-        return SystemdSupervisor(transport)  # type: ignore[call-arg]
-    return ProcessSupervisor(transport, manifest=manifest)
 
 
 def model_kind(engine: str, model: str) -> str:
@@ -265,6 +254,7 @@ class StartRequest:
     deadline: float | None = None
     health_path: str | None = None
     download: bool = True
+    force: bool = False                     # start even where the planner says it won't fit
 
 
 @dataclass
@@ -530,239 +520,76 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
         pre.listening = pre2.listening
     cached = bool(plan.hf_repo)
 
-    spec = ServiceSpec(name=req.name, host=host.name, engine=plan.engine.name,
-                       model=req.model, port=0, args=tuple(plan.args), env=dict(plan.env),
-                       health_path=req.health_path or plan.engine.health.path)
-    reserved = records.reserve(store, spec, host, gpu_count=plan.gpu_count,
+    draft = ServiceSpec(name=req.name, host=host.name, engine=plan.engine.name,
+                        model=req.model, port=0, args=tuple(plan.args), env=dict(plan.env),
+                        health_path=req.health_path or plan.engine.health.path,
+                        extra={"origin": records.ORIGIN_START, "support": plan.support,
+                               "catalog": plan.known.id if plan.known else None,
+                               "config": plan.selection.config.label() if plan.selection
+                               else None,
+                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                           time.gmtime())})
+    reserved = records.reserve(store, draft, host, gpu_count=plan.gpu_count,
                                listening=pre.listening, port=req.port)
-    bind = bind_address(host)
-    env = plan.engine.env(reserved)
-    env["PATH"] = pre.path
-    if host.engine_env.get("venv"):
-        env.setdefault("VIRTUAL_ENV", str(host.engine_env["venv"]))
-    if pre.hf_home:
-        env["HF_HOME"] = pre.hf_home
-    if cached and plan.engine.name == "vllm":
-        env.setdefault("HF_HUB_OFFLINE", "1")  # the model is in the cache: no network needed
-    argv = plan.engine.argv(reserved, bind=bind,
-                            model_path=model_path if plan.engine.name == "llamacpp" else None,
-                            binary=pre.binary if plan.engine.binary else None)
-    if plan.engine.name == "command" and pre.binary:
-        argv[0] = pre.binary
-    url = endpoint_url(host, reserved.port)
-    served = plan.engine.served_model(reserved)
-    extra: dict[str, Any] = {
-        "url": url, "served_model": served, "bind": bind, "support": plan.support,
-        "catalog": plan.known.id if plan.known else None,
-        "config": plan.selection.config.label() if plan.selection else None,
-        "argv": argv, "service_dir": service_dir(host, req.name),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if model_path:
-        extra["model_path"] = model_path
-    manifest = {"name": req.name, "host": host.name, "engine": plan.engine.name,
-                "model": req.model, "served_model": served, "port": reserved.port,
-                "gpus": list(reserved.gpus), "url": url, "health_path": reserved.health_path}
-    lplan = launch_plan(reserved, host, argv, env)
-    supervisor = ProcessSupervisor(transport, manifest=manifest)
-    deadline = req.deadline or DEFAULT_DEADLINE.get(plan.engine.name, 300.0)
-    launched = False
     try:
-        out(f"starting {req.name}: {plan.engine.name} {req.model} on {host.name} port "
-            f"{reserved.port}, GPU(s) {','.join(map(str, reserved.gpus)) or 'none'}")
-        pid = supervisor.start(lplan, plan.engine.secret_env_for(api_key))
-        launched = True
-        wait_healthy(transport, plan.engine, lplan, reserved.port, reserved.health_path,
-                     probe_address(bind), deadline, log, supervisor)
-        extra["pid"] = pid
-        done = records.finish(store, reserved.with_(pid=pid, env=env, extra=extra))
-    except BaseException as exc:
-        cleanup_error: str | None = None
-        if launched:
-            try:
-                supervisor.stop(lplan, timeout=10, forget=True)
-            except GpumodError as stop_exc:
-                cleanup_error = stop_exc.message
-        try:
-            records.drop(store, req.name)
-        except Exception:  # the original error matters more than a failed cleanup
-            pass
-        if isinstance(exc, KeyboardInterrupt):
-            raise Cancelled("start cancelled; the engine was stopped and nothing recorded"
-                            + (f" (cleanup: {cleanup_error})" if cleanup_error else "")) from None
-        if cleanup_error and isinstance(exc, GpumodError):
-            exc.hint = ((exc.hint + "; ") if exc.hint else "") + f"cleanup: {cleanup_error}"
+        rt = _runtime(store, host, transport, plan, pre, reserved, model_path, cached, api_key)
+    except BaseException:
+        records.drop(store, req.name)
         raise
-    store.log_event("start", host=host.name, service=req.name,
-                    detail=f"{plan.engine.name} {req.model} port {done.port}")
-    _calibrate(store, done, host, supervisor, lplan)
+    deadline = req.deadline or DEFAULT_DEADLINE.get(plan.engine.name, 300.0)
+    done = launcher.launch(store, rt, timeout=deadline, new=True, force=req.force,
+                           usage=pre.usage, log=log, progress=out)
     notes = plan.selection.notes if plan.selection else ""
-    return StartResult(done, url, served, mask(api_key), plan.support, notes, plan.warnings,
+    return StartResult(done, str(done.extra["url"]), str(done.extra["served_model"]),
+                       mask(api_key), plan.support, notes, plan.warnings,
                        time.monotonic() - began)
 
 
-def wait_healthy(transport: Transport, engine: Engine, plan: LaunchPlan, port: int,
-                 path: str, probe_host: str, deadline: float, log: Output,
-                 supervisor: ProcessSupervisor) -> None:
-    """Stream the engine log until its health answers; EngineError with its own errors if not."""
-    proc = transport.popen(probes.wait_argv(plan.service_dir, port, path, probe_host, deadline,
-                                            engine.health.ok_codes))
-    assert proc.stdout is not None
-    try:
-        for raw in proc.stdout:
-            log(raw.decode(errors="replace").rstrip("\n"))
-        code = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    if code == 0:
-        return
-    text = supervisor.read_log(plan, 400)
-    errors = engine.error_lines(text)
-    detail = " | ".join(errors[-3:]) if errors else "no output"
-    if code == 3:
-        raise EngineError(f"{engine.name} exited during start: {detail}",
-                          hint=f"the engine's log: {plan.log_path}")
-    if code == 4:
-        raise EngineError(f"{engine.name} was not healthy within {deadline:g}s: {detail}",
-                          hint="a big model can need longer: --timeout SECONDS")
-    if code == 255:
-        raise TransportError(f"{transport.label}: the connection dropped while waiting "
-                             "for health")
-    raise EngineError(f"waiting for {engine.name} failed (exit {code}): {detail}")
-
-
-def _calibrate(store: Store, spec: ServiceSpec, host: Host, supervisor: ProcessSupervisor,
-               plan: LaunchPlan) -> None:
-    """Feed the planner what the engine reported (optional; never fails a start)."""
-    try:
-        from gpumod.planner import calibration
-    except ImportError:
-        return
-    hook = getattr(calibration, "after_start", None)
-    try:
-        if hook is not None:
-            hook(store, spec, host, supervisor.read_log(plan, 2000))
-            return
-        actual = calibration.parse_log(spec.engine, supervisor.read_log(plan, 2000))
-        if actual:
-            calibration.record_calibration(
-                store, model=spec.model, engine=spec.engine,
-                engine_version=str(host.engine_env.get("vllm_version") or ""),
-                gpu_name=host.gpus[0].name if host.gpus else "",
-                args_key=" ".join(spec.args), estimate={}, actual=actual)
-    except Exception as exc:  # calibration is best effort: never fail a healthy start
-        store.log_event("calibration-failed", host=host.name, service=spec.name,
-                        detail=f"{type(exc).__name__}: {exc}")
+def _runtime(store: Store, host: Host, transport: Transport, plan: StartPlan, pre: Preflight,
+             reserved: ServiceSpec, model_path: str | None, cached: bool, api_key: str
+             ) -> launcher.Runtime:
+    """The reserved deployment's runtime: what the pre-flight found on the host added."""
+    bind = launcher.bind_address(reserved, host)
+    base_env = plan.engine.env(reserved)
+    env = {"PATH": pre.path}
+    if host.engine_env.get("venv") and "VIRTUAL_ENV" not in base_env:
+        env["VIRTUAL_ENV"] = str(host.engine_env["venv"])
+    if pre.hf_home:
+        env["HF_HOME"] = pre.hf_home
+    if cached and plan.engine.name == "vllm" and "HF_HUB_OFFLINE" not in base_env:
+        env["HF_HUB_OFFLINE"] = "1"  # the model is in the cache: no network needed
+    url = endpoint_url(host, reserved.port)
+    served = plan.engine.served_model(reserved)
+    spec = reserved.with_(extra={
+        **reserved.extra, "url": url, "served_model": served, "bind": bind,
+        "service_dir": service_dir(host, reserved.name),
+        **({"model_path": model_path} if model_path else {})})
+    manifest = {"name": spec.name, "host": host.name, "engine": plan.engine.name,
+                "model": spec.model, "served_model": served, "port": spec.port,
+                "gpus": list(spec.gpus), "url": url, "health_path": spec.health_path}
+    options = LaunchOptions(
+        binary=pre.binary if plan.engine.binary or plan.engine.name == "command" else None,
+        model_path=model_path if plan.engine.name == "llamacpp" else None,
+        env=env, manifest=manifest)
+    return launcher.runtime(store, spec, transport=transport, host=host, options=options,
+                            secrets=plan.engine.secret_env_for(api_key))
 
 
 # -- list ------------------------------------------------------------------------------
 
-STATES = ("running", "starting", "unhealthy", "crashed", "stopped", "unreachable", "unknown")
-
-
-@dataclass
-class ServiceStatus:
-    spec: ServiceSpec
-    state: str
-    detail: str
-    url: str
-    http: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.spec.name, "model": self.spec.model, "engine": self.spec.engine,
-                "pod": self.spec.host, "port": self.spec.port, "gpus": list(self.spec.gpus),
-                "url": self.url, "state": self.state, "detail": self.detail,
-                "pid": self.spec.pid, "served_model": self.spec.extra.get("served_model",
-                                                                          self.spec.model)}
-
-
-def classify(spec: ServiceSpec, probe: probes.Probe | None, engine: Engine | None) -> tuple[str,
-                                                                                           str]:
-    if probe is None:
-        return "unknown", "the host sent no answer for this service"
-    ok = engine.health.ok_codes if engine else (200,)
-    loading = engine.health.loading_codes if engine else ()
-    if probe.process == "alive":
-        if probe.http in ok:
-            return "running", f"pid {probe.pid}, health {probe.http}"
-        if spec.state == "starting" or probe.http in loading:
-            return "starting", f"pid {probe.pid}, health {probe.http or 'no answer'}"
-        return "unhealthy", f"pid {probe.pid} alive, health {probe.http or 'no answer'}"
-    if probe.process == "stopped":
-        return "stopped", "stopped outside gpumod"
-    if probe.process == "missing":
-        return "crashed", "service folder missing on the host"
-    return "crashed", f"process {probe.pid or ''} is gone".replace("  ", " ")
-
-
-def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec]) -> list[ServiceStatus]:
-    """One round trip for every service of a host."""
-    if not specs:
-        return []
-    items = []
-    for spec in specs:
-        bind = str(spec.extra.get("bind") or bind_address(host))
-        items.append((service_dir(host, spec.name), spec.port, spec.health_path,
-                      probe_address(bind)))
-    try:
-        transport = hostops.transport_for(host)
-        found = probes.probe_host(transport, items)
-    except TransportError as exc:
-        return [ServiceStatus(s, "unreachable", exc.message, str(s.extra.get("url") or ""))
-                for s in specs]
-    except GpumodError as exc:
-        return [ServiceStatus(s, "unknown", exc.message, str(s.extra.get("url") or ""))
-                for s in specs]
-    statuses = []
-    for spec in specs:
-        probe = found.get(service_dir(host, spec.name))
-        try:
-            engine = get_engine(spec.engine)
-        except UsageError:
-            engine = None
-        state, detail = classify(spec, probe, engine)
-        statuses.append(ServiceStatus(spec, state, detail,
-                                      str(spec.extra.get("url") or endpoint_url(host, spec.port)),
-                                      probe.http if probe else 0))
-    return statuses
-
-
-def list_status(store: Store, host_names: Sequence[str] | None = None) -> list[ServiceStatus]:
-    """Real state of deployments: hosts in parallel, one round trip per host."""
-    specs = records.list_services(store)
-    hosts = {h.name: h for h in hostops.list_hosts(store)}
-    wanted = list(host_names) if host_names is not None else list(hosts)
-    by_host: dict[str, list[ServiceSpec]] = {}
-    for spec in specs:
-        if spec.host in wanted:
-            by_host.setdefault(spec.host, []).append(spec)
-    if not by_host:
-        return []
-    results: dict[str, list[ServiceStatus]] = {}
-    with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
-        futures = {name: pool.submit(host_status, store, hosts[name], group)
-                   for name, group in by_host.items()}
-        for name, future in futures.items():
-            results[name] = future.result()
-    return [status for name in by_host for status in results[name]]
-
 
 def prune(store: Store, statuses: Sequence[ServiceStatus]) -> list[str]:
-    """Forget records whose process is gone (never unreachable or unknown ones)."""
+    """Forget deployments whose process is gone (never definitions, unreachable or unknown)."""
     removed = []
     for status in statuses:
-        if status.state not in ("crashed", "stopped"):
+        if status.state not in ("crashed", "stopped") or not records.is_deployment(status.spec):
             continue
-        host = hostops.get_host(store, status.spec.host)
         try:
-            ProcessSupervisor(hostops.transport_for(host)).stop(
-                launch_plan(status.spec, host), timeout=5, forget=True)
+            launcher.runtime(store, status.spec).stop(timeout=5, forget=True)
         except GpumodError:
             continue
         records.drop(store, status.spec.name)
-        store.log_event("prune", host=host.name, service=status.spec.name)
+        store.log_event("prune", host=status.spec.host, service=status.spec.name)
         removed.append(status.spec.name)
     return removed
 
@@ -780,19 +607,21 @@ class StopResult:
 def stop(store: Store, name: str, *, timeout: float = STOP_TIMEOUT) -> StopResult:
     """Stop one deployment; the record goes only once the process and its port are gone."""
     spec = records.get_service(store, name)
-    host = hostops.get_host(store, spec.host)
-    transport = hostops.transport_for(host)
-    plan = launch_plan(spec, host)
-    outcome = supervisor_for(spec, transport).stop(plan, timeout=timeout, forget=True)
+    rt = launcher.runtime(store, spec, secrets={})
+    deployment = records.is_deployment(spec)
+    outcome = rt.stop(timeout=timeout, forget=deployment)
     end = time.monotonic() + 5
-    while spec.port in probes.listening_ports(transport):
+    while outcome != "not-running" and spec.port in probes.listening_ports(rt.transport):
         if time.monotonic() > end:
-            raise EngineError(f"{name} stopped but port {spec.port} on {host.name} is still "
+            raise EngineError(f"{name} stopped but port {spec.port} on {rt.host.name} is still "
                               "in use", hint="another program may hold it; the record is kept")
         time.sleep(0.2)
-    records.drop(store, name)
-    store.log_event("stop", host=host.name, service=name, detail=outcome)
-    return StopResult(name, host.name, outcome or "stopped")
+    if deployment:
+        records.drop(store, name)
+    else:  # a `gpumod service` definition stays defined
+        records.save_state(store, name, "stopped", None)
+    store.log_event("stop", host=rt.host.name, service=name, detail=outcome)
+    return StopResult(name, rt.host.name, outcome or "stopped")
 
 
 def services_on(store: Store, pod: str | None) -> tuple[Host, list[ServiceSpec]]:
@@ -811,8 +640,8 @@ def logs(store: Store, name: str, *, lines: int = 100, follow: bool = False,
     spec = records.get_service(store, name)
     host = hostops.get_host(store, spec.host)
     transport = hostops.transport_for(host)
-    plan = launch_plan(spec, host)
-    proc = transport.popen(tail_argv(plan.log_path, lines, follow))
+    log_path = posixpath.join(service_dir(host, name), "service.log")
+    proc = transport.popen(tail_argv(log_path, lines, follow))
     assert proc.stdout is not None
     try:
         while True:

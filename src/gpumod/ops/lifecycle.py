@@ -1,13 +1,12 @@
 """Service lifecycle: define, start (dependencies first, each healthy), stop (dependents
-first), restart, state; and the host lock that mode switches and service commands share.
+first), restart, remove, set the context; and the host lock that mode switches and
+service commands share.
 
-A service's runtime pieces come together in :class:`Runtime`: its host and
-transport, engine driver (``gpumod.engines``), launch plan (argv, environment and
-folder), supervisor (process, systemd or docker), HTTP endpoint on its host and
-sleep capability. The deploy engineer's engines and process supervisor are used
-as they are; vLLM services with a sleep mode get ``--enable-sleep-mode``,
-``VLLM_SERVER_DEV_MODE=1`` and a loopback bind; llama.cpp services with
-``sleep: router`` run ``llama-server`` in router mode.
+A service's runtime pieces (host, transport, engine, launch plan, supervisor,
+endpoint, sleep capability) are :class:`gpumod.ops.launch.Runtime`; every start
+goes through :func:`gpumod.ops.launch.launch` (planner admission, launch, health
+wait, record, calibration), the same path `pi start` uses. Records live in
+:mod:`gpumod.ops.services`; live states in :mod:`gpumod.ops.states`.
 """
 
 from __future__ import annotations
@@ -16,45 +15,26 @@ import contextlib
 import errno
 import fcntl
 import os
-import posixpath
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from gpumod import paths, validate
-from gpumod.engines.base import Engine, get_engine
-from gpumod.engines.sleep import (
-    Endpoint,
-    SleepCapable,
-    canary,
-    capability_for,
-    prepare_vllm_launch,
-    router_argv,
-    wait_healthy,
-)
-from gpumod.errors import (
-    ConfigError,
-    ConflictError,
-    EngineError,
-    GpumodError,
-    NotFoundError,
-    UsageError,
-)
-from gpumod.hosts.model import Host
+from gpumod.engines.base import MAX_CONTEXT, get_engine
+from gpumod.engines.sleep import canary, wait_healthy
+from gpumod.errors import ConfigError, ConflictError, EngineError, NotFoundError, UsageError
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
+from gpumod.ops import services as records
+from gpumod.ops.launch import Runtime, _quiet, launch, launch_plan, runtime
+from gpumod.ops.services import get_service, list_services, save_state
 from gpumod.spec import ENGINES, SLEEP_MODES, ServiceSpec
 from gpumod.store.db import Store
-from gpumod.supervise.base import LaunchPlan, ProcessState, Supervisor
+
+__all__ = ["Runtime", "get_service", "launch_plan", "list_services", "runtime", "save_state"]
 
 Progress = Callable[[str], None]
 ACTIVE_STATES = {"running", "sleeping", "starting"}
 DEFAULT_HEALTH_TIMEOUT = 600.0
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 # ---------------------------------------------------------------------------- host lock
@@ -97,36 +77,20 @@ def host_lock(host: str, *, wait: float = 5.0, what: str = "a mode switch") -> I
         os.close(fd)
 
 
-# ---------------------------------------------------------------------------- records
+# ---------------------------------------------------------------------------- definitions
 
 
-def get_service(store: Store, name: str) -> ServiceSpec:
-    from gpumod.ops.services import get_service as _get
+def add_service(store: Store, spec: ServiceSpec, *, listening: set[int] | None = None
+                ) -> ServiceSpec:
+    """Record a new service definition (state 'stopped').
 
-    return _get(store, name)
-
-
-def list_services(store: Store, host: str | None = None) -> list[ServiceSpec]:
-    from gpumod.ops.services import list_services as _list
-
-    return _list(store, host)
-
-
-def save_state(store: Store, name: str, state: str, pid: int | None = None,
-               *, keep_pid: bool = False) -> None:
-    with store.transaction() as db:
-        if keep_pid:
-            db.execute("UPDATE services SET state = ?, updated_at = datetime('now') "
-                       "WHERE name = ?", (state, name))
-        else:
-            db.execute("UPDATE services SET state = ?, pid = ?, updated_at = datetime('now') "
-                       "WHERE name = ?", (state, pid, name))
-
-
-def add_service(store: Store, spec: ServiceSpec) -> ServiceSpec:
-    """Insert a new service definition (state 'stopped'); name and port must be free."""
+    The port (spec.port, or 0 for the first free one) and the name are checked and
+    taken in one transaction (:func:`gpumod.ops.services.reserve`, as `pi start` does);
+    `listening`: ports other programs hold on the host.
+    """
     validate.name(spec.name, "service name")
-    validate.port(spec.port)
+    if spec.port:
+        validate.port(spec.port)
     if spec.engine not in ENGINES:
         raise UsageError(f"unknown engine {spec.engine!r}", hint=f"use {', '.join(ENGINES)}")
     if spec.sleep_mode not in SLEEP_MODES:
@@ -148,37 +112,27 @@ def add_service(store: Store, spec: ServiceSpec) -> ServiceSpec:
     engine = get_engine(spec.engine)
     if spec.sleep_mode != "router":
         engine.validate(spec)
-    spec = spec.with_(state="stopped", pid=None)
-    with store.transaction() as db:
-        row = db.execute("SELECT host FROM services WHERE name = ?", (spec.name,)).fetchone()
-        if row:
-            raise ConflictError(f"a service named {spec.name!r} already exists (on {row[0]})",
-                                hint="pick another name, or remove it first")
-        clash = db.execute("SELECT name FROM services WHERE host = ? AND port = ?",
-                           (spec.host, spec.port)).fetchone()
-        if clash:
-            raise ConflictError(f"port {spec.port} on {spec.host} is already used by "
-                                f"{clash[0]}", hint="pick another --port")
-        for dep in spec.depends_on:
-            found = db.execute("SELECT host FROM services WHERE name = ?", (dep,)).fetchone()
-            if found is None:
-                raise NotFoundError(f"dependency {dep!r} is not a service",
-                                    hint="add it first")
-            if found[0] != spec.host:
-                raise UsageError(f"dependency {dep!r} runs on {found[0]}, not {spec.host}")
-        values = spec.row_values()
-        db.execute(f"INSERT INTO services ({', '.join(values)}) "  # noqa: S608 - our columns
-                   f"VALUES ({', '.join('?' for _ in values)})", tuple(values.values()))
-    _check_cycles(list_services(store, spec.host))
+    host = hosts_ops.get_host(store, spec.host)
+    spec = records.reserve(store, spec, host, listening=set(listening or ()),
+                           port=spec.port or None, state="stopped",
+                           name_hint="pick another name, or remove it first")
+    try:
+        _check_cycles(list_services(store, spec.host))
+    except ConfigError:
+        records.drop(store, spec.name)
+        raise
     return spec
 
 
-def next_free_port(store: Store, host: str, start: int = 8001) -> int:
-    taken = {r["port"] for r in store.query("SELECT port FROM services WHERE host = ?", (host,))}
-    for port in range(start, 65535):
-        if port not in taken:
-            return port
-    raise ConflictError(f"no free port on {host}")
+def set_context(store: Store, name: str, tokens: int) -> ServiceSpec:
+    """Replace the engine's context flag in the service's stored args (next start uses it)."""
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_CONTEXT:
+        raise UsageError(f"context {tokens!r} must be a number of tokens from 1 to {MAX_CONTEXT}")
+    spec = get_service(store, name)
+    args = tuple(get_engine(spec.engine).apply_context(spec.args, tokens))
+    records.save_args(store, name, args)
+    store.log_event("context", host=spec.host, service=name, detail=f"{tokens} tokens")
+    return spec.with_(args=args)
 
 
 # ---------------------------------------------------------------------------- ordering
@@ -228,171 +182,19 @@ def dependents(all_specs: Sequence[ServiceSpec], name: str) -> list[ServiceSpec]
     return list(reversed(dependency_order(all_specs, found.values())))
 
 
-# ---------------------------------------------------------------------------- runtime
-
-
-@dataclass
-class Runtime:
-    spec: ServiceSpec
-    host: Host
-    transport: Transport
-    engine: Engine
-    plan: LaunchPlan
-    supervisor: Supervisor
-    endpoint: Endpoint
-    sleep: SleepCapable | None
-    secrets: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def health_path(self) -> str:
-        return self.spec.health_path or "/health"
-
-    def alive(self) -> bool:
-        return self.supervisor.state(self.plan) == ProcessState.RUNNING
-
-    def pid(self) -> int | None:
-        """The service's main pid on its host right now (None when not running)."""
-        name = self.supervisor.name
-        if name == "process":
-            result = self.transport.run(["cat", self.plan.pid_path], timeout=20)
-            text = result.stdout.strip()
-            return int(text) if result.ok and text.isdigit() else None
-        if name == "systemd":
-            from gpumod.supervise.systemd import unit_name
-
-            props = self.supervisor.properties(unit_name(self.spec.name))  # type: ignore[attr-defined]
-            pid = props.get("MainPID", "0")
-            return int(pid) if pid.isdigit() and int(pid) > 0 else None
-        return self.spec.pid
-
-
-def bind_address(spec: ServiceSpec) -> str:
-    if spec.engine == "vllm" and spec.sleep_mode in {"l1", "l2"}:
-        return "127.0.0.1"  # dev endpoints have no auth
-    bind = str(spec.extra.get("bind") or "127.0.0.1")
-    if bind not in {"127.0.0.1", "0.0.0.0", "::1", "::", "localhost"}:  # noqa: S104
-        raise UsageError(f"invalid bind address {bind!r}")
-    return bind
-
-
-def launch_plan(spec: ServiceSpec, host: Host, engine: Engine | None = None) -> LaunchPlan:
-    engine = engine or get_engine(spec.engine)
-    service_dir = posixpath.join(hosts_ops.host_root(host), "services", spec.name)
-    bind = bind_address(spec)
-    binary = (host.engine_env or {}).get(f"{spec.engine}_binary") or None
-    if spec.engine == "llamacpp" and spec.sleep_mode == "router":
-        router = spec.extra.get("router") or {}
-        argv = router_argv(binary or "llama-server", spec.model, bind=bind, port=spec.port,
-                           models_max=int(router.get("models_max", 1)),
-                           autoload=bool(router.get("autoload", True)), args=spec.args)
-    else:
-        engine.validate(spec)
-        argv = engine.argv(spec, bind=bind, binary=binary)
-    env = engine.env(spec)
-    if spec.engine == "vllm" and spec.sleep_mode in {"l1", "l2"}:
-        argv, env = prepare_vllm_launch(argv, env)
-    workdir = spec.extra.get("workdir")
-    return LaunchPlan(service=spec.name, argv=tuple(argv), env=env, service_dir=service_dir,
-                      workdir=str(workdir) if workdir else None)
-
-
-def collect_secrets(engine: Engine) -> dict[str, str]:
-    secrets: dict[str, str] = {}
-    key = os.environ.get("PI_API_KEY")
-    if key:
-        secrets.update(engine.secret_env_for(key))
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        secrets["HF_TOKEN"] = token
-    return secrets
-
-
-def make_supervisor(spec: ServiceSpec, host: Host, transport: Transport,
-                    docker_client: Any = None) -> Supervisor:
-    if spec.supervisor == "systemd":
-        from gpumod.supervise.systemd import SystemdSupervisor, UnitOptions
-
-        scope = str(spec.extra.get("systemd_scope") or "user")
-        return SystemdSupervisor(transport, scope=scope,
-                                 options=UnitOptions(engine=spec.engine, scope=scope))
-    if spec.supervisor == "docker":
-        if not host.is_local:
-            raise UsageError("the docker supervisor drives the local Docker engine only",
-                             hint="use --supervisor process on pods (it runs `docker run`)")
-        from gpumod.engines.docker import DockerSupervisor
-
-        return DockerSupervisor(spec, client=docker_client, bind=bind_address(spec))
-    from gpumod.supervise.process import ProcessSupervisor
-
-    return ProcessSupervisor(transport, manifest={"engine": spec.engine, "model": spec.model,
-                                                  "port": spec.port, "gpumod": "service"})
-
-
-def runtime(store: Store, spec: ServiceSpec, *, transport: Transport | None = None,
-            docker_client: Any = None) -> Runtime:
-    host = hosts_ops.get_host(store, spec.host)
-    transport = transport or hosts_ops.transport_for(host)
-    engine = get_engine(spec.engine)
-    plan = launch_plan(spec, host, engine)
-    served = "" if spec.sleep_mode == "router" else engine.served_model(spec)
-    if spec.sleep_mode == "router":
-        served = str((spec.extra.get("router") or {}).get("default_model") or "")
-    endpoint = Endpoint(transport, spec.port, served_model=served, key_file=plan.env_file)
-    return Runtime(spec, host, transport, engine, plan,
-                   make_supervisor(spec, host, transport, docker_client), endpoint,
-                   capability_for(spec.engine, spec.sleep_mode), collect_secrets(engine))
-
-
 # ---------------------------------------------------------------------------- operations
 
 
 def start_one(store: Store, rt: Runtime, *, timeout: float = DEFAULT_HEALTH_TIMEOUT,
-              progress: Progress = _quiet) -> ServiceSpec:
-    """Launch one service and wait until it is healthy; on failure nothing is left running."""
+              progress: Progress = _quiet, force: bool = False) -> ServiceSpec:
+    """Launch one defined service and wait until it is healthy (see ops.launch.launch)."""
     spec = rt.spec
     if rt.alive():
         progress(f"{spec.name}: already running")
         pid = rt.pid()
         save_state(store, spec.name, "running", pid)
         return spec.with_(state="running", pid=pid)
-    progress(f"{spec.name}: starting ({spec.engine}, port {spec.port}, {rt.supervisor.name})")
-    save_state(store, spec.name, "starting", None)
-    try:
-        pid = rt.supervisor.start(rt.plan, rt.secrets)
-        took = wait_healthy(rt.endpoint, rt.health_path, timeout=timeout, alive=rt.alive,
-                            what=spec.name)
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            rt.supervisor.stop(rt.plan)
-        save_state(store, spec.name, "failed" if isinstance(exc, Exception) else "stopped")
-        store.log_event("start-failed", host=spec.host, service=spec.name, detail=str(exc))
-        if isinstance(exc, EngineError):
-            cause = engine_error_line(rt)
-            if cause and cause not in exc.message:
-                raise EngineError(f"{exc.message}; the log says: {cause}",
-                                  hint=exc.hint) from exc
-        raise
-    pid = pid or rt.pid()
-    save_state(store, spec.name, "running", pid)
-    store.log_event("started", host=spec.host, service=spec.name,
-                    detail=f"healthy after {took:.1f}s, pid {pid}")
-    progress(f"{spec.name}: healthy after {took:.1f}s")
-    return spec.with_(state="running", pid=pid)
-
-
-def engine_error_line(rt: Runtime) -> str:
-    """The engine's last error line from its log (empty when there is none)."""
-    reader = getattr(rt.supervisor, "read_log", None)
-    if reader is None:
-        result = rt.transport.run(["tail", "-n", "200", rt.plan.log_path], timeout=20)
-        text = result.stdout if result.ok else ""
-    else:
-        try:
-            text = reader(rt.plan, 200)
-        except GpumodError:
-            return ""
-    lines = rt.engine.error_lines(text, limit=1) if text.strip() else []
-    return lines[-1].strip()[:300] if lines else ""
+    return launch(store, rt, timeout=timeout, force=force, progress=progress)
 
 
 def stop_one(store: Store, rt: Runtime, *, progress: Progress = _quiet) -> None:
@@ -404,7 +206,7 @@ def stop_one(store: Store, rt: Runtime, *, progress: Progress = _quiet) -> None:
 
 def start_service(store: Store, name: str, *, timeout: float = DEFAULT_HEALTH_TIMEOUT,
                   progress: Progress = _quiet, lock_wait: float = 5.0,
-                  transport: Transport | None = None) -> list[str]:
+                  transport: Transport | None = None, force: bool = False) -> list[str]:
     """Start a service and (first) its dependencies; returns the names started."""
     spec = get_service(store, name)
     started: list[str] = []
@@ -420,7 +222,7 @@ def start_service(store: Store, name: str, *, timeout: float = DEFAULT_HEALTH_TI
                     raise EngineError(report.summary())
                 continue
             try:
-                start_one(store, rt, timeout=timeout, progress=progress)
+                start_one(store, rt, timeout=timeout, progress=progress, force=force)
             except Exception as exc:
                 for done in reversed(started):
                     with contextlib.suppress(Exception):
@@ -467,46 +269,9 @@ def remove_service(store: Store, name: str, *, transport: Transport | None = Non
                             hint="remove or change those services first")
     with host_lock(spec.host, what=f"service remove {name}"):
         rt = runtime(store, spec, transport=transport)
-        rt.supervisor.stop(rt.plan)
-        if rt.supervisor.name == "systemd":
-            rt.supervisor.uninstall(rt.plan)  # type: ignore[attr-defined]
-        with store.transaction() as db:
-            db.execute("DELETE FROM services WHERE name = ?", (name,))
+        rt.stop(forget=True)
+        records.drop(store, name)
         store.log_event("removed", host=spec.host, service=name)
-
-
-@dataclass
-class ServiceStatus:
-    spec: ServiceSpec
-    process: str
-    health: str          # ok | failing (HTTP ...) | unknown
-    sleeping: bool | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.spec.to_json(), "process": self.process, "health": self.health,
-                "sleeping": self.sleeping}
-
-
-def service_status(store: Store, name: str, *, transport: Transport | None = None
-                   ) -> ServiceStatus:
-    spec = get_service(store, name)
-    rt = runtime(store, spec, transport=transport)
-    try:
-        process = rt.supervisor.state(rt.plan).value
-    except Exception:
-        process = "unknown"
-    health, sleeping = "unknown", None
-    if process == "running":
-        try:
-            answer = rt.endpoint.request("GET", rt.health_path, timeout=5)
-            health = "ok" if answer.status == 200 else f"failing ({answer.describe()})"
-            if rt.sleep is not None:
-                sleeping = rt.sleep.is_sleeping(rt.endpoint)
-        except Exception as exc:
-            health = f"unknown ({exc})"
-    elif process == "stopped":
-        health = "-"
-    return ServiceStatus(spec, process, health, sleeping)
 
 
 def check_ready(rt: Runtime, *, canary_check: bool = True) -> None:

@@ -40,19 +40,49 @@ for f in /proc/net/tcp /proc/net/tcp6; do
 done
 """
 
-# One service per 4 args: folder, port, health path, host to probe. One line each (any order).
-STATUS_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + r"""
-while [ $# -ge 4 ]; do
-  dir=$1; port=$2; path=$3; phost=$4; shift 4
+# systemd's view of a unit: "<word> <MainPID>" where word is alive | dead | stopped | missing
+# | unknown. $1 scope (user|system), $2 unit.
+UNIT_FUNCTION = r"""
+unit_state() {
+  if [ "$1" = user ]; then
+    props=$(systemctl --user show "$2" --property=LoadState,ActiveState,SubState,MainPID 2>/dev/null)
+  else
+    props=$(systemctl show "$2" --property=LoadState,ActiveState,SubState,MainPID 2>/dev/null)
+  fi
+  load=$(printf '%s\n' "$props" | sed -n 's/^LoadState=//p')
+  active=$(printf '%s\n' "$props" | sed -n 's/^ActiveState=//p')
+  sub=$(printf '%s\n' "$props" | sed -n 's/^SubState=//p')
+  mpid=$(printf '%s\n' "$props" | sed -n 's/^MainPID=//p')
+  [ "$mpid" = 0 ] && mpid=
+  if [ -z "$active" ]; then echo "unknown -"
+  elif [ "$load" = not-found ]; then echo "missing -"
+  elif [ "$sub" = auto-restart ] || [ "$active" = failed ]; then echo "dead ${mpid:--}"
+  else case $active in
+    active|activating|reloading|deactivating) echo "alive ${mpid:--}" ;;
+    inactive) echo "stopped -" ;;
+    *) echo "unknown ${mpid:--}" ;;
+  esac; fi
+}
+"""
+
+# One service per 6 args: folder, port, health path, host to probe, systemd scope and unit
+# ("" for the process supervisor: its pid file says). One line each (any order).
+STATUS_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + UNIT_FUNCTION + r"""
+while [ $# -ge 6 ]; do
+  dir=$1; port=$2; path=$3; phost=$4; scope=$5; unit=$6; shift 6
   (
-    pid=$(cat "$dir/service.pid" 2>/dev/null || true)
-    start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
-    if [ -z "$pid" ]; then
-      if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then p=gone
-      elif [ -d "$dir" ]; then p=stopped
-      else p=missing; fi
-    elif pid_alive "$pid" "$start"; then p=alive
-    else p=dead; fi
+    if [ -n "$unit" ]; then
+      set -- $(unit_state "$scope" "$unit"); p=$1; pid=$2; [ "$pid" = - ] && pid=
+    else
+      pid=$(cat "$dir/service.pid" 2>/dev/null || true)
+      start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
+      if [ -z "$pid" ]; then
+        if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then p=gone
+        elif [ -d "$dir" ]; then p=stopped
+        else p=missing; fi
+      elif pid_alive "$pid" "$start"; then p=alive
+      else p=dead; fi
+    fi
     code=$(probe "http://$phost:$port$path")
     printf '%s\t%s\t%s\t%s\n' "$dir" "${pid:--}" "$p" "${code:-000}"
   ) &
@@ -80,11 +110,16 @@ owns_port() {
 """
 
 # Wait for health while the log streams on stdout. Exit 0 healthy, 3 process exited,
-# 4 deadline passed. Args: folder, port, path, probe host, deadline seconds, ok codes.
+# 4 deadline passed. Args: folder, port, path, probe host, deadline seconds, ok codes, pid
+# ("" = the pid file's), owner check (1: the answer must come from the service's own
+# process group; 0 for servers whose port another process holds, e.g. docker's proxy).
 WAIT_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + OWNER_FUNCTION + r"""
-dir=$1; port=$2; path=$3; phost=$4; deadline=$5; okcodes=$6
-pid=$(cat "$dir/service.pid" 2>/dev/null || true)
-start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
+dir=$1; port=$2; path=$3; phost=$4; deadline=$5; okcodes=$6; pid=${7:-}; owner=${8:-1}
+if [ -n "$pid" ]; then start=$(starttime "$pid")
+else
+  pid=$(cat "$dir/service.pid" 2>/dev/null || true)
+  start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
+fi
 tail -n +1 -F "$dir/service.log" 2>/dev/null &
 tp=$!
 trap 'kill $tp 2>/dev/null' EXIT
@@ -92,7 +127,8 @@ trap 'exit 130' INT TERM HUP PIPE
 end=$(( $(date +%s) + deadline ))
 while :; do
   code=$(probe "http://$phost:$port$path")
-  case " $okcodes " in *" $code "*) if owns_port "$pid" "$port"; then sleep 0.3; exit 0; fi ;;
+  case " $okcodes " in
+    *" $code "*) if [ "$owner" = 0 ] || owns_port "$pid" "$port"; then sleep 0.3; exit 0; fi ;;
   esac
   if ! pid_alive "$pid" "$start"; then sleep 0.5; exit 3; fi
   [ "$(date +%s)" -ge "$end" ] && exit 4
@@ -109,16 +145,20 @@ class Probe:
     http: int     # 0 when nothing answered
 
 
-def probe_host(transport: Transport, items: Sequence[tuple[str, int, str, str]],
+def probe_host(transport: Transport, items: Sequence[tuple[str, int, str, str]
+                                                    | tuple[str, int, str, str, str, str]],
                *, timeout: float = 30) -> dict[str, Probe]:
     """Process and HTTP state of services on one host, in ONE round trip.
 
-    items: (service_dir, port, health_path, probe_host). Raises TransportError when the
-    host cannot be reached; returns {service_dir: Probe} for every line the host sent.
+    items: (service_dir, port, health_path, probe_host[, systemd scope, unit]). Raises
+    TransportError when the host cannot be reached; returns {service_dir: Probe} for every
+    line the host sent.
     """
     args: list[str] = []
-    for service_dir, port, path, phost in items:
-        args += [service_dir, str(port), path, phost]
+    for item in items:
+        service_dir, port, path, phost = item[:4]
+        scope, unit = (item[4], item[5]) if len(item) == 6 else ("", "")
+        args += [service_dir, str(port), path, phost, scope, unit]
     result = transport.run_script(STATUS_SCRIPT, args, timeout=timeout)
     result.check(f"{transport.label}: status check")
     probes: dict[str, Probe] = {}
@@ -150,7 +190,9 @@ def listening_ports(transport: Transport) -> set[int]:
 
 
 def wait_argv(service_dir: str, port: int, path: str, probe_host: str, deadline: float,
-              ok_codes: Sequence[int]) -> list[str]:
+              ok_codes: Sequence[int], *, pid: int | None = None,
+              owner_check: bool = True) -> list[str]:
     """argv for Transport.popen: stream the log until healthy (0), exited (3), timeout (4)."""
     return ["sh", "-c", WAIT_SCRIPT, "sh", service_dir, str(port), path, probe_host,
-            str(max(1, int(deadline))), " ".join(str(c) for c in ok_codes)]
+            str(max(1, int(deadline))), " ".join(str(c) for c in ok_codes),
+            str(pid) if pid else "", "1" if owner_check else "0"]

@@ -1,24 +1,28 @@
 """Service records in the store: read, reserve (port + GPUs in one transaction), finish, drop.
 
-A start first *reserves* its record (state 'starting') inside one BEGIN
-IMMEDIATE transaction that also picks the port and the GPUs, so two starts
-at the same moment serialise on SQLite's write lock and can never take the
-same port or GPUs. A start that fails removes its reservation; only a
-healthy start turns it into state 'running'.
+Every new record, a `pi start` deployment or a `gpumod service add`
+definition, is inserted by :func:`reserve` inside one BEGIN IMMEDIATE
+transaction that also checks the name, picks (or checks) the port and the
+GPUs and checks the dependencies, so two commands at the same moment
+serialise on SQLite's write lock and can never take the same port or GPUs.
+A `pi start` reservation is state 'starting' until its launch is healthy
+(then 'running'); a failed start removes it. A definition is state 'stopped'.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 from gpumod import validate
-from gpumod.errors import CapacityError, ConflictError, NotFoundError
+from gpumod.errors import CapacityError, ConflictError, NotFoundError, UsageError
 from gpumod.hosts.model import Host
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 
 FIRST_PORT = 8001
 LAST_PORT = 8999
+ORIGIN_START = "pi start"
 
 
 def get_service(store: Store, name: str) -> ServiceSpec:
@@ -36,6 +40,11 @@ def list_services(store: Store, host: str | None = None) -> list[ServiceSpec]:
     else:
         rows = store.query("SELECT * FROM services WHERE host = ? ORDER BY port", (host,))
     return [ServiceSpec.from_row(r) for r in rows]
+
+
+def is_deployment(spec: ServiceSpec) -> bool:
+    """A record made by `pi start` (forgotten when stopped), not a `gpumod service` definition."""
+    return spec.extra.get("origin") == ORIGIN_START or "started_at" in spec.extra
 
 
 def pick_gpus(host: Host, count: int, used: Iterable[Sequence[int]]) -> tuple[int, ...]:
@@ -56,24 +65,30 @@ def pick_gpus(host: Host, count: int, used: Iterable[Sequence[int]]) -> tuple[in
     return tuple(sorted(ranked[:count]))
 
 
-def reserve(store: Store, spec: ServiceSpec, host: Host, *, gpu_count: int,
-            listening: set[int], port: int | None = None) -> ServiceSpec:
-    """Insert `spec` as 'starting' with a free port and GPUs chosen in the same transaction."""
+def reserve(store: Store, spec: ServiceSpec, host: Host, *, listening: set[int],
+            port: int | None = None, gpu_count: int | None = None,
+            state: str = "starting", name_hint: str | None = None) -> ServiceSpec:
+    """Insert `spec` (as `state`) with its port and GPUs chosen in the same transaction.
+
+    port: that port (refused when a service of the host or another program holds it), or
+    None for the first free one from 8001. gpu_count: pick that many of the least used
+    GPUs, or None to keep spec.gpus. Dependencies must exist on the same host.
+    """
     validate.name(spec.name, "service name")
     with store.transaction() as db:
-        if db.execute("SELECT 1 FROM services WHERE name = ?", (spec.name,)).fetchone():
-            existing = db.execute("SELECT host FROM services WHERE name = ?",
-                                  (spec.name,)).fetchone()["host"]
-            raise ConflictError(f"a service named {spec.name!r} already exists (on {existing})",
-                                hint=f"pick another --name, or `pi stop {spec.name}` first")
-        rows = db.execute("SELECT port, gpus FROM services WHERE host = ?",
+        row = db.execute("SELECT host FROM services WHERE name = ?", (spec.name,)).fetchone()
+        if row:
+            raise ConflictError(f"a service named {spec.name!r} already exists (on {row['host']})",
+                                hint=name_hint or f"pick another --name, or `pi stop {spec.name}` "
+                                                  "first")
+        rows = db.execute("SELECT name, port, gpus FROM services WHERE host = ?",
                           (host.name,)).fetchall()
-        taken = {r["port"] for r in rows}
+        taken = {r["port"]: r["name"] for r in rows}
         if port is not None:
             validate.port(port)
             if port in taken:
-                raise ConflictError(f"port {port} on {host.name} is already used by a service",
-                                    hint="leave --port out to get a free one")
+                raise ConflictError(f"port {port} on {host.name} is already used by "
+                                    f"{taken[port]}", hint="leave --port out to get a free one")
             if port in listening:
                 raise ConflictError(f"port {port} on {host.name} is taken by another program",
                                     hint="leave --port out to get a free one")
@@ -84,10 +99,15 @@ def reserve(store: Store, spec: ServiceSpec, host: Host, *, gpu_count: int,
             if not chosen:
                 raise CapacityError(f"no free port between {FIRST_PORT} and {LAST_PORT} "
                                     f"on {host.name}")
-        import json
-
-        gpus = pick_gpus(host, gpu_count, (json.loads(r["gpus"]) for r in rows))
-        reserved = spec.with_(port=chosen, gpus=gpus, state="starting", pid=None)
+        for dep in spec.depends_on:
+            found = db.execute("SELECT host FROM services WHERE name = ?", (dep,)).fetchone()
+            if found is None:
+                raise NotFoundError(f"dependency {dep!r} is not a service", hint="add it first")
+            if found["host"] != host.name:
+                raise UsageError(f"dependency {dep!r} runs on {found['host']}, not {host.name}")
+        gpus = spec.gpus if gpu_count is None else \
+            pick_gpus(host, gpu_count, (json.loads(r["gpus"]) for r in rows))
+        reserved = spec.with_(host=host.name, port=chosen, gpus=gpus, state=state, pid=None)
         values = reserved.row_values()
         # Column names come from ServiceSpec.row_values(), never from input.
         db.execute(f"INSERT INTO services ({', '.join(values)}) "  # noqa: S608
@@ -104,6 +124,23 @@ def finish(store: Store, spec: ServiceSpec) -> ServiceSpec:
                    "updated_at = datetime('now') WHERE name = ?",
                    (*values.values(), spec.name))
     return done
+
+
+def save_state(store: Store, name: str, state: str, pid: int | None = None,
+               *, keep_pid: bool = False) -> None:
+    with store.transaction() as db:
+        if keep_pid:
+            db.execute("UPDATE services SET state = ?, updated_at = datetime('now') "
+                       "WHERE name = ?", (state, name))
+        else:
+            db.execute("UPDATE services SET state = ?, pid = ?, updated_at = datetime('now') "
+                       "WHERE name = ?", (state, pid, name))
+
+
+def save_args(store: Store, name: str, args: Sequence[str]) -> None:
+    with store.transaction() as db:
+        db.execute("UPDATE services SET args = ?, updated_at = datetime('now') WHERE name = ?",
+                   (json.dumps(list(args)), name))
 
 
 def drop(store: Store, name: str) -> None:

@@ -432,11 +432,12 @@ def vllm_estimate(facts: ModelFacts, *, gpu_mib: int, args: VLLMArgs | None = No
 
 
 def utilization_for(facts: ModelFacts, *, gpu_mib: int, args: VLLMArgs, sequences: float = 1.0,
-                    headroom: float = 0.0) -> float:
+                    headroom: float = 0.0, calibration: dict[str, Any] | None = None) -> float:
     """Smallest --gpu-memory-utilization that serves `sequences` x max_model_len tokens."""
     probe = vllm_estimate(facts, gpu_mib=gpu_mib, args=VLLMArgs(**{**asdict(args),
                                                                  "gpu_memory_utilization": 1.0,
-                                                                 "kv_cache_memory_bytes": None}))
+                                                                 "kv_cache_memory_bytes": None}),
+                          calibration=calibration)
     usable = cuda_total_mib(gpu_mib) * MIB
     fixed = (probe.weights_gib + probe.activation_gib + probe.non_torch_gib +
              (probe.cuda_graph_gib if version_tuple(probe.version) >= (0, 21) else 0)) * GIB

@@ -167,7 +167,8 @@ def size_service(req: ServiceRequest, gpu_total_mib: int, free_mib: int,
         else:
             need = est.utilization_for(req.facts, gpu_mib=gpu_total_mib,
                                        args=_vllm_args(req, None),
-                                       sequences=max(1.0, req.min_concurrency))
+                                       sequences=max(1.0, req.min_concurrency),
+                                       calibration=req.calibration)
             util = need
             if grow_to_mib is not None and need <= 1:
                 base = est.vllm_estimate(req.facts, gpu_mib=gpu_total_mib,

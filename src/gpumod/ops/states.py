@@ -1,0 +1,202 @@
+"""The real state of services, checked on their hosts: one classification for every front end.
+
+`pi list`, `gpumod service list/status`, `gpumod mode status/verify`, the MCP
+tools and the TUI all show the states of :func:`classify`:
+
+- running      the process is alive and its health check answers
+- starting     alive, recorded as starting or its health says "loading"
+- sleeping     recorded as asleep and the process is alive (a sleeping vLLM still
+               answers /health, so the record tells)
+- unhealthy    alive, but the health check fails
+- crashed      supposed to run (or its last start failed) and no process
+- stopped      defined but not running, never started, or stopped outside gpumod
+- unreachable  the host could not be reached (its records are kept)
+- unknown      the host answered nothing usable for this service
+
+One round trip per host (:func:`host_status`), hosts in parallel threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from gpumod.engines.base import Engine, get_engine
+from gpumod.errors import GpumodError, TransportError, UsageError
+from gpumod.hosts.model import Host
+from gpumod.hosts.transports.base import Transport
+from gpumod.ops import hosts as hosts_ops
+from gpumod.ops import probe as probes
+from gpumod.ops import services as records
+from gpumod.ops.endpoints import endpoint_url
+from gpumod.ops.launch import bind_address, probe_address, service_dir
+from gpumod.spec import ServiceSpec
+from gpumod.store.db import Store
+
+STATES = ("running", "starting", "sleeping", "unhealthy", "crashed", "stopped", "unreachable",
+          "unknown")
+# recorded states of a service gpumod did not start, or stopped itself
+NOT_STARTED = ("defined", "stopped")
+# the host-side process word -> the supervisor's word (shown as "process")
+PROCESS_WORDS = {"alive": "running", "dead": "crashed", "gone": "crashed",
+                 "stopped": "stopped", "missing": "stopped", "unknown": "unknown"}
+
+
+@dataclass
+class ServiceStatus:
+    spec: ServiceSpec
+    state: str
+    detail: str
+    url: str
+    http: int = 0
+    process: str = "unknown"   # running | stopped | crashed | unknown
+    health: str = "unknown"    # ok | loading (...) | failing (...) | - | unknown
+
+    @property
+    def sleeping(self) -> bool:
+        return self.state == "sleeping"
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.spec
+        return {"name": s.name, "model": s.model, "engine": s.engine, "pod": s.host,
+                "host": s.host, "port": s.port, "gpus": list(s.gpus), "url": self.url,
+                "state": self.state, "detail": self.detail, "process": self.process,
+                "health": self.health, "sleeping": self.sleeping, "pid": s.pid,
+                "recorded_state": s.state, "supervisor": s.supervisor,
+                "sleep_mode": s.sleep_mode, "args": list(s.args),
+                "depends_on": list(s.depends_on),
+                "served_model": s.extra.get("served_model", s.model)}
+
+
+def classify(spec: ServiceSpec, probe: probes.Probe | None, engine: Engine | None
+             ) -> tuple[str, str]:
+    """(state, detail) of a service from its record and what its host said."""
+    if probe is None or probe.process == "unknown":
+        return "unknown", "the host sent no answer for this service"
+    ok = engine.health.ok_codes if engine else (200,)
+    loading = engine.health.loading_codes if engine else ()
+    if probe.process == "alive":
+        if spec.state == "sleeping":
+            return "sleeping", f"pid {probe.pid}, asleep ({spec.sleep_mode})"
+        if probe.http in ok:
+            return "running", f"pid {probe.pid}, health {probe.http}"
+        if spec.state == "starting" or probe.http in loading:
+            return "starting", f"pid {probe.pid}, health {probe.http or 'no answer'}"
+        return "unhealthy", f"pid {probe.pid} alive, health {probe.http or 'no answer'}"
+    if spec.state in NOT_STARTED:
+        return "stopped", "never started" if spec.state == "defined" else "stopped"
+    if probe.process == "stopped":
+        return "stopped", "stopped outside gpumod"
+    if spec.state == "failed":
+        return "crashed", "its last start failed (see its log)"
+    if probe.process == "missing":
+        return "crashed", "service folder missing on the host"
+    return "crashed", f"process {probe.pid or ''} is gone".replace("  ", " ")
+
+
+def _health(probe: probes.Probe | None, engine: Engine | None) -> str:
+    if probe is None or probe.process == "unknown":
+        return "unknown"
+    if probe.process != "alive":
+        return "-"
+    if probe.http in (engine.health.ok_codes if engine else (200,)):
+        return "ok"
+    answer = f"HTTP {probe.http}" if probe.http else "no answer"
+    if engine and probe.http in engine.health.loading_codes:
+        return f"loading ({answer})"
+    return f"failing ({answer})"
+
+
+def _probe_item(spec: ServiceSpec, host: Host) -> tuple[str, int, str, str, str, str]:
+    try:
+        bind = bind_address(spec, host)
+    except UsageError:
+        bind = ""
+    scope = unit = ""
+    if spec.supervisor == "systemd":
+        from gpumod.supervise.systemd import unit_name
+
+        scope, unit = str(spec.extra.get("systemd_scope") or "user"), unit_name(spec.name)
+    return (service_dir(host, spec.name), spec.port, spec.health_path or "/health",
+            probe_address(bind), scope, unit)
+
+
+def _docker_probe(spec: ServiceSpec, host: Host, found: probes.Probe | None) -> probes.Probe:
+    """The Docker SDK supervisor's containers: process state from the Docker engine."""
+    from gpumod.engines.docker import DockerSupervisor
+    from gpumod.supervise.base import LaunchPlan, ProcessState
+
+    try:
+        state = DockerSupervisor(spec).state(LaunchPlan(spec.name, ()))
+    except (GpumodError, ImportError):
+        state = ProcessState.UNKNOWN
+    word = {ProcessState.RUNNING: "alive", ProcessState.STOPPED: "stopped",
+            ProcessState.CRASHED: "dead"}.get(state, "unknown")
+    return probes.Probe(found.service_dir if found else "", spec.pid, word,
+                        found.http if found else 0)
+
+
+def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec], *,
+                transport: Transport | None = None) -> list[ServiceStatus]:
+    """One round trip for every service of a host."""
+    if not specs:
+        return []
+
+    def url(spec: ServiceSpec) -> str:
+        try:
+            return str(spec.extra.get("url") or endpoint_url(host, spec.port))
+        except GpumodError:
+            return ""
+
+    items = [_probe_item(spec, host) for spec in specs]
+    try:
+        found = probes.probe_host(transport or hosts_ops.transport_for(host), items)
+    except TransportError as exc:
+        return [ServiceStatus(s, "unreachable", exc.message, url(s)) for s in specs]
+    except GpumodError as exc:
+        return [ServiceStatus(s, "unknown", exc.message, url(s)) for s in specs]
+    statuses = []
+    for spec, item in zip(specs, items, strict=True):
+        probe = found.get(item[0])
+        if spec.supervisor == "docker":
+            probe = _docker_probe(spec, host, probe)
+        try:
+            engine: Engine | None = get_engine(spec.engine)
+        except UsageError:
+            engine = None
+        state, detail = classify(spec, probe, engine)
+        statuses.append(ServiceStatus(
+            spec, state, detail, url(spec), probe.http if probe else 0,
+            PROCESS_WORDS.get(probe.process, "unknown") if probe else "unknown",
+            _health(probe, engine)))
+    return statuses
+
+
+def list_status(store: Store, host_names: Sequence[str] | None = None) -> list[ServiceStatus]:
+    """Real state of services: hosts in parallel, one round trip per host."""
+    specs = records.list_services(store)
+    hosts = {h.name: h for h in hosts_ops.list_hosts(store)}
+    wanted = list(host_names) if host_names is not None else list(hosts)
+    by_host: dict[str, list[ServiceSpec]] = {}
+    for spec in specs:
+        if spec.host in wanted and spec.host in hosts:
+            by_host.setdefault(spec.host, []).append(spec)
+    if not by_host:
+        return []
+    results: dict[str, list[ServiceStatus]] = {}
+    with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
+        futures = {name: pool.submit(host_status, store, hosts[name], group)
+                   for name, group in by_host.items()}
+        for name, future in futures.items():
+            results[name] = future.result()
+    return [status for name in by_host for status in results[name]]
+
+
+def service_status(store: Store, name: str, *, transport: Transport | None = None
+                   ) -> ServiceStatus:
+    """The live state of one service (one round trip to its host)."""
+    spec = records.get_service(store, name)
+    host = hosts_ops.get_host(store, spec.host)
+    return host_status(store, host, [spec], transport=transport)[0]
