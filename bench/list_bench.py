@@ -85,19 +85,19 @@ def main() -> int:
                                           ssh_command=server.ssh_command, address="127.0.0.1",
                                           root=str(server.remote_root)), replace=False)
         store.close()
-        port = 8001
         for i, server in enumerate(servers):
             for j in range(PER_POD):
                 name = f"p{i}s{j}"
+                # gpumod picks a free port on the pod (all pods share this machine here)
                 result = pi("start", f"srv{j}", "--name", name, "--pod", f"pod{i}",
-                            "--engine", "command", "--health-path", "/", "--port", str(port),
-                            "-q", "--vllm", sys.executable, "-m", "http.server", "{port}",
-                            "--bind", "127.0.0.1", env=env)
+                            "--engine", "command", "--health-path", "/",
+                            "-q", "--json", "--vllm", sys.executable, "-m", "http.server",
+                            "{port}", "--bind", "127.0.0.1", env=env)
                 if result.returncode != 0:
                     print(result.stderr, file=sys.stderr)
                     return 1
+                port = json.loads(result.stdout)["port"]
                 services.append((i, str(server.remote_root), name, port))
-                port += 1
 
         cold, warm, baseline = [], [], []
         for _ in range(opts.rounds):
