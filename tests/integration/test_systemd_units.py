@@ -76,3 +76,21 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     """The check can fail: an unknown directive or a missing binary is reported."""
     result = verify(tmp_path, "bad", "[Service]\nExecStart=/nonexistent/bin/x\nBogus=1\n")
     assert result.returncode != 0 or result.stderr.strip()
+
+
+@pytest.mark.parametrize("scope", ["user", "system"])
+def test_watch_unit_passes_systemd_analyze_verify(tmp_path: Path, scope: str) -> None:
+    from gpumod.ops.watch import Policy, watch_unit
+
+    exe = Path(sys.executable).resolve()   # stands in for the installed gpumod
+    unit, text = watch_unit("local", Policy(interval=2.5, restart=False), scope=scope,
+                            home=str(tmp_path / "gpumod home 100%"), executable=str(exe),
+                            path_env="/usr/bin:/bin")
+    assert unit == "gpumod-watch@local.service"
+    result = verify(tmp_path, "watch@local", text)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+    assert "Restart=on-failure" in text and "KillMode=process" in text
+    assert f'Environment="GPUMOD_HOME={tmp_path}/gpumod home 100%%"' in text
+    assert f'ExecStart="{exe}" "watch" "--pod" "local" "--interval" "2.5"' in text
+    assert '"--no-restart"' in text

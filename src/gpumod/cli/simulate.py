@@ -37,22 +37,30 @@ def _contexts(values: tuple[str, ...]) -> dict[str, int]:
               help="Override a service's context, e.g. chat=16k.")
 @click.option("--margin-mib", type=int, help="Safety margin per GPU (default 512).")
 @click.option("--visual", is_flag=True, help="Draw the ASCII VRAM picture.")
+@click.option("--no-live", is_flag=True,
+              help="Use the stored GPU inventory, not the host's nvidia-smi right now.")
 @pod_option
 @json_option
 def simulate(services: tuple[str, ...], mode: str | None, add: tuple[str, ...],
              remove: tuple[str, ...], context: tuple[str, ...], margin_mib: int | None,
-             visual: bool, pod: str | None, as_json: bool) -> None:
-    """Would these services fit on the pod's GPUs? Per GPU, by how much, and alternatives."""
+             visual: bool, no_live: bool, pod: str | None, as_json: bool) -> None:
+    """Would these services fit on the pod's GPUs? Per GPU, by how much, and alternatives.
+
+    Memory that programs outside the simulated set hold now (per the host's
+    nvidia-smi) counts as used; the set's own running services are not counted
+    twice. Unreachable host or no nvidia-smi: the stored inventory, and a note.
+    """
     from gpumod.cli.common import store
     from gpumod.ops.hosts import resolve_host
     from gpumod.planner.picture import render_gpu_bars
     from gpumod.planner.simulate import simulate as run
 
     st = store()
-    host = resolve_host(st, pod)
-    result = run(st, host=host.name, services=_split(services) or None, mode=mode,
+    # A mode names its host; --pod (or, without a mode, the active host) otherwise.
+    host = resolve_host(st, pod).name if pod or not mode else ""
+    result = run(st, host=host, services=_split(services) or None, mode=mode,
                  add=_split(add), remove=_split(remove), contexts=_contexts(context),
-                 margin_mib=margin_mib)
+                 margin_mib=margin_mib, live=not no_live)
     if as_json:
         print_json(result.to_json())
     else:
@@ -60,12 +68,20 @@ def simulate(services: tuple[str, ...], mode: str | None, add: tuple[str, ...],
         p = result.placement
         title = f"mode {mode}" if mode else ", ".join(result.services)
         c.print(plain(f"simulating {title} on {result.host}"))
+        if result.usage == "live":
+            c.print(plain(f"usage: live nvidia-smi on {result.host} (memory held outside "
+                          "this set counts as used)"))
+        else:
+            c.print(plain("usage: stored GPU inventory"
+                          + (f" ({result.usage_note})" if result.usage_note else
+                             " (--no-live)" if no_live else "")))
         if visual:
             click.echo(render_gpu_bars(result.bars()))
-        t = table("GPU", "name", "usable GiB", "planned GiB", "free after GiB", "fits")
+        t = table("GPU", "name", "usable GiB", "in use GiB", "planned GiB", "free after GiB",
+                  "fits")
         for g in p.gpus:
             t.add_row(str(g.index), plain(g.name), f"{g.capacity_mib / 1024:.1f}",
-                      f"{(g.used_mib + g.planned_mib) / 1024:.1f}",
+                      f"{g.used_mib / 1024:.1f}", f"{g.planned_mib / 1024:.1f}",
                       f"{g.free_after_mib / 1024:.1f}",
                       "yes" if g.fits else
                       f"NO (over by {(g.margin_mib - g.free_after_mib) / 1024:.1f})")

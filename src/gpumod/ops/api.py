@@ -242,8 +242,9 @@ def simulate_mode(mode: str | None = None, add: Sequence[str] = (),
         simulate = _op("gpumod.planner.simulate", "simulate")
         # A mode names its host; --pod (or, without a mode, the active host) otherwise.
         host = resolve_host(store, pod).name if pod or not mode else ""
+        # Live GPU use, as `gpumod simulate` (falls back to the inventory when unreachable).
         result = simulate(store, host=host, mode=mode or None, add=list(add),
-                          remove=list(remove), contexts=dict(contexts or {}))
+                          remove=list(remove), contexts=dict(contexts or {}), live=True)
         out = jsonable(result)
         bars = getattr(result, "bars", None)
         if callable(bars):

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gpumod.errors import GpumodError
+from gpumod.errors import ConfigError, GpumodError, UsageError
 from gpumod.ops import lifecycle
 from gpumod.ops.lifecycle import Runtime
 from gpumod.store.db import Store
@@ -211,3 +211,98 @@ def watch(store: Store, host: str, *, iterations: int | None = None,
             break
         time.sleep(max(0.0, watcher.policy.interval - (time.monotonic() - started)))
     return watcher
+
+
+# ---------------------------------------------------------------------------- as a unit
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def policy_flags(policy: Policy) -> list[str]:
+    """The `gpumod watch` flags that reproduce a policy (every value spelled out)."""
+    import math
+
+    for what, value in (("--interval", policy.interval),
+                        ("--restart-window", policy.restart_window),
+                        ("--idle-ttl", policy.default_idle_ttl)):
+        if not math.isfinite(value):
+            raise UsageError(f"{what} {value}: expected a finite number of seconds")
+    flags = ["--interval", _number(policy.interval),
+             "--fail-threshold", str(int(policy.fail_threshold)),
+             "--max-restarts", str(int(policy.max_restarts)),
+             "--restart-window", _number(policy.restart_window),
+             "--idle-ttl", _number(policy.default_idle_ttl)]
+    if not policy.restart:
+        flags.append("--no-restart")
+    if not policy.idle_sleep:
+        flags.append("--no-idle-sleep")
+    return flags
+
+
+def gpumod_executable() -> str:
+    """Absolute path of the installed `gpumod` command (sys.argv[0], else PATH)."""
+    import os
+    import shutil
+    import sys
+    from pathlib import Path
+
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    candidates = []
+    if argv0 is not None and argv0.name == "gpumod":
+        candidates.append(argv0)
+    found = shutil.which("gpumod")
+    if found:
+        candidates.append(Path(found))
+    for cand in candidates:
+        path = cand.resolve()
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    raise ConfigError("cannot find the installed `gpumod` executable for the unit",
+                      hint="install gpumod so that `gpumod` is on PATH (pip/pipx), then run "
+                           "`gpumod watch --install-unit` through it")
+
+
+def watch_unit(host: str, policy: Policy, *, scope: str, home: str | None = None,
+               executable: str | None = None, path_env: str | None = None) -> tuple[str, str]:
+    """(unit name, unit text) for `gpumod watch --pod HOST <policy flags>` under systemd."""
+    import os
+
+    from gpumod.paths import home as gpumod_home
+    from gpumod.supervise.systemd import render_watch_unit, watch_unit_name
+
+    exe = executable or gpumod_executable()
+    home_dir = os.path.abspath(os.path.expanduser(str(home or gpumod_home())))
+    env = {}
+    path_env = os.environ.get("PATH", "") if path_env is None else path_env
+    if path_env:
+        # engines restarted by the watcher are found as they are from this shell
+        env["PATH"] = path_env
+    argv = [exe, "watch", "--pod", host, *policy_flags(policy)]
+    text = render_watch_unit(argv, pod=host, home=home_dir, scope=scope, env=env)
+    return watch_unit_name(host), text
+
+
+def install_watch_unit(host: str, policy: Policy, *, scope: str | None = None,
+                       transport=None, **kw) -> tuple[str, str, str]:
+    """Install, enable and start the watcher's unit on this machine.
+
+    Returns (unit name, unit path, scope). `scope` None: user where a user manager runs,
+    else system (as root); neither: ConfigError.
+    """
+    from gpumod.supervise.systemd import detect_scope, install_and_enable
+
+    if transport is None:
+        from gpumod.hosts.transports.local import LocalTransport
+
+        transport = LocalTransport()
+    if scope is None:
+        scope = detect_scope(transport)
+        if scope is None:
+            raise ConfigError("no systemd manager to install the watcher under here",
+                              hint="run `gpumod watch` in the foreground (tmux), or as root "
+                                   "on a systemd host with --scope system")
+    unit, text = watch_unit(host, policy, scope=scope, **kw)
+    path = install_and_enable(transport, scope, unit, text)
+    return unit, path, scope

@@ -1,10 +1,17 @@
 """Simulation: would these services (a mode, plus or minus some) fit on the host's GPUs?
 
 Services and modes come from the store (tables ``services``, ``modes``,
-``mode_services``); GPUs from the ``gpus`` table, or a live nvidia-smi
-snapshot when the caller passes one. Each service becomes a placement
-request: its engine args give the context, utilization and cache types;
-its model gives the facts (cached in ``model_facts``).
+``mode_services``); GPUs from the ``gpus`` table, or (``live=True``) from the
+host's nvidia-smi right now. Each service becomes a placement request: its
+engine args give the context, utilization and cache types; its model gives the
+facts (cached in ``model_facts``).
+
+Live usage: memory held by processes *outside* the simulated set (other
+programs, services that leave the mode) counts as occupied; memory held by a
+service that *is* in the set (its recorded pid and that pid's process tree) is
+not counted twice, since the plan already places the whole service. When the
+host cannot be reached or has no nvidia-smi, the stored inventory is used and
+the result says so (``usage`` = ``"inventory"`` with a ``usage_note``).
 """
 
 from __future__ import annotations
@@ -13,12 +20,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpumod.errors import GpumodError, NotFoundError, UsageError
+from gpumod.hosts.transports.base import Transport
 from gpumod.planner import estimate as est
 from gpumod.planner import facts as facts_mod
 from gpumod.planner.gputable import display_name
 from gpumod.planner.picture import GPUBar, Segment
-from gpumod.planner.placement import GPUState, Placement, ServiceRequest, place
+from gpumod.planner.placement import GPUState, Neighbour, Placement, ServiceRequest, place
 from gpumod.spec import ServiceSpec
+
+
+@dataclass(frozen=True)
+class Occupant:
+    """Memory on a GPU held by something outside the simulated set (live usage only)."""
+    label: str          # a service name, "python3 (pid 123)", or "(driver, unlisted)"
+    mib: int
+    detail: str = ""
+    service: str | None = None
+    pid: int | None = None
+
+
+@dataclass
+class LiveUsage:
+    gpus: list[GPUState]                      # used_mib = memory of processes that stay
+    occupants: dict[int, list[Occupant]]      # per GPU index, summing to used_mib
+    neighbours: list[Neighbour]               # running services outside the set that can sleep
+    not_double_counted: dict[int, int]        # MiB the simulated services hold now, per GPU
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -28,17 +55,24 @@ class Simulation:
     placement: Placement
     requests: list[ServiceRequest] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    usage: str = "inventory"                  # "live" | "inventory"
+    usage_note: str = ""                      # why the inventory was used, or what live saw
+    occupants: dict[int, list[Occupant]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         p = self.placement
         return {
             "host": self.host, "services": self.services, "fits": p.fits, "reason": p.reason,
+            "usage": self.usage, "usage_note": self.usage_note,
             "gpus": [{"index": g.index, "name": g.name, "total_mib": g.total_mib,
                       "usable_mib": g.capacity_mib, "used_mib": g.used_mib,
                       "planned_mib": g.planned_mib, "free_after_mib": g.free_after_mib,
                       "margin_mib": g.margin_mib, "fits": g.fits,
                       "over_by_mib": max(0, g.margin_mib - g.free_after_mib),
-                      "services": [{"name": n, "mib": m} for n, m in g.services]}
+                      "services": [{"name": n, "mib": m} for n, m in g.services],
+                      "occupied_by": [{"label": o.label, "mib": o.mib, "service": o.service,
+                                       "pid": o.pid}
+                                      for o in self.occupants.get(g.index, [])]}
                      for g in p.gpus],
             "assignments": [{"service": a.service, "engine": a.engine, "gpus": list(a.gpus),
                              "per_gpu_mib": a.per_gpu_mib, "settings": a.settings,
@@ -51,16 +85,20 @@ class Simulation:
         }
 
     def bars(self) -> list[GPUBar]:
-        return placement_bars(self.placement, self.requests)
+        return placement_bars(self.placement, self.requests, self.occupants)
 
 
-def placement_bars(placement: Placement, requests: list[ServiceRequest] = ()) -> list[GPUBar]:
-    """GPUBar rows for render_gpu_bars from a placement."""
+def placement_bars(placement: Placement, requests: list[ServiceRequest] = (),
+                   occupants: dict[int, list[Occupant]] | None = None) -> list[GPUBar]:
+    """GPUBar rows for render_gpu_bars from a placement (live occupants drawn one by one)."""
     by_name = {r.name: r for r in requests}
     bars = []
     for g in placement.gpus:
         segments = []
-        if g.used_mib:
+        held = [o for o in (occupants or {}).get(g.index, []) if o.mib > 0]
+        if held:
+            segments += [Segment(o.label, o.mib, o.detail) for o in held]
+        elif g.used_mib:
             segments.append(Segment("(other processes)", g.used_mib))
         for name, mib in g.services:
             a = placement.assignment(name)
@@ -143,6 +181,106 @@ def request_for(spec: ServiceSpec, *, store: Any = None, context: int | None = N
     return req, warnings
 
 
+def _process_trees(transport: Transport, roots: dict[str, int]) -> tuple[dict[int, str], str]:
+    """pid -> service for every process in each service's tree (one `ps` for all).
+
+    Falls back to the recorded pids alone when `ps` fails; the second value says so.
+    """
+    owner = {pid: name for name, pid in roots.items()}
+    if not roots:
+        return owner, ""
+    from gpumod.engines.sleep import PS_ARGV
+
+    try:
+        result = transport.run(PS_ARGV, timeout=20)
+    except GpumodError as exc:
+        return owner, f"process trees unknown ({exc.message}); matched by pid only"
+    if not result.ok:
+        return owner, "process trees unknown (`ps` failed); matched by pid only"
+    children: dict[int, list[int]] = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    for name, root in roots.items():
+        stack = [root]
+        while stack:
+            for child in children.get(stack.pop(), []):
+                if child not in owner:
+                    owner[child] = name
+                    stack.append(child)
+    return owner, ""
+
+
+def live_usage(store: Any, host: str, names: list[str], transport: Transport, *,
+               timeout: float = 20) -> LiveUsage | None:
+    """The host's GPUs as nvidia-smi sees them now, minus what the simulated set holds.
+
+    None when the host has no nvidia-smi; transport and nvidia-smi failures raise.
+    """
+    from gpumod.hosts.gpus import snapshot
+
+    snap = snapshot(transport, timeout=timeout)
+    if snap is None:
+        return None
+    rows = store.query("SELECT name, pid, sleep_mode, gpus FROM services "
+                       "WHERE host = ? AND pid IS NOT NULL AND pid > 0", (host,))
+    roots = {r["name"]: int(r["pid"]) for r in rows}
+    sleep_modes = {r["name"]: r["sleep_mode"] for r in rows}
+    owner, tree_note = _process_trees(transport, roots) if snap.processes else ({}, "")
+    index_of = {u.gpu.uuid: u.gpu.index for u in snap.gpus}
+    in_set = set(names)
+    warnings = [tree_note] if tree_note else []
+    mine: dict[int, int] = {u.gpu.index: 0 for u in snap.gpus}
+    held: dict[int, dict[tuple[str, int | None], list[int]]] = {i: {} for i in mine}
+    unknown_mine: set[str] = set()
+    for proc in snap.processes:
+        idx = index_of.get(proc.gpu_uuid)
+        if idx is None:
+            continue
+        service = owner.get(proc.pid)
+        if service in in_set:
+            if proc.used_mib is None:
+                unknown_mine.add(service)
+            else:
+                mine[idx] += proc.used_mib
+            continue
+        key = (service or f"{proc.name or 'process'} (pid {proc.pid})",
+               None if service else proc.pid)
+        held[idx].setdefault(key, []).append(proc.used_mib or 0)
+    for name in sorted(unknown_mine):
+        warnings.append(f"{name}: nvidia-smi does not report its memory; it may be counted "
+                        "twice (as running now and as planned)")
+    gpus: list[GPUState] = []
+    occupants: dict[int, list[Occupant]] = {}
+    neighbour_mib: dict[str, tuple[set[int], int]] = {}
+    for u in snap.gpus:
+        total = int(u.gpu.memory_mib)
+        used = u.used_mib if u.used_mib is not None else (
+            total - u.free_mib if u.free_mib is not None else 0)
+        staying = max(0, int(used) - mine[u.gpu.index])
+        gpus.append(GPUState(u.gpu.index, u.gpu.name, total, staying))
+        listed: list[Occupant] = []
+        for (label, pid), parts in held[u.gpu.index].items():
+            mib = sum(parts)
+            service = label if pid is None else None
+            detail = ("running, not in the simulated set" if service
+                      else "not a gpumod service")
+            listed.append(Occupant(label, mib, detail, service, pid))
+            if service:
+                gpus_of, most = neighbour_mib.get(service, (set(), 0))
+                neighbour_mib[service] = (gpus_of | {u.gpu.index}, max(most, mib))
+        listed.sort(key=lambda o: -o.mib)
+        rest = staying - sum(o.mib for o in listed)
+        if rest > 0:
+            listed.append(Occupant("(driver, unlisted)", rest,
+                                   "used per nvidia-smi, held by no listed process"))
+        occupants[u.gpu.index] = listed
+    neighbours = [Neighbour(name, tuple(sorted(g)), mib, sleep_modes.get(name) or "none")
+                  for name, (g, mib) in neighbour_mib.items()]
+    return LiveUsage(gpus, occupants, neighbours, mine, warnings)
+
+
 def host_gpus(store: Any, host: str, snapshot: Any = None) -> list[GPUState]:
     if snapshot is not None:
         from gpumod.planner.placement import gpu_states
@@ -155,9 +293,14 @@ def host_gpus(store: Any, host: str, snapshot: Any = None) -> list[GPUState]:
 def simulate(store: Any, *, host: str, services: list[str] | None = None,
              mode: str | None = None, add: list[str] = (), remove: list[str] = (),
              contexts: dict[str, int] | None = None, gpus: list[GPUState] | None = None,
-             hub: facts_mod.HubClient | None = None, margin_mib: int | None = None
-             ) -> Simulation:
-    """Place the chosen services on the host's GPUs (in start order) and report the fit."""
+             hub: facts_mod.HubClient | None = None, margin_mib: int | None = None,
+             live: bool = False, transport: Transport | None = None) -> Simulation:
+    """Place the chosen services on the host's GPUs (in start order) and report the fit.
+
+    With ``live``, the GPUs and what other processes hold on them come from the host's
+    nvidia-smi (through ``transport``, else the host's own); when that fails the stored
+    inventory is used and ``Simulation.usage_note`` says why.
+    """
     contexts = dict(contexts or {})
     if services and mode:
         raise UsageError("give --services or --mode, not both")
@@ -187,7 +330,34 @@ def simulate(store: Any, *, host: str, services: list[str] | None = None,
         req, warn = request_for(spec, store=store, context=contexts.get(spec.name), hub=hub)
         requests.append(req)
         warnings += warn
-    gpu_list = gpus if gpus is not None else host_gpus(store, host)
-    kwargs = {} if margin_mib is None else {"margin_mib": margin_mib}
-    placement = place(gpu_list, requests, **kwargs)
-    return Simulation(host, names, placement, requests, warnings)
+    usage, note, occupants, neighbours = "inventory", "", {}, []
+    gpu_list = gpus
+    if gpu_list is None and live:
+        observed, note = _observe(store, host, names, transport)
+        if observed is not None:
+            usage, gpu_list = "live", observed.gpus
+            occupants, neighbours = observed.occupants, observed.neighbours
+            warnings += observed.warnings
+    if gpu_list is None:
+        gpu_list = host_gpus(store, host)
+    kwargs: dict[str, Any] = {} if margin_mib is None else {"margin_mib": margin_mib}
+    placement = place(gpu_list, requests, neighbours=neighbours, **kwargs)
+    return Simulation(host, names, placement, requests, warnings, usage, note, occupants)
+
+
+def _observe(store: Any, host: str, names: list[str],
+             transport: Transport | None) -> tuple[LiveUsage | None, str]:
+    """Live usage, or None and the one-line reason the inventory is used instead."""
+    try:
+        if transport is None:
+            from gpumod.ops.hosts import get_host, transport_for
+
+            transport = transport_for(get_host(store, host))
+        observed = live_usage(store, host, names, transport)
+    except GpumodError as exc:
+        return None, f"live usage unavailable: {exc.message}"
+    if observed is None:
+        return None, f"no nvidia-smi on {host}"
+    if not observed.gpus:
+        return None, f"nvidia-smi on {host} lists no GPU"
+    return observed, ""

@@ -13,6 +13,10 @@ Secrets never enter the unit: they go, through stdin, into the service's 0600
 Installing is atomic (temp file in the unit folder, then ``mv``), followed by
 ``systemctl daemon-reload``; every systemctl result is checked. ``systemctl
 --user`` is used where the host runs a user manager, else system units.
+
+``gpumod watch`` gets a unit of its own (``gpumod-watch@POD.service``, template
+``watch.service.j2``), rendered by the same sandbox and installed the same way,
+then ``systemctl enable --now`` (see ``render_watch_unit``/``install_and_enable``).
 """
 
 from __future__ import annotations
@@ -217,6 +221,49 @@ def render_unit(plan: LaunchPlan, options: UnitOptions | None = None) -> str:
         raise UsageError(f"cannot render the {options.engine} unit: {exc}") from exc
 
 
+WATCH_UNIT_PREFIX = f"{UNIT_PREFIX}watch@"
+
+
+def watch_unit_name(pod: str) -> str:
+    """``gpumod-watch@POD.service``: '@' is never part of a service name, so no clash."""
+    return f"{WATCH_UNIT_PREFIX}{validate.name(pod, 'pod name')}.service"
+
+
+def render_watch_unit(argv: Sequence[str], *, pod: str, home: str, scope: str = "user",
+                      env: Mapping[str, str] | None = None, restart_sec: int = 10,
+                      stop_timeout: int = 30) -> str:
+    """The unit that runs ``gpumod watch`` (argv[0]: the absolute gpumod executable).
+
+    ``GPUMOD_HOME`` is set to ``home`` (absolute) so the watcher reads the same store;
+    ``env`` adds more assignments (checked and quoted like every engine unit's).
+    """
+    if scope not in SCOPES:
+        raise UsageError(f"unknown systemd scope {scope!r}", hint="use user or system")
+    home_text = _no_control(str(home), "GPUMOD_HOME")
+    if not home_text.startswith("/"):
+        raise UsageError(f"GPUMOD_HOME {home_text!r} is not an absolute path")
+    pairs = dict(env or {})
+    pairs["GPUMOD_HOME"] = home_text
+    pairs.setdefault("PYTHONUNBUFFERED", "1")   # every logged action reaches the journal now
+    context: dict[str, Any] = {
+        "pod": validate.name(pod, "pod name"),
+        "description": f"gpumod watch of pod {pod}",
+        "argv": [str(a) for a in argv],
+        "env": sorted(pairs.items()),
+        "restart_sec": restart_sec,
+        "stop_timeout": stop_timeout,
+        "start_limit_interval": 600,
+        "start_limit_burst": 5,
+        "wanted_by": "default.target" if scope == "user" else "multi-user.target",
+    }
+    try:
+        return _environment().get_template("watch.service.j2").render(context)
+    except UsageError:
+        raise
+    except Exception as exc:  # jinja errors: a broken or tampered template
+        raise UsageError(f"cannot render the watch unit: {exc}") from exc
+
+
 # ---------------------------------------------------------------------------- host side
 
 DETECT_SCRIPT = r"""
@@ -266,6 +313,55 @@ trap - EXIT
 RESOLVE_SCRIPT = 'command -v -- "$1" || { echo "$1: not found on the host" >&2; exit 127; }'
 
 
+def systemctl_argv(scope: str, *args: str) -> list[str]:
+    return ["systemctl", *(["--user"] if scope == "user" else []), *args]
+
+
+def systemctl(transport: Transport, scope: str, *args: str, what: str, timeout: float = 120):
+    """Run systemctl; a non-zero exit raises RemoteCommandError with its stderr."""
+    result = transport.run(systemctl_argv(scope, *args), timeout=timeout)
+    return result.check(f"{transport.label}: systemctl {what}",
+                        hint="`journalctl` on the host says more")
+
+
+def install_unit_file(transport: Transport, scope: str, unit: str, text: str) -> str:
+    """Write a unit atomically into the scope's unit folder, then daemon-reload (checked).
+
+    Returns the unit's path on the host.
+    """
+    if scope not in SCOPES:
+        raise UsageError(f"unknown systemd scope {scope!r}")
+    result = transport.run_script(INSTALL_SCRIPT, [scope, unit], input=text, timeout=30)
+    result.check(f"{transport.label}: installing {unit}")
+    systemctl(transport, scope, "daemon-reload", what="daemon-reload")
+    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+
+
+def unit_properties(transport: Transport, scope: str, unit: str) -> dict[str, str]:
+    result = transport.run(systemctl_argv(
+        scope, "show", unit, "--property=LoadState,ActiveState,SubState,MainPID,Result,NRestarts"),
+        timeout=30)
+    result.check(f"{transport.label}: systemctl show {unit}")
+    props: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            props[key.strip()] = value.strip()
+    return props
+
+
+def install_and_enable(transport: Transport, scope: str, unit: str, text: str) -> str:
+    """install_unit_file, then ``enable --now``; raises unless the unit is up afterwards."""
+    path = install_unit_file(transport, scope, unit, text)
+    systemctl(transport, scope, "enable", "--now", unit, what=f"enable --now {unit}")
+    props = unit_properties(transport, scope, unit)
+    if props.get("ActiveState") not in {"active", "activating"}:
+        raise EngineError(f"{unit} did not stay up (state {props.get('ActiveState')}, "
+                          f"result {props.get('Result')})",
+                          hint=f"journalctl {'--user ' if scope == 'user' else ''}-u {unit}")
+    return path
+
+
 def detect_scope(transport: Transport) -> str | None:
     """'user' where a user manager answers, 'system' for root on a systemd host, else None."""
     result = transport.run_script(DETECT_SCRIPT, timeout=20)
@@ -289,12 +385,10 @@ class SystemdSupervisor(Supervisor):
 
     # -- systemctl ---------------------------------------------------------
     def systemctl_argv(self, *args: str) -> list[str]:
-        return ["systemctl", *(["--user"] if self.scope == "user" else []), *args]
+        return systemctl_argv(self.scope, *args)
 
     def systemctl(self, *args: str, what: str, timeout: float = 120):
-        result = self.transport.run(self.systemctl_argv(*args), timeout=timeout)
-        return result.check(f"{self.transport.label}: systemctl {what}",
-                            hint="`journalctl` on the host says more")
+        return systemctl(self.transport, self.scope, *args, what=what, timeout=timeout)
 
     # -- the unit -------------------------------------------------------------
     def resolve_command(self, plan: LaunchPlan) -> LaunchPlan:
@@ -323,11 +417,7 @@ class SystemdSupervisor(Supervisor):
             self.transport.run_script(
                 SECRETS_SCRIPT, [plan.service_dir, posixpath.basename(plan.env_file)],
                 input=body, timeout=30).check(f"{self.transport.label}: writing the env file")
-        result = self.transport.run_script(INSTALL_SCRIPT, [self.scope, unit_name(plan.service)],
-                                           input=text, timeout=30)
-        result.check(f"{self.transport.label}: installing {unit_name(plan.service)}")
-        self.systemctl("daemon-reload", what="daemon-reload")
-        return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+        return install_unit_file(self.transport, self.scope, unit_name(plan.service), text)
 
     def uninstall(self, plan: LaunchPlan) -> None:
         unit = unit_name(plan.service)
@@ -371,16 +461,7 @@ class SystemdSupervisor(Supervisor):
         return state_from_properties(props)
 
     def properties(self, unit: str) -> dict[str, str]:
-        result = self.transport.run(self.systemctl_argv(
-            "show", unit, "--property=LoadState,ActiveState,SubState,MainPID,Result,NRestarts"),
-            timeout=30)
-        result.check(f"{self.transport.label}: systemctl show {unit}")
-        props: dict[str, str] = {}
-        for line in result.stdout.splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                props[key.strip()] = value.strip()
-        return props
+        return unit_properties(self.transport, self.scope, unit)
 
 
 def state_from_properties(props: Mapping[str, str]) -> ProcessState:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -12,7 +13,17 @@ from .conftest import config
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """A store at $GPUMOD_HOME with a 4090, three services and a mode (facts cached)."""
+    """A store at $GPUMOD_HOME with a 4090, three services and a mode (facts cached).
+
+    `local`'s nvidia-smi is the fake one, showing the same idle 4090 (so a real GPU on the
+    test machine does not change the answers).
+    """
+    from gpumod.testing.fake_nvidia_smi import write_state
+    from gpumod.testing.shims import install_shims
+
+    state = write_state(tmp_path / "gpu-state.json", ["rtx4090"])
+    bin_dir = install_shims(tmp_path / "bin", gpu_state=state)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("GPUMOD_HOME", str(tmp_path / "home"))
     from gpumod.store.db import open_store
 
@@ -61,6 +72,7 @@ def test_simulate_mode_fits_json(home, capsys):
     code, out, _ = run(capsys, "simulate", "--mode", "code", "--json")
     data = json.loads(out)
     assert code == 0 and data["fits"] and data["services"] == ["emb", "chat"]
+    assert data["usage"] == "live" and data["gpus"][0]["used_mib"] == 0
     chat = next(a for a in data["assignments"] if a["service"] == "chat")
     assert 0 < chat["settings"]["gpu_memory_utilization"] < 1
     assert data["gpus"][0]["planned_mib"] > 2500
