@@ -430,3 +430,39 @@ def test_definitions_show_stopped_are_never_pruned_and_pi_stop_keeps_them(local_
     assert run_cli("stop", "kept").code == 0
     (row,) = json.loads(run_cli("list", "--json").stdout)
     assert (row["name"], row["state"], row["recorded_state"]) == ("kept", "stopped", "stopped")
+
+
+def test_ctrl_c_during_download_cancels_it_and_leaves_nothing(local_env):
+    """SIGINT while `hf download` runs: the download stops, nothing runs, nothing is recorded."""
+    import signal
+
+    marker = local_env.home / "hf-started"
+    hf = local_env.bin_dir / "hf"
+    hf.write_text(f"#!/bin/sh\necho $$ > {marker}\necho 'Fetching 3 files:   0%'\n"
+                  "exec sleep 120\n")
+    hf.chmod(0o755)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "pi"), "start", "Qwen/Qwen3-0.6B",
+                             "--name", "dl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert marker.exists(), proc.communicate()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "download cancelled" in err
+    assert "Traceback" not in err
+    hf_pid = int(marker.read_text())
+    for _ in range(100):
+        try:
+            state = Path(f"/proc/{hf_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the download is still running")
+    assert json.loads(run_cli("list", "--json").stdout) == []
