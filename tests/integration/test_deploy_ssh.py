@@ -112,6 +112,10 @@ def test_pod_down_lists_unreachable_keeps_records_and_stop_fails(pod):
     assert pruned.code == 5
     stopped = run_cli("stop", "q")
     assert stopped.code == 5
+    logs = run_cli("logs", "q", "-n", "5")
+    assert logs.code == 5
+    assert "could not read the log" in logs.stderr
+    assert "hint: check the pod is up (`pi ssh dc1 true`)" in logs.stderr
     assert len(json.loads(run_cli("list", "--all-pods", "--json").stdout)) == 1
     pod.start()
     assert run_cli("stop", "q").code == 0

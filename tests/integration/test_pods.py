@@ -55,6 +55,17 @@ def test_setup_no_install_registers_gpus_and_becomes_active(pod):
     assert star_line.lstrip().startswith("*")
 
 
+def test_no_install_on_a_bare_pod_records_no_placeholder_paths(pod):
+    """The setup script reports what is missing as "none"; that is not a venv called
+    "none" (it used to become VIRTUAL_ENV=none and PATH entry none/bin for engines)."""
+    assert run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install").code == 0
+    env = {h["name"]: h for h in _stored_hosts()}["dc1"]["engine_env"]
+    assert "none" not in env.values(), env
+    assert "venv" not in env and "python" not in env and "vllm_version" not in env
+    assert "bin_dirs" not in env
+    assert env["driver_version"]  # real facts are still kept
+
+
 def test_second_pod_does_not_steal_active_and_active_switches(pod):
     assert run_cli("pods", "setup", "dc1", pod.ssh_command, "--no-install").code == 0
     assert run_cli("pods", "setup", "dc2", pod.ssh_command.replace("root@", "-l root "),

@@ -41,7 +41,8 @@ def _gpu_mib(gpu: str | None, gpu_mib: int | None) -> tuple[int, str | None]:
               show_default=True)
 @click.option("--gpu", metavar="NAME", help='GPU type, e.g. "H100 80GB", "RTX 4090", "L4".')
 @click.option("--gpu-mib", type=int, metavar="N", help="GPU memory in MiB (nvidia-smi total).")
-@click.option("--tp", type=int, default=1, show_default=True, help="Tensor parallel size (vLLM).")
+@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tensor parallel size (vLLM).")
 @click.option("--gpu-memory-utilization", "util", type=float, help="vLLM share of the card.")
 @click.option("--max-model-len", "max_len", metavar="TOKENS",
               help="Context (vLLM --max-model-len, llama.cpp -c); 32k works.")
@@ -49,9 +50,9 @@ def _gpu_mib(gpu: str | None, gpu_mib: int | None) -> tuple[int, str | None]:
               default="auto", show_default=True)
 @click.option("--cache-type-k", default="f16", show_default=True, help="llama.cpp -ctk.")
 @click.option("--cache-type-v", default="f16", show_default=True, help="llama.cpp -ctv.")
-@click.option("--n-gpu-layers", "ngl", type=int, help="llama.cpp -ngl (default: all).")
-@click.option("--parallel", type=int, default=1, show_default=True, help="llama.cpp -np.")
-@click.option("--max-num-seqs", type=int, help="vLLM --max-num-seqs.")
+@click.option("--n-gpu-layers", "ngl", type=click.IntRange(min=0), help="llama.cpp -ngl (default: all).")
+@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True, help="llama.cpp -np.")
+@click.option("--max-num-seqs", type=click.IntRange(min=1), help="vLLM --max-num-seqs.")
 @click.option("--vllm-version", "version", metavar="X.Y", help="vLLM version (default 0.19).")
 @click.option("--refresh", is_flag=True, help="Refetch facts from Hugging Face.")
 @json_option
@@ -65,9 +66,12 @@ def estimate(model_id: str, engine: str, gpu: str | None, gpu_mib: int | None, t
     from gpumod.planner.facts import resolve
 
     mib, gpu_label = _gpu_mib(gpu, gpu_mib)
+    length = est.parse_tokens(max_len) if max_len else None
+    if length is not None and length < 1:
+        raise UsageError(f"--max-model-len {max_len} is not a context length",
+                         hint="use e.g. 8192, 32k or 1m")
     st = _store()
     facts = resolve(model_id, store=st, refresh=refresh)
-    length = est.parse_tokens(max_len) if max_len else None
     # The options become the engine's own args, read by the same parser the MCP tool
     # and the start check use, so all of them apply a calibration identically.
     argv: list[str] = []

@@ -29,20 +29,23 @@ def service() -> None:
 @click.option("--engine", type=click.Choice(["vllm", "llamacpp", "command", "docker"]))
 @click.option("--model", help="HF id, GGUF path, or (router mode) a folder of GGUF files.")
 @pod_option
-@click.option("--port", type=int, help="Port on the host (default: the preset's or a free one).")
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Port on the host (default: the preset's or a free one).")
 @click.option("--gpus", help="GPU indexes, e.g. 0 or 0,1.")
 @click.option("--sleep", "sleep_mode", type=click.Choice(["none", "l1", "l2", "router"]))
 @click.option("--depends-on", help="Services that must run first, comma separated.")
 @click.option("--args", "args_text", help="Engine arguments, one shell-quoted string.")
 @click.option("--env", "env_items", multiple=True, metavar="KEY=VALUE",
               help="Non-secret environment (repeatable).")
-@click.option("--vram-mib", type=int, help="VRAM budget per GPU (for the fit check).")
+@click.option("--vram-mib", type=click.IntRange(min=1),
+              help="VRAM budget per GPU (for the fit check).")
 @click.option("--supervisor", type=click.Choice(["auto", "systemd", "process", "docker"]),
               default="auto", show_default=True,
               help="auto: systemd where a manager runs, else process.")
 @click.option("--bind", default=None, help="Address to listen on (127.0.0.1 or 0.0.0.0).")
 @click.option("--image", help="Docker image (engine docker).")
-@click.option("--container-port", type=int, help="Port inside the container (engine docker).")
+@click.option("--container-port", type=click.IntRange(1, 65535),
+              help="Port inside the container (engine docker).")
 def add(name: str, preset: str | None, engine: str | None, model: str | None, pod: str | None,
         port: int | None, gpus: str | None, sleep_mode: str | None, depends_on: str | None,
         args_text: str | None, env_items: tuple[str, ...], vram_mib: int | None,
@@ -82,7 +85,12 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
     engine = engine or base["engine"]
     model = model or base["model"]
     if args_text is not None:
-        base["args"] = shlex.split(args_text)
+        try:
+            base["args"] = shlex.split(args_text)
+        except ValueError as exc:
+            raise UsageError(f"--args {args_text!r}: {exc}",
+                             hint="quote it as you would in a shell, e.g. --args \"--foo 'a b'\"",
+                             ) from None
     for item in env_items:
         key, sep, value = item.partition("=")
         if not sep:

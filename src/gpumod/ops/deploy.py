@@ -662,7 +662,8 @@ def logs(store: Store, name: str, *, lines: int = 100, follow: bool = False,
         raise NotFoundError(f"no log for {name} on {host.name}",
                             hint="the service folder is gone; `pi list --prune` tidies up")
     if code == 255 and not host.is_local:
-        raise TransportError(f"pod {host.name}: could not read the log (ssh failed)")
+        raise TransportError(f"pod {host.name}: could not read the log (ssh failed)",
+                             hint=f"check the pod is up (`pi ssh {host.name} true`)")
     return code
 
 

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -25,10 +26,15 @@ from gpumod.errors import ConfigError, ConflictError, EngineError, NotFoundError
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
 from gpumod.ops import services as records
-from gpumod.ops.launch import Runtime, _quiet, launch, launch_plan, runtime
+from gpumod.ops.launch import BINDS, Runtime, _quiet, launch, launch_plan, runtime
 from gpumod.ops.services import get_service, list_services, save_state
 from gpumod.spec import ENGINES, SLEEP_MODES, ServiceSpec
 from gpumod.store.db import Store
+
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Never stored in a service definition (it would reach unit files, manifests and JSON).
+SECRET_ENV = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "PI_API_KEY", "VLLM_API_KEY",
+                        "LLAMA_API_KEY", "OPENAI_API_KEY"})
 
 __all__ = ["Runtime", "get_service", "launch_plan", "list_services", "runtime", "save_state"]
 
@@ -105,8 +111,26 @@ def add_service(store: Store, spec: ServiceSpec, *, listening: set[int] | None =
         validate.name(dep, "dependency")
         if dep == spec.name:
             raise UsageError(f"{spec.name} cannot depend on itself")
+    for index in spec.gpus:
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise UsageError(f"invalid GPU index {index!r}", hint="use indexes like 0 or 0,1")
+    if len(set(spec.gpus)) != len(spec.gpus):
+        raise UsageError(f"GPU index repeated in {list(spec.gpus)}", hint="name each GPU once")
+    if spec.vram_mib is not None and (isinstance(spec.vram_mib, bool) or spec.vram_mib < 1):
+        raise UsageError(f"invalid VRAM budget {spec.vram_mib!r} MiB",
+                         hint="give a positive number of MiB per GPU")
+    bind = spec.extra.get("bind")
+    if bind and bind not in BINDS:
+        raise UsageError(f"invalid bind address {bind!r}", hint=f"use {', '.join(BINDS)}")
     for key, value in spec.env.items():
         validate.no_control_chars(f"{key}={value}", "environment")
+        if not _ENV_KEY.match(key):
+            raise UsageError(f"invalid environment variable name {key!r}",
+                             hint="use letters, digits and '_', not starting with a digit")
+        if key.upper() in SECRET_ENV:
+            raise UsageError(f"{key} is a secret and is not stored with the service",
+                             hint="pass secrets only through PI_API_KEY / HF_TOKEN in your "
+                                  "environment; gpumod hands them over in a 0600 file")
     for arg in spec.args:
         validate.no_control_chars(arg, "argument")
     engine = get_engine(spec.engine)

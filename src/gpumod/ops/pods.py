@@ -250,12 +250,14 @@ def parse_progress(line: str) -> SetupEvent:
 
 def _engine_env(facts: dict[str, str]) -> dict[str, object]:
     env: dict[str, object] = {}
+    # The setup script reports a missing fact as "none": that is absent, not a path.
+    present = {k: v for k, v in facts.items() if v and v != "none"}
     for key in ("venv", "python", "vllm_version", "torch_version", "hf_cache", "cuda_version",
                 "driver_version"):
-        if facts.get(key):
-            env[key] = facts[key]
-    if facts.get("venv"):
-        env["bin_dirs"] = [posixpath.join(facts["venv"], "bin")]
+        if present.get(key):
+            env[key] = present[key]
+    if present.get("venv"):
+        env["bin_dirs"] = [posixpath.join(present["venv"], "bin")]
     return env
 
 

@@ -730,8 +730,27 @@ class HubClient:
                  "pipeline_tag": m.pipeline_tag, "library": m.library_name} for m in models]
 
 
+def _http_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(HTTPStatusError classes, HTTPError classes) of httpx and of httpx2.
+
+    huggingface_hub >= 1.x talks through `httpx2` (a separate package whose exceptions
+    are not httpx's); tests and older hubs use `httpx`. Both must map to typed errors.
+    """
+    import importlib
+
+    status: list[type[BaseException]] = []
+    other: list[type[BaseException]] = []
+    for name in ("httpx", "httpx2"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        status.append(module.HTTPStatusError)
+        other.append(module.HTTPError)
+    return tuple(status), tuple(other)
+
+
 def _hub_call(repo: str, call: Callable[[], Any], filename: str | None = None) -> Any:
-    import httpx
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -741,6 +760,7 @@ def _hub_call(repo: str, call: Callable[[], Any], filename: str | None = None) -
     )
 
     what = f"{repo}/{filename}" if filename else repo
+    status_errors, http_errors = _http_errors()
     try:
         return call()
     except GatedRepoError as exc:
@@ -756,7 +776,7 @@ def _hub_call(repo: str, call: Callable[[], Any], filename: str | None = None) -
         raise TransportError("Hugging Face is unreachable: HF_HUB_OFFLINE is set",
                              hint="unset HF_HUB_OFFLINE, or give a local model folder or GGUF"
                              ) from exc
-    except (HfHubHTTPError, httpx.HTTPStatusError) as exc:
+    except (HfHubHTTPError, *status_errors) as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 404 and not filename:
             raise NotFoundError(f"no model {repo!r} on Hugging Face",
@@ -768,7 +788,7 @@ def _hub_call(repo: str, call: Callable[[], Any], filename: str | None = None) -
             raise UsageError(f"Hugging Face refused {what} ({status})",
                              hint="set HF_TOKEN to a token that can read this repo") from exc
         raise TransportError(f"Hugging Face answered {status} for {what}") from exc
-    except (httpx.HTTPError, OSError) as exc:
+    except (*http_errors, OSError) as exc:
         raise TransportError(f"cannot reach Hugging Face for {what}: {type(exc).__name__}",
                              hint="check the network (or HF_ENDPOINT); facts fetched once are "
                                   "cached, and a local folder or GGUF works offline") from exc

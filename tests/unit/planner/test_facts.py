@@ -243,6 +243,27 @@ def test_hub_offline_is_a_transport_error(monkeypatch, store):
         huggingface_hub.close_session()
 
 
+def test_hub_offline_through_the_hubs_own_httpx2_client_is_a_transport_error(store):
+    """huggingface_hub >= 1.x uses `httpx2`, whose errors are not httpx's: an offline
+    machine must still get the typed one-line error, not an internal error (exit 70)."""
+    httpx2 = pytest.importorskip("httpx2")
+    import huggingface_hub
+    from huggingface_hub.utils import _http
+
+    def refuse(request):
+        raise httpx2.ConnectError("no network", request=request)
+
+    huggingface_hub.set_client_factory(
+        lambda: httpx2.Client(transport=httpx2.MockTransport(refuse)))
+    huggingface_hub.close_session()
+    try:
+        with pytest.raises(TransportError, match="cannot reach Hugging Face"):
+            F.resolve("Qwen/Qwen3-8B", store=store)
+    finally:
+        huggingface_hub.set_client_factory(_http.default_client_factory)
+        huggingface_hub.close_session()
+
+
 def test_resolve_rejects_malformed_ids(store):
     with pytest.raises(UsageError):
         F.resolve("bad id with spaces", store=store)
