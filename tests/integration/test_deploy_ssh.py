@@ -116,6 +116,11 @@ def test_pod_down_lists_unreachable_keeps_records_and_stop_fails(pod):
     assert logs.code == 5
     assert "could not read the log" in logs.stderr
     assert "hint: check the pod is up (`pi ssh dc1 true`)" in logs.stderr
+    # gpumod's vocabulary says the same thing with the same exit code
+    services = run_cli("service", "list", "--pod", "dc1", prog="gpumod")
+    assert services.code == 5 and "unreachable" in services.stdout
+    one = run_cli("service", "status", "q", prog="gpumod")
+    assert one.code == 5 and "state: unreachable" in one.stdout
     assert len(json.loads(run_cli("list", "--all-pods", "--json").stdout)) == 1
     pod.start()
     assert run_cli("stop", "q").code == 0

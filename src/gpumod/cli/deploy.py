@@ -111,10 +111,10 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
 @json_option
 def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> None:
     """Deployments with their real state (process and HTTP health, checked on the host)."""
-    from gpumod.errors import TransportError, UsageError
+    from gpumod.errors import UsageError
     from gpumod.ops import deploy
     from gpumod.ops import hosts as hostops
-    from gpumod.ops.states import list_status
+    from gpumod.ops.states import list_status, raise_if_unreachable
 
     s = store()
     if all_pods and pod:
@@ -142,10 +142,7 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
                 _err(f"{st.spec.name}: {st.state}: {st.detail}")
     for name in removed:
         _err(f"pruned {name}")
-    unreachable = sorted({st.spec.host for st in shown if st.state == "unreachable"})
-    if unreachable:
-        raise TransportError(f"could not reach {', '.join(unreachable)}; their records are kept",
-                             hint="check the pod is up (`pi ssh NAME true`)")
+    raise_if_unreachable(shown)
 
 
 @click.command()

@@ -166,13 +166,14 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
 def list_cmd(pod: str | None, all_hosts: bool, as_json: bool) -> None:
     """Services with their live state (checked on their hosts, one round trip per host)."""
     from gpumod.ops import hosts as hosts_ops
-    from gpumod.ops.states import list_status
+    from gpumod.ops.states import list_status, raise_if_unreachable
 
     st = store()
     host = None if all_hosts else hosts_ops.resolve_host(st, pod).name
     statuses = list_status(st, None if host is None else [host])
     if as_json:
         print_json([s.to_json() for s in statuses])
+        raise_if_unreachable(statuses)
         return
     if not statuses:
         click.echo("no services" + (f" on {host}" if host else ""))
@@ -185,6 +186,7 @@ def list_cmd(pod: str | None, all_hosts: bool, as_json: bool) -> None:
     from gpumod.cli.common import console
 
     console().print(t)
+    raise_if_unreachable(statuses)
 
 
 @service.command("status")
@@ -192,11 +194,12 @@ def list_cmd(pod: str | None, all_hosts: bool, as_json: bool) -> None:
 @json_option
 def status_cmd(name: str, as_json: bool) -> None:
     """Live state of one service: state, process, health."""
-    from gpumod.ops.states import service_status
+    from gpumod.ops.states import raise_if_unreachable, service_status
 
     status = service_status(store(), name)
     if as_json:
         print_json(status.to_json())
+        raise_if_unreachable([status])
         return
     s = status.spec
     click.echo(f"{s.name}: {s.engine} {s.model} on {s.host}:{s.port}")
@@ -204,6 +207,7 @@ def status_cmd(name: str, as_json: bool) -> None:
                f"process: {status.process}   health: {status.health}")
     if s.sleep_mode != "none":
         click.echo(f"  sleeping: {'yes' if status.sleeping else 'no'} (sleep mode {s.sleep_mode})")
+    raise_if_unreachable([status])
 
 
 @service.command("start")

@@ -84,5 +84,8 @@ def watch(pod: str | None, interval: float, once: bool, iterations: int | None,
     def log(message: str) -> None:
         click.echo(f"{time.strftime('%H:%M:%S')} {host} {message}")
 
-    log(f"watching (every {interval:g}s; Ctrl+C stops)")
+    if once:
+        log("checking once")
+    else:
+        log(f"watching (every {interval:g}s; Ctrl+C stops)")
     run(st, host, iterations=1 if once else iterations, policy=policy, log=log)

@@ -15,18 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+from mcp.server.mcpserver import MCPServer as _Server  # mcp >= 2 (pyproject's `mcp` extra)
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from gpumod import __version__
 from gpumod.errors import GpumodError
 from gpumod.ops import api as bridge
-
-try:  # mcp 2.x
-    from mcp.server.mcpserver import MCPServer as _Server
-    from mcp.server.mcpserver.exceptions import ToolError
-except ImportError:  # mcp 1.x
-    from mcp.server.fastmcp import FastMCP as _Server  # type: ignore[no-redef]
-    from mcp.server.fastmcp.exceptions import ToolError  # type: ignore[no-redef]
-from mcp.types import ToolAnnotations
 
 SERVER_NAME = "gpumod"
 INSTRUCTIONS = (
@@ -65,7 +61,8 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def build_server() -> Any:
     """The MCP server with every gpumod tool registered."""
-    server = _Server(SERVER_NAME, instructions=INSTRUCTIONS, log_level="WARNING")
+    server = _Server(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__,
+                     log_level="WARNING")
 
     # -- read-only ----------------------------------------------------------------
 

@@ -99,6 +99,14 @@ def add_service(store: Store, spec: ServiceSpec, *, listening: set[int] | None =
         validate.port(spec.port)
     if spec.engine not in ENGINES:
         raise UsageError(f"unknown engine {spec.engine!r}", hint=f"use {', '.join(ENGINES)}")
+    if spec.engine in ("vllm", "llamacpp"):
+        from gpumod.ops.deploy import validate_model
+
+        if spec.model.lower().endswith(".gguf") and not spec.model.startswith(("/", "~/")) \
+                and ":" not in spec.model:
+            raise UsageError(f"model path {spec.model!r} must be absolute on the host",
+                             hint="give /path/to/model.gguf (or ~/...)")
+        validate_model(spec.model)
     if spec.sleep_mode not in SLEEP_MODES:
         raise UsageError(f"unknown sleep mode {spec.sleep_mode!r}",
                          hint=f"use {', '.join(SLEEP_MODES)}")

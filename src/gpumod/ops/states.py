@@ -200,3 +200,13 @@ def service_status(store: Store, name: str, *, transport: Transport | None = Non
     spec = records.get_service(store, name)
     host = hosts_ops.get_host(store, spec.host)
     return host_status(store, host, [spec], transport=transport)[0]
+
+
+def raise_if_unreachable(statuses: Sequence[ServiceStatus]) -> None:
+    """After showing a listing: a host that could not be asked is a failure (exit 5)."""
+    from gpumod.errors import TransportError
+
+    unreachable = sorted({st.spec.host for st in statuses if st.state == "unreachable"})
+    if unreachable:
+        raise TransportError(f"could not reach {', '.join(unreachable)}; their records are kept",
+                             hint="check the pod is up (`pi ssh NAME true`)")

@@ -483,7 +483,8 @@ def parse_llamacpp_args(argv: list[str] | tuple[str, ...]) -> LlamaCppArgs:
             args.ctx = parse_tokens(value())
         elif flag in ("-ngl", "--n-gpu-layers", "--gpu-layers"):
             v = value()
-            args.n_gpu_layers = 999 if v in ("all", "auto") else int(v)
+            # llama.cpp reads a negative -ngl (e.g. -1) as "all layers", like "all"/"auto"
+            args.n_gpu_layers = 999 if v in ("all", "auto") or int(v) < 0 else int(v)
         elif flag in ("-ctk", "--cache-type-k"):
             args.cache_type_k = value()
         elif flag in ("-ctv", "--cache-type-v"):

@@ -157,8 +157,10 @@ def request_for(spec: ServiceSpec, *, store: Any = None, context: int | None = N
                 warnings.append(f"{spec.name}: no facts for {spec.model} ({exc.message}); "
                                 f"using its declared {spec.vram_mib} MiB")
             else:
-                raise UsageError(f"{spec.name}: cannot size {spec.model}: {exc.message}",
-                                 hint=exc.hint or "set the service's vram budget") from exc
+                # Keep the cause's type (and exit code): offline stays a transport error.
+                exc.message = f"{spec.name}: cannot size {spec.model}: {exc.message}"
+                exc.hint = exc.hint or "set the service's vram budget"
+                raise
     req = ServiceRequest(name=spec.name, engine=spec.engine if facts else "command",
                          facts=facts, pinned_gpus=tuple(spec.gpus), vram_mib=spec.vram_mib,
                          sleep_mode=spec.sleep_mode,

@@ -150,3 +150,11 @@ def test_llamacpp_real_model_from_config_fits_or_not():
     e = E.llamacpp_estimate(f, gpu_mib=24564, args=E.LlamaCppArgs(ctx=32768))
     # 36 layers x 32768 x 8 heads x 256 x 2 bytes = 4.5 GiB of KV
     assert e.kv_cache_gib == pytest.approx(4.5, abs=0.01)
+
+
+def test_negative_ngl_in_engine_args_means_all_layers():
+    from gpumod.planner.estimate import parse_llamacpp_args
+
+    assert parse_llamacpp_args(["-ngl", "-1"]).n_gpu_layers == parse_llamacpp_args(
+        ["-ngl", "all"]).n_gpu_layers
+    assert parse_llamacpp_args(["-ngl", "12"]).n_gpu_layers == 12

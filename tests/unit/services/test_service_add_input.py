@@ -47,3 +47,14 @@ def test_good_values_of_the_same_options_are_stored():
     assert result.code == 0, result.output
     (row,) = json.loads(run_cli("service", "list", "--json", prog="gpumod").stdout)
     assert row["args"] == ["--max-model-len", "4096"]
+
+
+def test_relative_model_paths_are_refused_like_pi_start():
+    from tests.support.cli import run_cli
+
+    for model in ("relative.gguf", "./models/x.gguf", "../x"):
+        result = run_cli("service", "add", "coder", "--engine", "llamacpp", "--model", model,
+                         prog="gpumod")
+        assert result.code == 2, (model, result.output)
+        assert result.stderr.startswith("error: ")
+    assert run_cli("service", "list", "--json", prog="gpumod").stdout.strip() == "[]"
