@@ -5,9 +5,8 @@ Each function here is a thin call into the operations layer (`gpumod.ops`,
 turn its result into JSON-able data. There is no logic of its own here, so
 the CLI, the MCP tools, the TUI and the planning agent always agree.
 
-Operations are looked up when they are called (`_op`): a front end keeps
-working, with a clear `NotAvailable` error for that one operation, when the
-operations module behind it is missing from this build.
+Operations modules are imported when a function is called (`_op`), so that
+starting the MCP server or the TUI does not import every layer up front.
 
 Every function opens its own store connection: the MCP server and the TUI run
 operations in worker threads, and an SQLite connection belongs to its thread.
@@ -21,29 +20,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from gpumod.errors import ConfigError, GpumodError, UsageError
+from gpumod.errors import GpumodError, UsageError
 
 Progress = Callable[[str], None]
 
 
-class NotAvailable(ConfigError):
-    """The operation behind a tool or command is not part of this build."""
-
-
 def _op(module: str, name: str) -> Callable[..., Any]:
-    """`module.name`, imported now; NotAvailable when this build lacks it."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            raise NotAvailable(f"{module}.{name} is not available in this build",
-                               hint="update gpumod; this operation has not landed yet") from exc
-        raise
-    fn = getattr(mod, name, None)
-    if fn is None:
-        raise NotAvailable(f"{module}.{name} is not available in this build",
-                           hint="update gpumod; this operation has not landed yet")
-    return fn
+    """`module.name`, imported on first use."""
+    return getattr(importlib.import_module(module), name)
 
 
 @contextmanager
