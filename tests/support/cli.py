@@ -38,3 +38,16 @@ def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = N
             return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
     finally:
         sys.argv[0] = old_argv0
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    """The CLI entry point in-process with pytest's capsys: (exit code, stdout, stderr)."""
+    from gpumod.cli.main import main
+
+    code = 0
+    try:
+        main(list(argv))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err

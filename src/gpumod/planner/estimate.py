@@ -222,8 +222,21 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * unit)
 
 
+class _EstimateResult:
+    """What both engines' estimates share: the per-GPU total in MiB and JSON."""
+
+    total_gib: float
+
+    @property
+    def total_mib(self) -> int:
+        return math.ceil(self.total_gib * 1024)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass
-class VLLMEstimate:
+class VLLMEstimate(_EstimateResult):
     engine: str
     model: str
     gpu_mib: int
@@ -251,13 +264,6 @@ class VLLMEstimate:
     calibrated: bool = False
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def total_mib(self) -> int:
-        return math.ceil(self.total_gib * 1024)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def activation_bytes(facts: ModelFacts, tp: int, max_num_seqs: int, batched_tokens: int,
@@ -508,7 +514,7 @@ def parse_llamacpp_args(argv: list[str] | tuple[str, ...]) -> LlamaCppArgs:
 
 
 @dataclass
-class LlamaCppEstimate:
+class LlamaCppEstimate(_EstimateResult):
     engine: str
     model: str
     gpu_mib: int
@@ -531,13 +537,6 @@ class LlamaCppEstimate:
     calibrated: bool = False
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def total_mib(self) -> int:
-        return math.ceil(self.total_gib * 1024)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 LLAMA_CONTEXT_GIB = 0.3   # CUDA context + cuBLAS workspace of a llama-server process

@@ -7,6 +7,7 @@ import pytest
 
 from gpumod.planner.facts import facts_from_config, save_cached
 from gpumod.spec import ServiceSpec
+from tests.support.cli import run_main
 
 from .conftest import config
 
@@ -56,16 +57,7 @@ def home(tmp_path, monkeypatch):
     dbmod._open.clear()
 
 
-def run(capsys, *argv):
-    from gpumod.cli.main import main
-
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_main  # (exit code, stdout, stderr)
 
 
 def test_simulate_mode_fits_json(home, capsys):

@@ -15,6 +15,7 @@ from gpumod.planner.facts import facts_from_config, save_cached
 from gpumod.spec import ServiceSpec
 from gpumod.testing.fake_nvidia_smi import register_process, write_state
 from gpumod.testing.shims import install_shims
+from tests.support.cli import run_main
 
 from .conftest import config
 
@@ -86,16 +87,7 @@ def set_pid(st, service: str, pid: int) -> None:
                    (pid, service))
 
 
-def run(capsys, *argv):
-    from gpumod.cli.main import main
-
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_main  # (exit code, stdout, stderr)
 
 
 def test_idle_card_fits_live(h100, capsys):

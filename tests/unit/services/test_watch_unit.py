@@ -12,6 +12,7 @@ from gpumod.errors import ConfigError, EngineError, RemoteCommandError, UsageErr
 from gpumod.hosts.transports.mock import MockTransport
 from gpumod.ops.watch import Policy, install_watch_unit, policy_flags, watch_unit
 from gpumod.supervise.systemd import render_watch_unit, watch_unit_name
+from tests.support.cli import run_main
 
 EXE = "/opt/gpumod/bin/gpumod"
 
@@ -185,16 +186,7 @@ def home(tmp_path, monkeypatch):
     dbmod._open.clear()
 
 
-def run(capsys, *argv):
-    from gpumod.cli.main import main
-
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_main  # (exit code, stdout, stderr)
 
 
 def test_print_unit(home, capsys) -> None:
