@@ -153,24 +153,17 @@ class Preflight:
     usage: list[GPUUsage] | None = None     # live GPU figures; None without nvidia-smi
 
 
+# `key=value` lines of the preflight script -> the Preflight field they set.
+_PREFLIGHT_FIELDS = {"path": "path", "home": "home", "binary": "binary", "hf_home": "hf_home",
+                     "hf": "hf_cli", "model_path": "model_path", "cached": "cached"}
+
+
 def parse_preflight(stdout: str) -> Preflight:
     pre = Preflight()
     for line in stdout.splitlines():
         key, _, value = line.partition("=")
-        if key == "path":
-            pre.path = value
-        elif key == "home":
-            pre.home = value
-        elif key == "binary":
-            pre.binary = value
-        elif key == "hf_home":
-            pre.hf_home = value
-        elif key == "hf":
-            pre.hf_cli = value
-        elif key == "model_path":
-            pre.model_path = value
-        elif key == "cached":
-            pre.cached = value
+        if key in _PREFLIGHT_FIELDS:
+            setattr(pre, _PREFLIGHT_FIELDS[key], value)
         elif key == "probe":
             pre.probe.append(value)
         elif key == "nvidia_smi":
