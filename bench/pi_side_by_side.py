@@ -1,0 +1,245 @@
+"""Side by side with the original Pi (`@mariozechner/pi`, binary `pi-pods`), in one paired run.
+
+The same fake vLLM processes (gpumod.testing fakes behind a real loopback sshd "pod")
+are recorded in both tools: ours in gpumod's store (`pi start`), the original's in
+`$PI_CONFIG_DIR/pods.json` (pods with `ssh`, `gpus`, `models` {name: {model, port,
+gpu, pid}}). Each round runs both commands back to back, alternating which goes
+first, and the medians are compared:
+
+- `pi-pods list` vs our `pi list` (one pod, --per-pod services);
+- `pi-pods --help` vs our `pi --help`, and our read-only local listings;
+- --pods N: our `pi list --all-pods` over N pods against our one-pod list (the
+  growth must be far below N x), and the original's `pi-pods list --pod X` run
+  for each pod in turn (it lists one pod per call).
+
+Run:  .venv/bin/python bench/pi_side_by_side.py [--rounds 9] [--per-pod 4] [--pods 10]
+Needs sshd (openssh-server) and npm: the original is installed once into
+${GPUMOD_BENCH_CACHE:-~/.cache/gpumod-bench}/pi-pods (outside the repository)
+through npm as this machine configures it. Prints ratios; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PI_VERSION = "0.70.6"
+MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+KEY = "bench-key-0123456789abcdef"
+
+
+def original_pi() -> Path:
+    """The original `pi-pods`, installed with npm into a cache folder outside the repo."""
+    cache = Path(os.environ.get("GPUMOD_BENCH_CACHE", Path.home() / ".cache/gpumod-bench"))
+    folder = cache / "pi-pods"
+    binary = folder / "node_modules/.bin/pi-pods"
+    if not binary.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"installing @mariozechner/pi@{PI_VERSION} into {folder} (npm)", file=sys.stderr)
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix",
+                        str(folder), f"@mariozechner/pi@{PI_VERSION}"], check=True)
+    return binary
+
+
+def timed(argv: list[str], env: dict[str, str], check: Callable[[str], None] | None = None
+          ) -> float:
+    began = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr[-800:]}")
+    if check:
+        check(proc.stdout)
+    return took
+
+
+def paired(rounds: int, ours: Callable[[], float], theirs: Callable[[], float]
+           ) -> tuple[float, float]:
+    """Medians of both, each round alternating which runs first."""
+    a, b = [], []
+    for i in range(rounds):
+        if i % 2:
+            b.append(theirs())
+            a.append(ours())
+        else:
+            a.append(ours())
+            b.append(theirs())
+    return statistics.median(a), statistics.median(b)
+
+
+class Pods:
+    """N loopback sshd pods with the fake vLLM and nvidia-smi on their PATH."""
+
+    def __init__(self, work: Path, count: int, env: dict[str, str]) -> None:
+        from tests.support.sshd import LoopbackSSHD
+
+        from gpumod.testing.fake_nvidia_smi import write_state
+        from gpumod.testing.shims import install_shims
+
+        self.env = env
+        self.servers = []
+        self.hf_homes = []
+        for i in range(count):
+            base = work / f"pod{i}"
+            server = LoopbackSSHD(base).start()
+            state = base / "gpus.json"
+            write_state(state, ["h100"] * 8)
+            install_shims(server.bin_dir, gpu_state=state)
+            hf_home = base / "hf"
+            snap = hf_home / "hub" / f"models--{MODEL.replace('/', '--')}" / "snapshots" / "0"
+            snap.mkdir(parents=True)
+            (snap / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+            self.servers.append(server)
+            self.hf_homes.append(hf_home)
+        self.deployments: dict[str, list[dict]] = {}
+
+    def register(self) -> None:
+        from gpumod.hosts.model import GPU, Host
+        from gpumod.ops import hosts as hostops
+        from gpumod.store.db import Store
+
+        Path(self.env["GPUMOD_HOME"]).mkdir(parents=True, exist_ok=True)
+        store = Store(Path(self.env["GPUMOD_HOME"]) / "gpumod.db")
+        gpus = tuple(GPU(i, f"GPU-{i:08d}", "NVIDIA H100 80GB HBM3", 81559) for i in range(8))
+        for i, server in enumerate(self.servers):
+            hostops.save_host(store, Host(
+                name=f"pod{i}", kind="ssh", ssh_command=server.ssh_command, address="127.0.0.1",
+                root=str(server.remote_root), gpus=gpus,
+                engine_env={"hf_cache": str(self.hf_homes[i])}), replace=False)
+        store.close()
+
+    def start(self, per_pod: int) -> None:
+        for i in range(len(self.servers)):
+            pod = f"pod{i}"
+            rows = []
+            for j in range(per_pod):
+                name = f"p{i}m{j}"
+                out = pi("start", MODEL, "--name", name, "--pod", pod, "--memory", "10%",
+                         "--context", "4k", "-q", "--json", env=self.env)
+                data = json.loads(out)
+                rows.append({"name": name, "port": data["port"], "gpus": data.get("gpus") or [0],
+                             "pid": data["pid"]})
+            self.deployments[pod] = rows
+
+    def pods_json(self, folder: Path) -> None:
+        """The same processes, recorded the original's way."""
+        pods = {}
+        for i, server in enumerate(self.servers):
+            pod = f"pod{i}"
+            pods[pod] = {
+                "ssh": server.ssh_command,
+                "gpus": [{"id": g, "name": "NVIDIA H100 80GB HBM3", "memory": "81559 MiB"}
+                         for g in range(8)],
+                "models": {r["name"]: {"model": MODEL, "port": r["port"], "gpu": list(r["gpus"]),
+                                       "pid": r["pid"]} for r in self.deployments.get(pod, [])},
+            }
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "pods.json").write_text(json.dumps({"pods": pods, "active": "pod0"}, indent=2))
+
+    def close(self) -> None:
+        from gpumod.hosts.sshcmd import parse_ssh_command
+        from gpumod.hosts.transports.ssh import SSHTransport
+
+        for rows in self.deployments.values():
+            for row in rows:
+                subprocess.run([str(PI), "stop", row["name"], "--timeout", "3"], env=self.env,
+                               capture_output=True, check=False)
+        for server in self.servers:
+            SSHTransport(parse_ssh_command(server.ssh_command)).close()
+            server.stop()
+
+
+PI = Path(sys.executable).parent / "pi"
+
+
+def pi(*args: str, env: dict[str, str]) -> str:
+    proc = subprocess.run([str(PI), *args], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pi {' '.join(args)} exited {proc.returncode}: {proc.stderr[-800:]}")
+    return proc.stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--per-pod", type=int, default=4)
+    parser.add_argument("--pods", type=int, default=10, help="pods for the fan-out run (0: skip)")
+    opts = parser.parse_args()
+
+    node = original_pi()
+    work = Path(tempfile.mkdtemp(prefix="gpumod-sbs-"))
+    env = {**os.environ, "GPUMOD_HOME": str(work / "home"), "PI_CONFIG_DIR": str(work / "pi"),
+           "PI_API_KEY": KEY}
+    # Our store must not pick up PI_CONFIG_DIR (that is the original's folder here).
+    ours_env = {k: v for k, v in env.items() if k != "PI_CONFIG_DIR"}
+    pods = Pods(work, max(1, opts.pods), ours_env)
+    try:
+        pods.register()
+        pi("pods", "active", "pod0", env=ours_env)
+        pods.start(opts.per_pod)
+        pods.pods_json(work / "pi")
+        per_pod = opts.per_pod
+
+        def our_list_ok(stdout: str) -> None:
+            rows = json.loads(stdout)
+            assert len(rows) == per_pod and {r["state"] for r in rows} == {"running"}, stdout
+
+        def their_list_ok(stdout: str) -> None:
+            assert "All processes verified" in stdout, stdout
+
+        ours_list = lambda: timed([str(PI), "list", "--json"], ours_env, our_list_ok)  # noqa: E731
+        theirs_list = lambda: timed([str(node), "list"], env, their_list_ok)  # noqa: E731
+        ours_list()  # open the SSH master once, as a user's earlier command would
+        ours_l, theirs_l = paired(opts.rounds, ours_list, theirs_list)
+        ours_h, theirs_h = paired(opts.rounds, lambda: timed([str(PI), "--help"], ours_env),
+                                  lambda: timed([str(node), "--help"], env))
+        print(f"side by side, one loopback pod, {per_pod} fake vLLM services, "
+              f"{opts.rounds} paired rounds (median wall)")
+        print(f"  list   : pi-pods {theirs_l:.3f} s   ours {ours_l:.3f} s   "
+              f"ratio {theirs_l / ours_l:.1f}x")
+        print(f"  --help : pi-pods {theirs_h * 1000:.0f} ms   ours {ours_h * 1000:.0f} ms   "
+              f"ratio {theirs_h / ours_h:.1f}x")
+
+        print("our read-only local listings (median wall):")
+        for argv in (["pods"], ["pods", "--json"], ["models", "--json"], ["preset", "list"],
+                     ["mode", "list"], ["--help"]):
+            samples = [timed([str(PI), *argv], ours_env) for _ in range(opts.rounds)]
+            print(f"  pi {' '.join(argv):<16} {statistics.median(samples) * 1000:6.0f} ms")
+
+        if opts.pods > 1:
+            def all_ok(stdout: str) -> None:
+                rows = json.loads(stdout)
+                assert len(rows) == per_pod * opts.pods, stdout
+                assert {r["state"] for r in rows} == {"running"}, stdout
+
+            fan = [timed([str(PI), "list", "--all-pods", "--json"], ours_env, all_ok)
+                   for _ in range(opts.rounds)]
+            theirs_all = []
+            for _ in range(max(1, opts.rounds // 3)):
+                began = time.perf_counter()
+                for i in range(opts.pods):
+                    timed([str(node), "list", "--pod", f"pod{i}"], env, their_list_ok)
+                theirs_all.append(time.perf_counter() - began)
+            fan_m, theirs_m = statistics.median(fan), statistics.median(theirs_all)
+            print(f"{opts.pods} pods x {per_pod} services:")
+            print(f"  ours `pi list --all-pods` {fan_m:.3f} s = {fan_m / ours_l:.2f}x our one-pod "
+                  f"list (pods grew {opts.pods}x)")
+            print(f"  pi-pods, `list --pod X` per pod: {theirs_m:.3f} s   ratio {theirs_m / fan_m:.1f}x")
+        return 0
+    finally:
+        pods.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
