@@ -116,7 +116,7 @@ class Workload:
 @dataclass(frozen=True)
 class RenderOptions:
     namespace: str | None = None
-    secret_name: str = "gpumod"
+    secret_name: str = "gpumod"  # noqa: S105 - the Secret's name, not a value
     storage_class: str | None = None
 
 

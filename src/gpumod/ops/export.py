@@ -67,7 +67,7 @@ class ExportOptions:
     image: str | None = None                               # the one exported service's
     storage_class: str | None = None
     cache_size: str | None = None                          # per cache volume
-    secret_name: str = "gpumod"
+    secret_name: str = "gpumod"  # noqa: S105 - the Secret's name, not a value
     proxy_image: str = k8s.DEFAULT_PROXY_IMAGE
     shm_size: str | None = None
 
@@ -304,9 +304,9 @@ def workload(spec: ServiceSpec, host: Host | None, options: ExportOptions,
     env["HF_HOME"] = f"{CACHE_MOUNT}/huggingface"
     if spec.engine == "llamacpp":
         env["LLAMA_CACHE"] = f"{CACHE_MOUNT}/llama.cpp"
-    secrets = tuple(k8s.SecretRef(var, k8s.API_KEY_SECRET_KEY, leader_only=True)
-                    for var in engine.secret_env_for("")) + \
-        (k8s.SecretRef("HF_TOKEN", k8s.HF_TOKEN_SECRET_KEY, optional=True),)
+    api_key = [k8s.SecretRef(var, k8s.API_KEY_SECRET_KEY, leader_only=True)
+               for var in engine.secret_env_for("")]   # the variable names only
+    secrets = (*api_key, k8s.SecretRef("HF_TOKEN", k8s.HF_TOKEN_SECRET_KEY, optional=True))
     startup = DEFAULT_DEADLINE.get(spec.engine, 300) + (RAY_WAIT if multinode else 0)
     size = options.cache_size or ("1Ti" if multinode else "100Gi")
     shm = options.shm_size
