@@ -236,6 +236,22 @@ def test_a_multinode_deployment_becomes_a_leader_worker_set():
     assert "LeaderWorkerSet needs the LWS controller" in result.stdout
 
 
+def test_a_sleep_enabled_multinode_leader_keeps_dev_endpoints_behind_its_proxy():
+    record(name="bigsleep", engine="vllm", model="org/huge", port=8210, sleep_mode="l1",
+           extra={"multinode": MULTINODE})
+    result = export("bigsleep")
+    assert result.code == 0, result.output
+    objects = load(result.stdout)
+    assert validate_all(objects) == ["ConfigMap", "LeaderWorkerSet", "Service"]
+    lwt = objects[1]["spec"]["leaderWorkerTemplate"]
+    leader_pod, worker_pod = lwt["leaderTemplate"]["spec"], lwt["workerTemplate"]["spec"]
+    argv = engine_container(leader_pod)["command"][4:]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and "--enable-sleep-mode" in argv
+    assert [c["name"] for c in leader_pod["containers"]] == ["engine", "proxy"]
+    assert [c["name"] for c in worker_pod["containers"]] == ["engine"]
+    assert objects[2]["spec"]["ports"][0]["targetPort"] == 8210
+
+
 def test_a_catalog_model_exports_as_multinode_from_flags():
     result = export("--model", "Qwen/Qwen3-Coder-480B-A35B-Instruct", "--nodes", "2",
                     "--gpus-per-node", "4", "--name", "coder480")
