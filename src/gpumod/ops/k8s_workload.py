@@ -12,10 +12,11 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from gpumod.engines.base import flag_value, has_flag, replace_flag
+from gpumod.engines.base import flag_value, get_engine, has_flag, replace_flag
 from gpumod.errors import UsageError
 from gpumod.export import kubernetes as k8s
 from gpumod.hosts.model import Host
+from gpumod.ops.launch import LaunchOptions, dev_mode, launch_plan
 from gpumod.spec import ServiceSpec
 
 # Defaults (see docs/kubernetes.md for why).
@@ -61,8 +62,6 @@ class ExportOptions:
 
 def workload(spec: ServiceSpec, host: Host | None, options: ExportOptions,
              notes: list[str]) -> k8s.Workload:
-    from gpumod.engines.base import get_engine
-
     name = kube_name(spec.name, multinode="multinode" in spec.extra)
     image = options.images.get(spec.name) or options.image
     annotations = {"gpumod.io/service": spec.name, "gpumod.io/engine": spec.engine,
@@ -83,8 +82,6 @@ def workload(spec: ServiceSpec, host: Host | None, options: ExportOptions,
                          "needs an image that contains it",
                          hint=f"--image {spec.name}=IMAGE (with the server and its "
                               "dependencies, the command on its PATH)")
-    from gpumod.ops.launch import LaunchOptions, dev_mode, launch_plan
-
     proxy = None
     if dev_mode(spec):
         loopback = ENGINE_LOOPBACK_PORT if spec.port != ENGINE_LOOPBACK_PORT else \
@@ -129,8 +126,6 @@ def kube_name(name: str, *, multinode: bool = False) -> str:
 
 def gpu_count(spec: ServiceSpec) -> int:
     """GPUs the pod requests: vLLM's tp x pp x dp, else the service's own GPUs."""
-    from gpumod.engines.base import get_engine
-
     if spec.engine == "vllm":
         return max(get_engine("vllm").gpu_count(spec.args), len(spec.gpus))
     if spec.engine == "llamacpp" and not spec.gpus:
