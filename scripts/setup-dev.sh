@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(openssh-server openssh-client shellcheck ripgrep systemd procps curl)
+apt_packages=(openssh-server openssh-client shellcheck ripgrep systemd procps curl nginx)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mcp": ("gpumod.cli.mcp_cmd:mcp", "Serve gpumod's operations to agents over MCP."),
     "tui": ("gpumod.cli.tui_cmd:tui", "Live terminal dashboard."),
     "plan": ("gpumod.cli.plan:plan", "Ask a model to propose a change, checked by the simulator."),
+    "export": ("gpumod.cli.export:export", "Write services as Kubernetes manifests."),
 }
 
 
