@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from gpumod.planner.facts import facts_from_config, save_cached
+from gpumod.ops.facts import remember as save_cached
+from gpumod.planner.facts import facts_from_config
 from gpumod.spec import ServiceSpec
 from tests.support.cli import run_main
 
@@ -130,7 +131,7 @@ def test_model_estimate_llamacpp_and_errors(home, capsys, tmp_path):
 
 
 def test_model_info_shows_facts_and_calibrations(home, capsys):
-    from gpumod.planner.calibration import record_calibration
+    from gpumod.store.calibrations import record as record_calibration
 
     record_calibration(home, model="Qwen/Qwen3-8B", engine="vllm", engine_version="0.19.0",
                        gpu_name="H100 80GB", estimate={"weights_gib": 15.3},
