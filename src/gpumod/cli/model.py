@@ -139,8 +139,9 @@ def info(model_id: str, ollama_url: str | None, refresh: bool, as_json: bool) ->
     """Facts about MODEL and its calibrations (estimate vs what the engine reported)."""
     from gpumod.ops import api
 
-    data = api.model_info(model_id, ollama_url=ollama_url, refresh=refresh)
-    cals = data["calibrations"]
+    facts = api.model_info(model_id, ollama_url=ollama_url, refresh=refresh)
+    cals = facts.pop("calibrations")
+    data = {"facts": facts, "calibrations": cals}
     if as_json:
         print_json(data)
         return

@@ -239,8 +239,9 @@ def model_info(model: str, ollama_url: str | None = None,
                refresh: bool = False) -> dict[str, Any]:
     """Facts of a model (a Hugging Face id, a folder or a .gguf file) and its calibrations."""
     with session_store() as store:
-        return _op("gpumod.ops.facts", "model_info")(store, model, ollama_url=ollama_url,
+        info = _op("gpumod.ops.facts", "model_info")(store, model, ollama_url=ollama_url,
                                                       refresh=refresh)
+        return {**info["facts"], "calibrations": info["calibrations"]}
 
 
 def model_search(query: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 from gpumod.errors import GpumodError, NotFoundError, UsageError
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import sizing
+from gpumod.planner import estimate as est
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 
@@ -86,16 +87,22 @@ def _request(store: Store, spec: ServiceSpec, host: Any, context: int | None, hu
         try:
             facts = sizing.service_facts(store, spec, hub=hub)
         except GpumodError as exc:
-            if not spec.vram_mib and not strict:
+            share = (est.parse_vllm_args(list(spec.args)).gpu_memory_utilization
+                     if spec.engine == "vllm" else None)
+            if spec.vram_mib:
+                warnings.append(f"{spec.name}: no facts for {spec.model} ({exc.message}); "
+                                f"using its declared {spec.vram_mib} MiB")
+            elif share:
+                warnings.append(f"{spec.name}: no facts for {spec.model} ({exc.message}); "
+                                f"sized by its --gpu-memory-utilization {share}")
+            elif not strict:
                 warnings.append(f"{spec.name}: no facts for {spec.model} ({exc.message}) and "
                                 "no declared VRAM budget: counted as 0")
-            elif not spec.vram_mib:
+            else:
                 # Keep the cause's type (and exit code): offline stays a transport error.
                 exc.message = f"{spec.name}: cannot size {spec.model}: {exc.message}"
                 exc.hint = exc.hint or "set the service's vram budget"
                 raise
-            warnings.append(f"{spec.name}: no facts for {spec.model} ({exc.message}); "
-                            f"using its declared {spec.vram_mib} MiB")
     req = sizing.service_request(store, spec, host=host, facts=facts, context=context,
                                  version=version)
     return req, warnings

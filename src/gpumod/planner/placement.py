@@ -256,9 +256,15 @@ def size_service(req: ServiceRequest, gpu_total_mib: int, free_mib: int,
         problem = "" if e2.total_mib <= free_mib else (
             f"needs {e2.total_gib:.1f} GiB, {free_mib / 1024:.1f} GiB free")
         return _Sized(e2.total_mib, settings, args, e2.to_json(), e2.notes, problem)
-    # generic engines: a declared budget or nothing known
-    mib = int(req.vram_mib or 0)
-    notes = [] if req.vram_mib else ["no VRAM budget declared: counted as 0"]
+    # generic engines (or a model without facts): a declared budget, a share, or nothing
+    if req.vram_mib:
+        mib, notes = int(req.vram_mib), []
+    elif req.gpu_memory_utilization:   # vLLM takes exactly this share of the card
+        mib = math.ceil(req.gpu_memory_utilization * cuda_total_mib(gpu_total_mib))
+        notes = [f"sized by its --gpu-memory-utilization {req.gpu_memory_utilization} "
+                 "(no model facts)"]
+    else:
+        mib, notes = 0, ["no VRAM budget declared: counted as 0"]
     problem = "" if mib <= free_mib else f"needs {mib} MiB, {free_mib} MiB free"
     return _Sized(mib, {"vram_mib": mib}, [], {"total_gib": round(mib / 1024, 2)}, notes, problem)
 

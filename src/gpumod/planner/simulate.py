@@ -140,6 +140,9 @@ def request_from_args(name: str, engine: str, args: Sequence[str], *,
         req.kv_cache_dtype = a.kv_cache_dtype
         req.max_num_seqs = a.max_num_seqs
         req.enforce_eager = a.enforce_eager
+    elif engine == "vllm":
+        # no facts: vLLM still takes exactly its --gpu-memory-utilization share of each card
+        req.gpu_memory_utilization = est.parse_vllm_args(list(args)).gpu_memory_utilization
     elif modelled:
         a2 = est.parse_llamacpp_args(list(args))
         req.context = context or a2.ctx

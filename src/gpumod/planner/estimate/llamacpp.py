@@ -34,8 +34,9 @@ class LlamaCppArgs:
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
     parallel: int = 1               # -np
-    ubatch: int = 512
-    flash_attn: bool = True
+    ubatch: int = 512               # -ub: the micro-batch the compute buffer is sized for
+    batch: int = 2048               # -b: a micro-batch never exceeds it
+    flash_attn: bool = True         # -fa (llama.cpp's "auto" turns it on where supported)
     swa_full: bool = False
 
 
@@ -69,6 +70,8 @@ def parse_llamacpp_args(argv: list[str] | tuple[str, ...]) -> LlamaCppArgs:
             args.parallel = int(value())
         elif flag in ("-ub", "--ubatch-size"):
             args.ubatch = int(value())
+        elif flag in ("-b", "--batch-size"):
+            args.batch = int(value())
         elif flag in ("-fa", "--flash-attn"):
             nxt = items[i + 1] if i + 1 < len(items) and not inline else inline
             if nxt in ("on", "off", "auto"):
@@ -114,6 +117,28 @@ LLAMA_CONTEXT_GIB = 0.3   # CUDA context + cuBLAS workspace of a llama-server pr
 
 def _pad(n: int, to: int) -> int:
     return ((n + to - 1) // to) * to
+
+
+def compute_buffer_bytes(facts: ModelFacts, *, ub: int, n_ctx: int, flash_attn: bool) -> int:
+    """The compute buffer llama.cpp reserves for one `ub`-token micro-batch (f32 graph).
+
+    Its allocator keeps, per token: with flash attention the feed-forward step's
+    gate/up/activation rows and five hidden-sized rows (3 x intermediate + 5 x hidden
+    floats) plus the f16 attention mask over all `n_ctx` cells; without it the
+    attention step's rows (6 x hidden + K and V) plus the f32 scores of every head and
+    the f32 mask over `n_ctx` cells. Measured on llama-server's CPU build with SmolLM2
+    and a synthetic llama of other widths (tests/integration/test_llamacpp_estimate_real.py).
+    Recent builds compute logits only for the last token of each sequence, so no
+    vocabulary-sized term (older builds reserved ``ub x vocab`` floats more: a
+    calibration after the first start corrects that).
+    """
+    h, inter = facts.hidden_size, facts.intermediate_size
+    kv_width = facts.num_kv_heads * facts.head_dim
+    if flash_attn:
+        per_token = 4 * (3 * inter + 5 * h) + 2 * n_ctx
+    else:
+        per_token = 4 * (6 * h + 2 * kv_width) + (4 * facts.num_heads + 4) * n_ctx
+    return int(ub * per_token)
 
 
 def llamacpp_estimate(facts: ModelFacts, *, gpu_mib: int, args: LlamaCppArgs | None = None,
@@ -168,11 +193,8 @@ def llamacpp_estimate(facts: ModelFacts, *, gpu_mib: int, args: LlamaCppArgs | N
             kv += per_token_layer * swa_ctx
         elif t in (LINEAR, MAMBA):
             kv += facts.linear_state_bytes * max(1, args.parallel)
-    vocab = facts.vocab_size or 32000
-    ub = args.ubatch
-    compute = vocab * ub * 4 + ub * (facts.hidden_size * 16 + facts.intermediate_size * 8)
-    if not args.flash_attn:
-        compute += facts.num_heads * min(ctx, ctx // max(1, args.parallel) + ub) * ub * 4
+    ub = max(1, min(args.ubatch, args.batch))
+    compute = compute_buffer_bytes(facts, ub=ub, n_ctx=ctx, flash_attn=args.flash_attn)
     if offloaded == 0:
         compute = ub * facts.hidden_size * 16
     calibrated = False
