@@ -29,8 +29,7 @@ def after_start(store: Store, spec: Any, host: Any, log_text: str,
     """
     try:
         record(store, spec, host, log_text, process_mib, estimate)
-    except Exception as exc:
-
+    except Exception as exc:  # a start must not fail on its bookkeeping: report what broke
         log.warning("calibration of %s failed: %s: %s", getattr(spec, "name", "?"),
                     type(exc).__name__, exc)
         store.log_event("calibration-failed", host=getattr(host, "name", None),

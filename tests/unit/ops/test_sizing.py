@@ -378,3 +378,19 @@ def test_mcp_model_estimate_and_cli_model_estimate_agree(home, capsys):
                "--max-model-len", "8192", "--cache-type-k", "q8_0", "--json")
     mcp = model_estimate(LLAMA, "llamacpp", 8192, "RTX 4090", ["-ctk", "q8_0"])
     assert cli == mcp and cli["gpu"] == "RTX 4090"
+
+
+def test_without_gpu_the_cli_and_mcp_size_for_the_active_hosts_card(home, capsys):
+    """No --gpu: both front ends plan for the active host's first GPU, not a fixed H100."""
+    from gpumod.ops.api import model_estimate
+    from gpumod.ops.hosts import save_host
+
+    card = GPU(0, "GPU-0", "NVIDIA GeForce RTX 4090", 24564)
+    save_host(home, Host("local", "local", gpus=(card,), engine_env={"vllm_version": "0.19.0"}),
+              replace=True)
+    cli = _cli(capsys, "model", "estimate", LLAMA, "--max-model-len", "8192", "--json")
+    mcp = model_estimate(LLAMA, "vllm", 8192)
+    assert cli == mcp
+    assert cli["gpu"] == "RTX 4090" and cli["gpu_usable_gib"] < 24
+    # a consumer card's engine defaults: 2048 batched tokens, 256 sequences
+    assert cli["max_num_batched_tokens"] == 2048 and cli["max_num_seqs"] == 256
