@@ -51,7 +51,8 @@ def record(store: Store, spec: Any, host: Any, log_text: str, process_mib: int |
     gpu = next((g for g in host.gpus if g.index == spec.gpus[0]), None)
     if gpu is None:
         return None
-    version = sizing.engine_version(host, spec.engine) or ""
+    # the engine's own banner says what ran; the host record may predate an upgrade
+    version = actual.get("engine_version") or sizing.engine_version(host, spec.engine) or ""
     facts = None
     try:
         facts = sizing.service_facts(store, spec, host)
