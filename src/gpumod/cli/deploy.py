@@ -49,12 +49,15 @@ def _err(message: str) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream the engine log while waiting.")
 @click.option("--force", is_flag=True,
               help="Start even where the planner says the model does not fit.")
+@click.option("--vllm-version", metavar="X.Y",
+              help="vLLM version the VRAM check plans for (default: the pod's, from setup).")
 @json_option
 @click.pass_context
 def start(ctx: click.Context, model: str | None, name: str | None, pod: str | None,
           engine: str | None, memory: str | None, context: str | None, gpus: int | None,
           port: int | None, deadline: float | None, health_path: str | None,
-          no_download: bool, quiet: bool, force: bool, as_json: bool) -> None:
+          no_download: bool, quiet: bool, force: bool, vllm_version: str | None,
+          as_json: bool) -> None:
     """Start MODEL (HF id, or a path on the host) as an OpenAI-compatible endpoint.
 
     \b
@@ -83,7 +86,8 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
     req = deploy.StartRequest(model=model, name=name, pod=pod, engine=engine, memory=memory,
                               context=context, gpus=gpus, port=port, custom_args=custom,
                               deadline=deadline, health_path=health_path,
-                              download=not no_download, force=force)
+                              download=not no_download, force=force,
+                              vllm_version=vllm_version)
     log = (lambda line: None) if quiet else (lambda line: _err(f"  | {line}"))
     result = deploy.start(store(), req, out=_err, log=log)
     if as_json:

@@ -8,12 +8,7 @@ import click
 
 from gpumod.cli.common import console, json_option, plain, print_json, table
 from gpumod.errors import UsageError
-
-
-def _store():
-    from gpumod.cli.common import store
-
-    return store()
+from gpumod.units import parse_tokens
 
 
 @click.group()
@@ -21,25 +16,12 @@ def model() -> None:
     """Model facts and VRAM estimates (vLLM, llama.cpp)."""
 
 
-def _gpu_mib(gpu: str | None, gpu_mib: int | None) -> tuple[int, str | None]:
-    from gpumod.planner import gputable
-
-    if gpu and gpu_mib:
-        raise UsageError("give --gpu or --gpu-mib, not both")
-    if gpu_mib:
-        if gpu_mib < 1024:
-            raise UsageError(f"--gpu-mib {gpu_mib} is too small", hint="MiB, e.g. 81559")
-        return gpu_mib, None          # named from the size (a known card's, if one matches)
-    name = gpu or "H100 80GB"
-    model_ = gputable.lookup(name)
-    return gputable.gpu_mib(name), model_.name if model_ else name
-
-
 @model.command()
 @click.argument("model_id", metavar="MODEL")
 @click.option("--engine", type=click.Choice(["vllm", "llamacpp"]), default="vllm",
               show_default=True)
-@click.option("--gpu", metavar="NAME", help='GPU type, e.g. "H100 80GB", "RTX 4090", "L4".')
+@click.option("--gpu", metavar="NAME", help='GPU type, e.g. "H100 80GB", "RTX 4090", "L4" '
+              "(default: the active host's first GPU, else an H100 80GB).")
 @click.option("--gpu-mib", type=int, metavar="N", help="GPU memory in MiB (nvidia-smi total).")
 @click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True,
               help="Tensor parallel size (vLLM).")
@@ -52,26 +34,26 @@ def _gpu_mib(gpu: str | None, gpu_mib: int | None) -> tuple[int, str | None]:
 @click.option("--cache-type-v", default="f16", show_default=True, help="llama.cpp -ctv.")
 @click.option("--n-gpu-layers", "ngl", type=click.IntRange(min=0), help="llama.cpp -ngl (default: all).")
 @click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True, help="llama.cpp -np.")
+@click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Pipeline parallel size (vLLM): stages, each of --tp GPUs.")
 @click.option("--max-num-seqs", type=click.IntRange(min=1), help="vLLM --max-num-seqs.")
-@click.option("--vllm-version", "version", metavar="X.Y", help="vLLM version (default 0.19).")
+@click.option("--max-num-batched-tokens", type=click.IntRange(min=1),
+              help="vLLM --max-num-batched-tokens (default: vLLM's for the version and card).")
+@click.option("--batch", "batch", type=click.IntRange(min=1), help="llama.cpp -b.")
+@click.option("--ubatch", "ubatch", type=click.IntRange(min=1), help="llama.cpp -ub.")
+@click.option("--vllm-version", "version", metavar="X.Y",
+              help="vLLM version (default: the active host's, else 0.19).")
 @click.option("--refresh", is_flag=True, help="Refetch facts from Hugging Face.")
 @json_option
 def estimate(model_id: str, engine: str, gpu: str | None, gpu_mib: int | None, tp: int,
              util: float | None, max_len: str | None, kv_cache_dtype: str, cache_type_k: str,
-             cache_type_v: str, ngl: int | None, parallel: int, max_num_seqs: int | None,
-             version: str | None, refresh: bool, as_json: bool) -> None:
+             cache_type_v: str, ngl: int | None, parallel: int, pp: int,
+             max_num_seqs: int | None, max_num_batched_tokens: int | None, batch: int | None,
+             ubatch: int | None, version: str | None, refresh: bool, as_json: bool) -> None:
     """Per-GPU memory for MODEL (HF id, model folder or .gguf) on an engine."""
-    from gpumod.planner import estimate as est
-    from gpumod.planner import estimate_for
-    from gpumod.planner.facts import resolve
+    from gpumod.ops import api
 
-    mib, gpu_label = _gpu_mib(gpu, gpu_mib)
-    length = est.parse_tokens(max_len) if max_len else None
-    if length is not None and length < 1:
-        raise UsageError(f"--max-model-len {max_len} is not a context length",
-                         hint="use e.g. 8192, 32k or 1m")
-    st = _store()
-    facts = resolve(model_id, store=st, refresh=refresh)
+    length = parse_tokens(max_len, what="--max-model-len") if max_len else None
     # The options become the engine's own args, read by the same parser the MCP tool
     # and the start check use, so all of them apply a calibration identically.
     argv: list[str] = []
@@ -80,32 +62,43 @@ def estimate(model_id: str, engine: str, gpu: str | None, gpu_mib: int | None, t
             raise UsageError(f"--gpu-memory-utilization {util} is outside (0, 1]",
                              hint="a share of the whole card, e.g. 0.9")
         argv += ["--tensor-parallel-size", str(tp), "--kv-cache-dtype", kv_cache_dtype]
+        if pp > 1:
+            argv += ["--pipeline-parallel-size", str(pp)]
         if util is not None:
             argv += ["--gpu-memory-utilization", repr(util)]
         if length:
             argv += ["--max-model-len", str(length)]
         if max_num_seqs:
             argv += ["--max-num-seqs", str(max_num_seqs)]
+        if max_num_batched_tokens:
+            argv += ["--max-num-batched-tokens", str(max_num_batched_tokens)]
     else:
         argv += ["-c", str(length or 4096), "-ctk", cache_type_k, "-ctv", cache_type_v,
                  "-np", str(parallel)]
         if ngl is not None:
             argv += ["-ngl", str(ngl)]
-    data = estimate_for(st, facts, engine=engine, args=argv, gpu_mib=mib, gpu_name=gpu_label,
-                        engine_version=version)
+        if batch:
+            argv += ["-b", str(batch)]
+        if ubatch:
+            argv += ["-ub", str(ubatch)]
+    data = api.model_estimate(model_id, engine, gpu=gpu, gpu_mib=gpu_mib, args=argv,
+                              vllm_version=version, refresh=refresh)
     if as_json:
         print_json(data)
         return
-    _print_estimate(data, facts)
+    _print_estimate(data)
 
 
-def _print_estimate(d: dict[str, Any], facts: Any) -> None:
+def _print_estimate(d: dict[str, Any]) -> None:
     c = console()
     c.print(plain(f"{d['model']} on {d['gpu']} ({d['gpu_mib']} MiB), engine {d['engine']}"))
     t = table("item", "GiB per GPU", "note")
     if d["engine"] == "vllm":
-        rows = [("weights", d["weights_gib"], f"tp={d['tp']}"),
-                ("activation peak", d["activation_gib"], "profile run"),
+        rows = [("weights", d["weights_gib"],
+                 f"tp={d['tp']}" + (f", pp={d['pp']}" if d.get("pp", 1) > 1 else "")),
+                ("activation peak", d["activation_gib"],
+                 f"profile run: {d['max_num_batched_tokens']} tokens, "
+                 f"{d['max_num_seqs']} sequences (vLLM {d['version']})"),
                 ("non-torch (NCCL, cuBLAS)", d["non_torch_gib"], ""),
                 ("CUDA graphs", d["cuda_graph_gib"], "outside the budget before vLLM 0.21"),
                 ("KV cache pool", d["kv_cache_gib"],
@@ -116,7 +109,7 @@ def _print_estimate(d: dict[str, Any], facts: Any) -> None:
                 ("total on the card", d["total_gib"], "what nvidia-smi will show")]
     else:
         rows = [("weights (offloaded)", d["weights_gib"],
-                 f"{d['layers_offloaded']}/{facts.num_layers} layers"),
+                 f"{d['layers_offloaded']} layers"),
                 ("KV cache", d["kv_cache_gib"],
                  f"-c {d['ctx']}, {d['cache_type_k']}/{d['cache_type_v']}"),
                 ("compute buffer", d["compute_gib"], ""),
@@ -144,18 +137,11 @@ def _print_estimate(d: dict[str, Any], facts: Any) -> None:
 @json_option
 def info(model_id: str, ollama_url: str | None, refresh: bool, as_json: bool) -> None:
     """Facts about MODEL and its calibrations (estimate vs what the engine reported)."""
-    from gpumod.planner import facts as facts_mod
-    from gpumod.planner.calibration import calibrations_for
+    from gpumod.ops import api
 
-    st = _store()
-    if ollama_url:
-        answer = facts_mod.fetch_ollama_show(ollama_url, model_id)
-        facts = facts_mod.facts_from_ollama_show(model_id, answer)
-        facts_mod.save_cached(st, facts)
-    else:
-        facts = facts_mod.resolve(model_id, store=st, refresh=refresh)
-    cals = calibrations_for(st, facts.key)
-    data = {"facts": facts.summary(), "calibrations": cals}
+    facts = api.model_info(model_id, ollama_url=ollama_url, refresh=refresh)
+    cals = facts.pop("calibrations")
+    data = {"facts": facts, "calibrations": cals}
     if as_json:
         print_json(data)
         return
@@ -188,11 +174,9 @@ def info(model_id: str, ollama_url: str | None, refresh: bool, as_json: bool) ->
 @json_option
 def search(query: tuple[str, ...], limit: int, as_json: bool) -> None:
     """Search Hugging Face for models (most downloaded first)."""
-    from gpumod.planner.facts import HubClient
+    from gpumod.ops import api
 
-    if not 1 <= limit <= 200:
-        raise UsageError("--limit must be between 1 and 200")
-    results = HubClient().search(" ".join(query), limit=limit)
+    results = api.model_search(" ".join(query), limit=limit)
     if as_json:
         print_json(results)
         return

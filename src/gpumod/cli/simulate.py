@@ -16,14 +16,14 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 
 def _contexts(values: tuple[str, ...]) -> dict[str, int]:
-    from gpumod.planner.estimate import parse_tokens
+    from gpumod.units import parse_tokens
 
     out: dict[str, int] = {}
     for v in values:
         name, sep, tokens = v.partition("=")
         if not sep or not name.strip():
             raise UsageError(f"--context {v!r}: expected SERVICE=TOKENS", hint="e.g. chat=16k")
-        out[name.strip()] = parse_tokens(tokens)
+        out[name.strip()] = parse_tokens(tokens, what="context")
     return out
 
 
@@ -39,11 +39,14 @@ def _contexts(values: tuple[str, ...]) -> dict[str, int]:
 @click.option("--visual", is_flag=True, help="Draw the ASCII VRAM picture.")
 @click.option("--no-live", is_flag=True,
               help="Use the stored GPU inventory, not the host's nvidia-smi right now.")
+@click.option("--vllm-version", metavar="X.Y",
+              help="Plan for this vLLM version (default: the host's, from setup).")
 @pod_option
 @json_option
 def simulate(services: tuple[str, ...], mode: str | None, add: tuple[str, ...],
              remove: tuple[str, ...], context: tuple[str, ...], margin_mib: int | None,
-             visual: bool, no_live: bool, pod: str | None, as_json: bool) -> None:
+             visual: bool, no_live: bool, vllm_version: str | None, pod: str | None,
+             as_json: bool) -> None:
     """Would these services fit on the pod's GPUs? Per GPU, by how much, and alternatives.
 
     Memory that programs outside the simulated set hold now (per the host's
@@ -52,15 +55,15 @@ def simulate(services: tuple[str, ...], mode: str | None, add: tuple[str, ...],
     """
     from gpumod.cli.common import store
     from gpumod.ops.hosts import resolve_host
+    from gpumod.ops.simulate import simulate as run
     from gpumod.planner.picture import render_gpu_bars
-    from gpumod.planner.simulate import simulate as run
 
     st = store()
     # A mode names its host; --pod (or, without a mode, the active host) otherwise.
     host = resolve_host(st, pod).name if pod or not mode else ""
     result = run(st, host=host, services=_split(services) or None, mode=mode,
                  add=_split(add), remove=_split(remove), contexts=_contexts(context),
-                 margin_mib=margin_mib, live=not no_live)
+                 margin_mib=margin_mib, live=not no_live, version=vllm_version)
     if as_json:
         print_json(result.to_json())
     else:

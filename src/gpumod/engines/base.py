@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from gpumod.errors import UsageError
 from gpumod.spec import ServiceSpec
+from gpumod.units import MAX_CONTEXT, parse_tokens
 
 # Environment every engine gets: no telemetry, predictable GPU numbering.
 BASE_ENV = {
@@ -26,25 +27,11 @@ BASE_ENV = {
     "DO_NOT_TRACK": "1",
 }
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
-MAX_CONTEXT = 1024 * 1024  # "1m"
 
 
 def parse_context(text: str) -> int:
     """'4k' -> 4096, '256k' -> 262144, '1m' -> 1048576, '8192' -> 8192; else UsageError."""
-    match = _SIZE.match(str(text))
-    if not match:
-        raise UsageError(f"invalid context size {text!r}",
-                         hint="use e.g. 4k, 32k, 128k, 1m or a number of tokens")
-    number, unit = int(match.group(1)), match.group(2).lower()
-    value = number * {"": 1, "k": 1024, "m": 1024 * 1024}[unit]
-    if value < 1 or value > MAX_CONTEXT or (unit and number == 0):
-        raise UsageError(f"context size {text!r} is out of range",
-                         hint="use a size from 1 token up to 1m (1048576 tokens)")
-    if unit == "" and value < 256:
-        raise UsageError(f"context size {text!r} is too small",
-                         hint="give at least 256 tokens, or use a suffix: 4k, 32k, 128k")
-    return value
+    return parse_tokens(text, what="context size", maximum=MAX_CONTEXT, bare_minimum=256)
 
 
 def parse_memory(text: str) -> float:

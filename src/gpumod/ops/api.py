@@ -216,64 +216,73 @@ def mode_switch(mode: str, progress: Progress | None = None) -> dict[str, Any]:
 
 def simulate_mode(mode: str | None = None, add: Sequence[str] = (),
                   remove: Sequence[str] = (), contexts: dict[str, int] | None = None,
-                  pod: str | None = None) -> dict[str, Any]:
+                  pod: str | None = None, vllm_version: str | None = None) -> dict[str, Any]:
     """Would MODE (plus/minus services, with these contexts) fit? Nothing is changed."""
     if not mode and not add:
         raise UsageError("nothing to simulate", hint="give a mode, or services to add")
     with session_store() as store:
         from gpumod.ops.hosts import resolve_host
 
-        simulate = _op("gpumod.planner.simulate", "simulate")
+        simulate = _op("gpumod.ops.simulate", "simulate")
         # A mode names its host; --pod (or, without a mode, the active host) otherwise.
         host = resolve_host(store, pod).name if pod or not mode else ""
         # Live GPU use, as `gpumod simulate` (falls back to the inventory when unreachable).
         result = simulate(store, host=host, mode=mode or None, add=list(add),
-                          remove=list(remove), contexts=dict(contexts or {}), live=True)
+                          remove=list(remove), contexts=dict(contexts or {}), live=True,
+                          version=vllm_version)
         out = jsonable(result)
-        bars = getattr(result, "bars", None)
-        if callable(bars):
-            out["picture"] = _op("gpumod.planner.picture", "render_gpu_bars")(bars())
+        out["picture"] = _op("gpumod.planner.picture", "render_gpu_bars")(result.bars())
         return out
 
 
-def model_info(model: str) -> dict[str, Any]:
-    """Facts of a model: a Hugging Face id, a folder or a .gguf file."""
+def model_info(model: str, ollama_url: str | None = None,
+               refresh: bool = False) -> dict[str, Any]:
+    """Facts of a model (a Hugging Face id, a folder or a .gguf file) and its calibrations."""
     with session_store() as store:
-        from gpumod.planner.facts import resolve
+        info = _op("gpumod.ops.facts", "model_info")(store, model, ollama_url=ollama_url,
+                                                      refresh=refresh)
+        return {**info["facts"], "calibrations": info["calibrations"]}
 
-        return resolve(model, store=store).summary()
+
+def model_search(query: str, limit: int = 20) -> list[dict[str, Any]]:
+    """Models on the Hugging Face Hub matching QUERY, most downloaded first."""
+    return _op("gpumod.ops.facts", "search_models")(query, limit)
 
 
 def model_estimate(model: str, engine: str = "vllm", context: int | None = None,
                    gpu: str | None = None, args: Sequence[str] = (),
-                   pod: str | None = None) -> dict[str, Any]:
+                   pod: str | None = None, gpu_mib: int | None = None,
+                   vllm_version: str | None = None, refresh: bool = False) -> dict[str, Any]:
     """Per-GPU VRAM estimate for serving MODEL with ENGINE and these engine args.
 
-    The card: GPU type GPU, else the first GPU of --pod (or the active host), else an
-    H100 80GB. The args are read by the planner's own engine-args parsers.
+    The card: GPU type GPU (or GPU_MIB MiB), else the first GPU of --pod (or the
+    active host), else an H100 80GB. The vLLM version: VLLM_VERSION, else the
+    host's recorded one. The same request `pi start` admits with (ops.sizing).
     """
-    from gpumod.planner import estimate_for, gputable
-    from gpumod.planner.facts import resolve
+    from gpumod.planner import gputable
 
     if engine not in ("vllm", "llamacpp"):
         raise UsageError(f"unknown engine {engine!r}", hint="use vllm or llamacpp")
+    if gpu and gpu_mib:
+        raise UsageError("give --gpu or --gpu-mib, not both")
     argv = list(args)
     if context is not None:
         argv += ["--max-model-len" if engine == "vllm" else "-c", str(context)]
     with session_store() as store:
-        version: str | None = None
-        if gpu:
-            gpu_mib, gpu_name = gputable.gpu_mib(gpu), gpu
-        else:
-            from gpumod.ops.hosts import resolve_host
+        from gpumod.ops.hosts import resolve_host
 
-            host = resolve_host(store, pod)
-            cards = host.gpus
-            gpu_mib, gpu_name = ((cards[0].memory_mib, cards[0].name) if cards else
-                                 (gputable.gpu_mib("H100 80GB"), "H100 80GB"))
-            if cards and engine == "vllm":
-                version = str(host.engine_env.get("vllm_version") or "") or None
-        facts = resolve(model, store=store)
-        # the same calibrated path as `gpumod model estimate` (planner.estimate_for)
-        return estimate_for(store, facts, engine=engine, args=argv, gpu_mib=gpu_mib,
-                            gpu_name=gpu_name, engine_version=version)
+        host = resolve_host(store, pod)
+        if gpu_mib:
+            if gpu_mib < 1024:
+                raise UsageError(f"--gpu-mib {gpu_mib} is too small", hint="MiB, e.g. 81559")
+            mib, name = gpu_mib, None
+        elif gpu:
+            known = gputable.lookup(gpu)
+            mib, name = gputable.gpu_mib(gpu), known.name if known else gpu
+        elif host.gpus:
+            mib, name = host.gpus[0].memory_mib, host.gpus[0].name
+        else:
+            mib, name = gputable.gpu_mib("H100 80GB"), "H100 80GB"
+        return _op("gpumod.ops.sizing", "estimate")(
+            store, model, engine=engine, args=argv, gpu_mib=mib, gpu_name=name,
+            version=vllm_version, host=host, refresh=refresh)

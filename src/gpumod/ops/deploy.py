@@ -248,6 +248,7 @@ class StartRequest:
     health_path: str | None = None
     download: bool = True
     force: bool = False                     # start even where the planner says it won't fit
+    vllm_version: str | None = None         # plan for this vLLM version (default: the pod's)
 
 
 @dataclass
@@ -517,6 +518,7 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
                         model=req.model, port=0, args=tuple(plan.args), env=dict(plan.env),
                         health_path=req.health_path or plan.engine.health.path,
                         extra={"origin": records.ORIGIN_START, "support": plan.support,
+                               **({"vllm_version": req.vllm_version} if req.vllm_version else {}),
                                "catalog": plan.known.id if plan.known else None,
                                "config": plan.selection.config.label() if plan.selection
                                else None,

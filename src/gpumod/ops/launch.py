@@ -4,14 +4,14 @@
 start`, mode switches, wake-by-restart and `gpumod watch` (a defined service)
 all go through :func:`launch`:
 
-1. planner admission (``gpumod.planner.admission.check_start``) with the host's live
+1. planner admission (``gpumod.ops.sizing.check_start``) with the host's live
    GPU figures: the engine's memory settings are computed where the user set none,
    and a service that cannot fit is refused (``--force`` overrides);
 2. the supervisor starts the engine (secrets by stdin into a 0600 file);
 3. health is awaited ON the host with a deadline while the engine log streams
    (the answer must come from the service's own process group);
 4. the record says 'running' with the pid; the planner learns from the engine's log
-   (``gpumod.planner.calibration.after_start``).
+   (``gpumod.ops.calibration.after_start``).
 
 Any failure or Ctrl+C after the launch stops what was launched. A new deployment's
 reservation and folder are removed (nothing half-recorded); a defined service is
@@ -319,12 +319,8 @@ def admit(store: Store, rt: Runtime, usage: list[Any] | None, *, force: bool,
 
     Returns the runtime to launch (with the admitted engine args) and the estimate used.
     """
-    try:
-        from gpumod.planner.admission import check_start
-    except ImportError as exc:  # the planner's admission is not part of this build
-        if exc.name not in ("gpumod.planner.admission", None) and "check_start" not in str(exc):
-            raise
-        return rt, None
+    from gpumod.ops.sizing import check_start
+
     admission = check_start(store, rt.host, rt.spec, usage, force=force)
     for note in admission.notes:
         progress(f"{rt.spec.name}: {note}")
@@ -354,10 +350,8 @@ def process_gpu_mib(transport: Transport, pid: int) -> int | None:
 def calibrate(store: Store, rt: Runtime, pid: int | None, *, measured: bool,
               estimate: dict[str, Any] | None) -> None:
     """Feed the planner what the engine reported (best effort: never fails a start)."""
-    try:
-        from gpumod.planner.calibration import after_start
-    except ImportError:
-        return
+    from gpumod.ops.calibration import after_start
+
     try:
         process_mib = process_gpu_mib(rt.transport, pid) if measured and pid else None
         after_start(store, rt.spec, rt.host, rt.read_log(2000), process_mib, estimate=estimate)

@@ -20,7 +20,6 @@ A switch (``switch_mode``):
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +35,6 @@ from gpumod.errors import (
 from gpumod.ops import hosts as hosts_ops
 from gpumod.ops import lifecycle
 from gpumod.ops.lifecycle import Progress, _quiet
-from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 
 SWITCH_LOCK_WAIT = 3.0
@@ -197,80 +195,35 @@ def plan_switch(store: Store, name: str, *, keep_warm: bool = False) -> SwitchPl
 
 
 def check_fit(store: Store, plan: SwitchPlan, transport: Any) -> str:
-    """Planner check: do the entering services fit once the leaving ones are gone?"""
-    from gpumod.engines.base import flag_value, get_engine
-    from gpumod.engines.sleep import tree_gpu_mib
-    from gpumod.hosts.gpus import snapshot
-    from gpumod.planner.placement import GPUState, ServiceRequest, place
+    """Do the target mode's services fit once the leaving ones are gone? (the planner's answer)
 
-    entering = plan.start + plan.wake
-    if not entering:
+    The same simulation as `gpumod simulate --mode`: the target set (kept, woken and
+    started services, in start order) is placed on the GPUs as nvidia-smi sees them
+    now; what the services that stop hold counts as free, what anything else holds as
+    used. A service without model facts or a declared budget counts as 0, with a note.
+    """
+    from gpumod.ops.simulate import simulate
+
+    if not (plan.start + plan.wake):
         return "nothing to start"
-    snap = snapshot(transport)
-    if snap is None:
-        return "fit not checked: no nvidia-smi on the host"
-    freed: dict[int, int] = {}
-    by_uuid = {u.gpu.uuid: u.gpu.index for u in snap.gpus}
-    for name in plan.stop:
-        spec = lifecycle.get_service(store, name)
-        if spec.pid:
-            tree_pids = set()
-            with contextlib.suppress(GpumodError):
-                from gpumod.engines.sleep import process_tree
-
-                tree_pids = process_tree(transport, spec.pid)
-            for proc in snap.processes:
-                if proc.pid in tree_pids and proc.used_mib:
-                    index = by_uuid.get(proc.gpu_uuid)
-                    if index is not None:
-                        freed[index] = freed.get(index, 0) + proc.used_mib
-    gpus = []
-    for usage in snap.gpus:
-        used = usage.used_mib if usage.used_mib is not None else (
-            usage.gpu.memory_mib - (usage.free_mib or 0))
-        gpus.append(GPUState(usage.gpu.index, usage.gpu.name, usage.gpu.memory_mib,
-                             max(0, int(used) - freed.get(usage.gpu.index, 0))))
-    total = {g.index: g.total_mib for g in gpus}
-    requests = []
-    unknown = []
-    for name in entering:
-        spec: ServiceSpec = lifecycle.get_service(store, name)
-        engine = get_engine(spec.engine)
-        mib = spec.vram_mib
-        if name in plan.wake:
-            # a sleeping engine already holds part of its memory; count what it will add
-            rt_mib = None
-            with contextlib.suppress(GpumodError):
-                rt_mib = tree_gpu_mib(transport, spec.pid)
-            if mib is None:
-                util = flag_value(spec.args, ("--gpu-memory-utilization",))
-                if util and spec.gpus:
-                    mib = int(float(util) * total.get(spec.gpus[0], 0))
-            if mib is not None and rt_mib:
-                mib = max(0, mib - rt_mib)
-        elif mib is None and spec.engine == "vllm":
-            util = flag_value(spec.args, ("--gpu-memory-utilization",)) or "0.9"
-            first = spec.gpus[0] if spec.gpus else min(total) if total else 0
-            mib = int(float(util) * total.get(first, 0))
-        if mib is None:
-            unknown.append(name)
-        tp = 1
-        with contextlib.suppress(Exception):
-            tp = engine.gpu_count(spec.args)
-        requests.append(ServiceRequest(name=name, engine="command", vram_mib=mib or 0,
-                                       tp=max(tp, len(spec.gpus) or 1),
-                                       pinned_gpus=tuple(spec.gpus)))
-    placement = place(gpus, requests, with_alternatives=False)
+    target = [*plan.keep, *plan.wake, *plan.start]
+    result = simulate(store, host=plan.host, services=target, live=True, transport=transport,
+                      leaving=plan.stop, strict=False)
+    placement = result.placement
+    where = "" if result.usage == "live" else f" (stored inventory: {result.usage_note})"
     if not placement.fits:
         worst = min(placement.gpus, key=lambda f: f.free_after_mib)
+        alts = "; ".join(f"[{a.rank}] {a.description}" for a in placement.alternatives[:3])
         raise CapacityError(
-            f"mode {plan.target} does not fit on {plan.host}: GPU {worst.index} would need "
-            f"{worst.planned_mib} MiB with {worst.capacity_mib - worst.used_mib} MiB free"
+            f"mode {plan.target} does not fit on {plan.host}{where}: GPU {worst.index} would "
+            f"need {worst.planned_mib} MiB with {worst.capacity_mib - worst.used_mib} MiB free"
             + (f" ({placement.reason})" if placement.reason else ""),
-            hint="`gpumod simulate --mode " + plan.target + "` shows the alternatives")
-    note = f"fits ({', '.join(f'GPU {f.index}: {f.free_after_mib} MiB left' for f in placement.gpus)})"
-    if unknown:
-        note += f"; no VRAM budget known for {', '.join(unknown)}"
+            hint=(f"alternatives: {alts}; " if alts else "")
+            + "`gpumod simulate --mode " + plan.target + "` shows them all")
+    note = "fits" + where + " (" + ", ".join(
+        f"GPU {f.index}: {f.free_after_mib} MiB left" for f in placement.gpus) + ")"
+    if result.warnings:
+        note += "; " + "; ".join(result.warnings)
     return note
 
 

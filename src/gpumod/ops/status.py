@@ -48,19 +48,21 @@ def host_status(store: Store, pod: str | None) -> HostStatus:
 
 
 def render_visual(status: HostStatus) -> str:
-    """One bar per GPU with a segment per process/service (the planner draws it)."""
-    try:
-        from gpumod.planner.picture import render_live_status
-    except ImportError:  # planner not installed yet: a plain bar
-        render_live_status = None
-    if render_live_status is not None:
-        return render_live_status(status.to_json())
-    lines = []
-    for g in status.gpus:
-        total = g["memory_total_mib"] or 1
-        used = g["memory_used_mib"] or 0
-        width = 50
-        filled = min(width, round(width * used / total))
-        lines.append(f"GPU {g['index']} [{'#' * filled}{'.' * (width - filled)}] "
-                     f"{used}/{total} MiB")
-    return "\n".join(lines)
+    """One bar per GPU with a segment per process/service (the planner's picture)."""
+    from gpumod.planner.picture import render_live_status
+
+    return render_live_status(status.to_json())
+
+
+def gpu_bars(status: dict[str, Any]) -> list[Any]:
+    """The bars of a HostStatus JSON, for front ends that draw them themselves (the TUI)."""
+    from gpumod.planner.picture import live_bars
+
+    return live_bars(status)
+
+
+def bar_cells(bar: Any, width: int) -> list[int]:
+    """Columns each segment of `bar` takes in a `width`-column bar."""
+    from gpumod.planner.picture import segment_cells
+
+    return segment_cells(bar.segments, max(1, bar.total_mib), width)

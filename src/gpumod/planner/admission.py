@@ -1,9 +1,10 @@
 """Admission: may this service start on its GPUs now, and with which memory settings?
 
-The start path calls :func:`check_start` once the GPUs are picked and before
-the engine is launched. It reads the model's facts (cached in the store),
-the live nvidia-smi figures and the latest calibration for the same setup,
-places the service with :func:`gpumod.planner.placement.place`, and either
+The start path (``gpumod.ops.sizing.check_start``) calls :func:`precheck` and
+:func:`admit` once the GPUs are picked and before the engine is launched, with
+the live nvidia-smi figures and the request ``ops.sizing`` built (model facts,
+engine version, the latest calibration for the same setup, catalog variants).
+:func:`admit` places the service with :func:`gpumod.planner.placement.place`, and either
 
 - admits it, with the engine's memory settings filled in where the user set
   none (vLLM: ``--gpu-memory-utilization`` as a share of the *whole* card that
@@ -23,22 +24,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpumod.errors import CapacityError, GpumodError, UsageError
-from gpumod.planner import calibration as cal_mod
 from gpumod.planner import estimate as est
+from gpumod.planner.alternatives import Alternative
 from gpumod.planner.gputable import GIB, cuda_total_mib
 from gpumod.planner.placement import (
     DEFAULT_MARGIN_MIB,
-    Alternative,
     GPUState,
     Placement,
     ServiceRequest,
-    gpu_states,
+    llamacpp_args,
     place,
+    vllm_args,
 )
 
 VLLM_UTIL = ("--gpu-memory-utilization",)
 VLLM_KV_BYTES = ("--kv-cache-memory-bytes", "--kv-cache-memory")
-VLLM_PP = ("--pipeline-parallel-size", "-pp")
 VLLM_DP = ("--data-parallel-size", "-dp")
 LLAMA_CTX = ("-c", "--ctx-size")
 LLAMA_NGL = ("-ngl", "--gpu-layers", "--n-gpu-layers")
@@ -77,54 +77,28 @@ def quantized_variants(model: str, engine: str | None = None) -> tuple[str, ...]
     return tuple(out)
 
 
-def check_start(store: Any, host: Any, spec: Any, usage: list[Any] | None, *,
-                force: bool) -> Admission:
-    """Admit `spec` on `host` given the live GPU `usage`, or raise CapacityError.
+def precheck(spec: Any, gpus: list[GPUState], host_name: str, *, force: bool
+             ) -> Admission | None:
+    """What is decided before the model's facts are read: bad GPUs, generic engines.
 
-    `spec.gpus` are the GPUs already picked; `usage` is nvidia-smi's view of the
-    host's GPUs (None: no nvidia-smi there). User-given memory settings are kept
-    and checked; missing ones are computed. With `force` a start that does not
-    fit is admitted with a warning note.
+    Returns the admission when nothing more is to be checked, else None.
     """
     args = tuple(spec.args)
-    if usage is None:
-        return Admission(args, [f"no VRAM check: no nvidia-smi on {host.name}"])
-    if not spec.gpus:
-        return Admission(args, ["no VRAM check: no GPU assigned (runs on the CPU)"])
-    gpus = gpu_states(usage)
     known = {g.index for g in gpus}
     missing = [i for i in spec.gpus if i not in known]
     if missing:
-        raise UsageError(f"{spec.name}: GPU {missing[0]} does not exist on {host.name}",
+        raise UsageError(f"{spec.name}: GPU {missing[0]} does not exist on {host_name}",
                          hint=f"GPUs there: {', '.join(map(str, sorted(known))) or 'none'}")
     if spec.engine not in ("vllm", "llamacpp"):
         return _check_declared(spec, gpus, args, force)
     if spec.engine == "vllm":
         from gpumod.engines.base import flag_value
 
-        for names, what in ((VLLM_PP, "pipeline"), (VLLM_DP, "data")):
-            value = flag_value(args, names)
-            if value not in (None, "1"):
-                return Admission(args, [f"no VRAM check: {what} parallel ({names[0]} {value}) "
-                                        "is not modelled by the planner"])
-    ref, why = cal_mod.model_ref(spec, host)
-    if ref is None:
-        return Admission(args, [f"no VRAM check: {why}"])
-    from gpumod.planner.facts import resolve
-
-    try:
-        facts = resolve(ref, store=store)
-    except GpumodError as exc:
-        return Admission(args, [f"no VRAM check: no facts for {spec.model}: {exc.message}"])
-    except Exception as exc:  # facts are a help, never a reason not to start
-        return Admission(args, [f"no VRAM check: no facts for {spec.model}: "
-                                f"{type(exc).__name__}: {exc}"])
-    try:
-        return _admit(store, host, spec, facts, gpus, args, force)
-    except UsageError as exc:
-        if not force:
-            raise
-        return Admission(args, [f"warning: --force: not checked: {exc.message}"])
+        value = flag_value(args, VLLM_DP)
+        if value not in (None, "1"):
+            return Admission(args, [f"no VRAM check: data parallel ({VLLM_DP[0]} {value}) "
+                                    "is not modelled by the planner"])
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -158,35 +132,13 @@ def _free_mib(g: GPUState) -> int:
     return g.capacity_mib - g.used_mib
 
 
-def _gpu_key(host: Any, gpus: list[GPUState], index: int) -> tuple[str, int]:
-    g = next((x for x in host.gpus if x.index == index), None)
-    if g is not None:
-        return cal_mod.gpu_label(g.name, g.memory_mib), g.memory_mib
-    s = next(x for x in gpus if x.index == index)
-    return cal_mod.gpu_label(s.name, s.total_mib), s.total_mib
+def admit(spec: Any, gpus: list[GPUState], req: ServiceRequest, *, force: bool) -> Admission:
+    """Place `req` (built by ``gpumod.ops.sizing``) on its GPUs: admit it, or refuse it.
 
-
-def _request(store: Any, host: Any, spec: Any, facts: Any,
-             gpus: list[GPUState]) -> ServiceRequest:
-    from gpumod.planner.simulate import request_for
-
-    req, _ = request_for(spec, store=store, facts=facts)
-    version = str(host.engine_env.get("vllm_version") or "") if spec.engine == "vllm" else ""
-    if version:
-        req.version = version
-    label, _ = _gpu_key(host, gpus, spec.gpus[0])
-    req.calibration = cal_mod.find_calibration(
-        store, model=facts.key, engine=spec.engine, engine_version=version, gpu_name=label,
-        args_key=cal_mod.setup_key(spec.engine, spec.args))
-    if spec.engine == "vllm" and req.calibration and not req.version:
-        req.version = req.calibration["engine_version"] or None
-    req.variants = quantized_variants(spec.model, spec.engine)
-    return req
-
-
-def _admit(store: Any, host: Any, spec: Any, facts: Any, gpus: list[GPUState],
-           args: tuple[str, ...], force: bool) -> Admission:
-    req = _request(store, host, spec, facts, gpus)
+    User-given memory settings are kept and checked; missing ones are computed.
+    With `force` a start that does not fit is admitted with a warning note.
+    """
+    args = tuple(spec.args)
     placement = place(gpus, [req])
     a = placement.assignment(spec.name)
     free_note = "; ".join(f"GPU {g.index}: {_free_mib(g) / 1024:.1f} of "
@@ -258,14 +210,12 @@ def _admit_llamacpp(spec: Any, e: dict[str, Any], settings: dict[str, Any],
     return Admission(args, notes, e)
 
 
-def _vllm_estimate(req: ServiceRequest, gpu_mib: int, util: float | None,
+def _vllm_estimate(req: ServiceRequest, gpu: GPUState, util: float | None,
                    kv_bytes: int | None = None) -> est.VLLMEstimate:
-    return est.vllm_estimate(
-        req.facts, gpu_mib=gpu_mib, calibration=req.calibration,
-        args=est.VLLMArgs(tp=req.tp, gpu_memory_utilization=util, max_model_len=req.context,
-                          kv_cache_dtype=req.kv_cache_dtype, kv_cache_memory_bytes=kv_bytes,
-                          max_num_seqs=req.max_num_seqs, enforce_eager=req.enforce_eager,
-                          version=req.version))
+    args = vllm_args(req, util)
+    args.kv_cache_memory_bytes = kv_bytes
+    return est.vllm_estimate(req.facts, gpu_mib=gpu.total_mib, gpu_name=gpu.name, args=args,
+                             calibration=req.calibration)
 
 
 def _outside_budget_mib(e: est.VLLMEstimate) -> float:
@@ -279,8 +229,8 @@ def _vllm_refusal(spec: Any, req: ServiceRequest, gpus: list[GPUState],
     """(message, first hint, args to use under --force, estimate) for a vLLM start that fails."""
     mine = [g for g in gpus if g.index in spec.gpus]
     tight = min(mine, key=_free_mib)
-    gpu_total = min(g.total_mib for g in mine)
-    usable = cuda_total_mib(gpu_total)
+    card = min(mine, key=lambda g: g.total_mib)
+    usable = cuda_total_mib(card.total_mib)
     free = _free_mib(tight)
     room = free - DEFAULT_MARGIN_MIB
     model, tp = spec.model, req.tp
@@ -289,31 +239,27 @@ def _vllm_refusal(spec: Any, req: ServiceRequest, gpus: list[GPUState],
     def short(need_mib: float) -> str:
         return " (0.5 GiB is kept as a margin)" if need_mib <= free else ""
 
-    probe = _vllm_estimate(req, gpu_total, 1.0)
+    probe = _vllm_estimate(req, card, 1.0)
     outside = _outside_budget_mib(probe)
-    min_util = est.utilization_for(req.facts, gpu_mib=gpu_total, calibration=req.calibration,
-                                   args=est.VLLMArgs(tp=tp, max_model_len=req.context,
-                                                     kv_cache_dtype=req.kv_cache_dtype,
-                                                     max_num_seqs=req.max_num_seqs,
-                                                     enforce_eager=req.enforce_eager,
-                                                     version=req.version))
+    min_util = est.utilization_for(req.facts, gpu_mib=card.total_mib, gpu_name=card.name,
+                                   calibration=req.calibration, args=vllm_args(req, None))
     max_util = math.floor((room - outside) / usable * 100) / 100
     ctx = probe.max_model_len
     fit_hint = ""
     if max_util >= min_util and max_util > 0:
-        at_max = _vllm_estimate(req, gpu_total, max_util)
+        at_max = _vllm_estimate(req, card, max_util)
         fit_hint = (f"the most that fits now is --gpu-memory-utilization {max_util:.2f} "
                     f"(KV cache {at_max.kv_cache_gib:.1f} GiB, {at_max.max_concurrency:.1f}x "
                     f"{ctx:,}-token sequences)")
     forced = args
     if req.kv_cache_memory_bytes:
-        e = _vllm_estimate(req, gpu_total, None, req.kv_cache_memory_bytes)
+        e = _vllm_estimate(req, card, None, req.kv_cache_memory_bytes)
         need = e.total_mib
         message = (f"{model} with --kv-cache-memory-bytes {req.kv_cache_memory_bytes} needs "
                    f"{need / 1024:.1f} GiB per GPU with tp={tp} but {where}{short(need)}")
         return message, "a smaller --kv-cache-memory-bytes", forced, e.to_json()
     if req.gpu_memory_utilization is not None:
-        e = _vllm_estimate(req, gpu_total, req.gpu_memory_utilization)
+        e = _vllm_estimate(req, card, req.gpu_memory_utilization)
         if e.problems and e.free_needed_gib * 1024 <= room:
             # it would start, but the share is too small for the model itself
             message = (f"{model} with --gpu-memory-utilization "
@@ -340,7 +286,7 @@ def _vllm_refusal(spec: Any, req: ServiceRequest, gpus: list[GPUState],
     e = probe
     if max_util > 0:
         forced = (*args, VLLM_UTIL[0], f"{min(max_util, 1.0):.2f}")
-        e = _vllm_estimate(req, gpu_total, min(max_util, 1.0))
+        e = _vllm_estimate(req, card, min(max_util, 1.0))
     return message, "", forced, e.to_json()
 
 
@@ -349,10 +295,7 @@ def _llamacpp_refusal(spec: Any, req: ServiceRequest, gpus: list[GPUState],
     mine = [g for g in gpus if g.index in spec.gpus]
     tight = min(mine, key=_free_mib)
     free = _free_mib(tight)
-    largs = est.LlamaCppArgs(ctx=req.context or 4096,
-                             n_gpu_layers=999 if req.n_gpu_layers is None else req.n_gpu_layers,
-                             cache_type_k=req.cache_type_k, cache_type_v=req.cache_type_v,
-                             parallel=req.parallel)
+    largs = llamacpp_args(req)
     e = est.llamacpp_estimate(req.facts, gpu_mib=tight.total_mib, args=largs,
                               calibration=req.calibration)
     ngl = "all" if largs.n_gpu_layers >= req.facts.num_layers else str(largs.n_gpu_layers)
@@ -367,7 +310,7 @@ def _alternatives(gpus: list[GPUState], req: ServiceRequest, failed: Placement) 
     """Ranked alternatives: the placement's own, plus more GPUs (tensor parallel)."""
     alts: list[Alternative] = list(failed.alternatives)
     tp2 = req.tp * 2
-    if req.engine == "vllm" and req.facts is not None and tp2 <= len(gpus) \
+    if req.engine == "vllm" and req.facts is not None and tp2 * req.pp <= len(gpus) \
             and req.facts.num_heads % tp2 == 0 \
             and not any(a.kind == "more-gpus" for a in alts):
         try:

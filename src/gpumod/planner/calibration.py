@@ -1,22 +1,18 @@
-"""Learn from what engines report: parse memory lines from logs, store estimate vs actual.
+"""Learn from what engines report: parse memory lines from logs, key the measurement.
 
 The latest measurement for the same (model, engine, engine version, GPU,
 setup args) replaces the estimated weights/activation/overheads in the next
-estimate (see ``estimate.vllm_estimate(calibration=...)``).
+estimate (see ``estimate.vllm_estimate(calibration=...)``). Storing and finding
+measurements is the store's and the operations layer's job
+(``gpumod.store.calibrations``, ``gpumod.ops.calibration``); this module only reads
+logs and makes the keys.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
 from collections.abc import Sequence
 from typing import Any
-
-from gpumod.errors import UsageError
-from gpumod.store.db import Store, dumps, loads
-
-log = logging.getLogger(__name__)
 
 _NUM = r"([0-9]+(?:\.[0-9]+)?)"
 
@@ -94,50 +90,8 @@ def parse_log(engine: str, text: str) -> dict[str, Any]:
     return parse_vllm_log(text) if engine == "vllm" else parse_llamacpp_log(text)
 
 
-def record_calibration(store: Store, *, model: str, engine: str, engine_version: str = "",
-                       gpu_name: str = "", args_key: str = "", estimate: dict[str, Any],
-                       actual: dict[str, Any], process_mib: int | None = None) -> int:
-    """Store one estimate-vs-actual pair; returns its id.
-
-    `actual` is what ``parse_log`` returned (plus anything else measured);
-    `process_mib` is the engine process's use from nvidia-smi, when known.
-    """
-    actual = dict(actual)
-    if process_mib is not None:
-        actual["process_mib"] = int(process_mib)
-    with store.transaction() as db:
-        cur = db.execute(
-            "INSERT INTO calibrations (model, engine, engine_version, gpu_name, args_key, "
-            "estimate, actual) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (model, engine, engine_version or "", gpu_name or "", args_key or "",
-             dumps(estimate), dumps(actual)))
-        return int(cur.lastrowid or 0)
-
-
-def latest_calibration(store: Store, *, model: str, engine: str, engine_version: str = "",
-                       gpu_name: str = "", args_key: str = "") -> dict[str, Any] | None:
-    row = store.query_one(
-        "SELECT * FROM calibrations WHERE model = ? AND engine = ? AND engine_version = ? "
-        "AND gpu_name = ? AND args_key = ? ORDER BY id DESC LIMIT 1",
-        (model, engine, engine_version or "", gpu_name or "", args_key or ""))
-    return _row(row) if row else None
-
-
-def calibrations_for(store: Store, model: str, limit: int = 20) -> list[dict[str, Any]]:
-    rows = store.query("SELECT * FROM calibrations WHERE model = ? ORDER BY id DESC LIMIT ?",
-                       (model, limit))
-    return [_row(r) for r in rows]
-
-
-def _row(row: Any) -> dict[str, Any]:
-    return {"id": row["id"], "model": row["model"], "engine": row["engine"],
-            "engine_version": row["engine_version"], "gpu_name": row["gpu_name"],
-            "args_key": row["args_key"], "estimate": loads(row["estimate"], {}),
-            "actual": loads(row["actual"], {}), "created_at": row["created_at"]}
-
-
 # ---------------------------------------------------------------------------
-# The keys a measurement is filed under, and the one lookup every caller uses
+# The keys a measurement is filed under, and which filed measurement applies
 # ---------------------------------------------------------------------------
 
 def setup_key(engine: str, argv: Sequence[str]) -> str:
@@ -162,57 +116,21 @@ def gpu_label(name: str | None, mib: int) -> str:
     return gputable.display_name("GPU", mib)
 
 
-def find_calibration(store: Store, *, model: str, engine: str, engine_version: str | None,
-                     gpu_name: str, args_key: str) -> dict[str, Any] | None:
-    """The latest measurement for this setup.
+def pick_calibration(rows: Sequence[dict[str, Any]], engine_version: str | None
+                     ) -> dict[str, Any] | None:
+    """The measurement to use from `rows` (newest first, one setup): of this engine version.
 
     With an engine version, only a measurement of that version (same major.minor)
     counts; without one (an estimate for "whatever runs there"), the latest of any.
     """
     from gpumod.planner.estimate import version_tuple
 
-    rows = store.query(
-        "SELECT * FROM calibrations WHERE model = ? AND engine = ? AND gpu_name = ? "
-        "AND args_key = ? ORDER BY id DESC LIMIT 50",
-        (model, engine, gpu_name or "", args_key or ""))
     for row in rows:
-        version = row["engine_version"] or ""
+        version = row.get("engine_version") or ""
         if not engine_version or version == engine_version or (
                 version and version_tuple(version) == version_tuple(engine_version)):
-            return _row(row)
+            return row
     return None
-
-
-def estimate_for(store: Store, facts: Any, *, engine: str, args: Sequence[str] = (),
-                 gpu_mib: int, gpu_name: str | None = None,
-                 engine_version: str | None = None) -> dict[str, Any]:
-    """Per-GPU estimate of `facts` served by `engine` with engine `args`, calibrated.
-
-    The one path `gpumod model estimate`, the MCP tool `model_estimate` and
-    the start check use, so all three apply a measurement the same way.
-    Returns the estimate's JSON plus ``gpu`` (the GPU key) and ``calibration_id``.
-    """
-    from gpumod.planner import estimate as est
-
-    if engine not in ("vllm", "llamacpp"):
-        raise UsageError(f"unknown engine {engine!r}", hint="use vllm or llamacpp")
-    label = gpu_label(gpu_name, gpu_mib)
-    try:
-        key = setup_key(engine, args)
-    except ValueError as exc:
-        raise UsageError(f"invalid engine args: {exc}") from exc
-    version = (engine_version or "") if engine == "vllm" else ""
-    cal = find_calibration(store, model=facts.key, engine=engine, engine_version=version,
-                           gpu_name=label, args_key=key)
-    result: Any
-    if engine == "vllm":
-        vargs = est.parse_vllm_args(list(args))
-        vargs.version = version or (cal["engine_version"] if cal else "") or None
-        result = est.vllm_estimate(facts, gpu_mib=gpu_mib, args=vargs, calibration=cal)
-    else:
-        result = est.llamacpp_estimate(facts, gpu_mib=gpu_mib,
-                                       args=est.parse_llamacpp_args(list(args)), calibration=cal)
-    return {**result.to_json(), "gpu": label, "calibration_id": cal["id"] if cal else None}
 
 
 def model_ref(spec: Any, host: Any) -> tuple[str | None, str]:
@@ -232,72 +150,11 @@ def model_ref(spec: Any, host: Any) -> tuple[str | None, str]:
 
 
 # ---------------------------------------------------------------------------
-# After a start: what the engine reported, filed for the next estimate
+# After a start: what the engine reported, as a measurement to file
 # ---------------------------------------------------------------------------
 
-def after_start(store: Store, spec: Any, host: Any, log_text: str,
-                process_mib: int | None = None, *,
-                estimate: dict[str, Any] | None = None) -> None:
-    """Record what a healthy engine reported about its memory. Never raises.
-
-    `spec` is the ServiceSpec as started (its args are the admitted args),
-    `host` the Host, `log_text` the engine's log, `process_mib` its nvidia-smi
-    use per GPU when known, `estimate` the admission's estimate when the caller
-    kept it (else the planner's uncalibrated estimate is recomputed).
-    """
-    try:
-        _after_start(store, spec, host, log_text, process_mib, estimate)
-    except Exception as exc:  # a calibration failure must not fail a healthy start
-        log.warning("calibration of %s failed: %s: %s", getattr(spec, "name", "?"),
-                    type(exc).__name__, exc)
-        with contextlib.suppress(Exception):
-            store.log_event("calibration-failed", host=getattr(host, "name", None),
-                            service=getattr(spec, "name", None),
-                            detail=f"{type(exc).__name__}: {exc}")
-
-
-def _after_start(store: Store, spec: Any, host: Any, log_text: str, process_mib: int | None,
-                 estimate: dict[str, Any] | None) -> None:
-    from gpumod.planner import estimate as est
-    from gpumod.planner.facts import resolve
-
-    if spec.engine not in ("vllm", "llamacpp") or not spec.gpus:
-        return
-    actual = parse_log(spec.engine, log_text or "")
-    if not actual:
-        return
-    gpu = next((g for g in host.gpus if g.index == spec.gpus[0]), None)
-    if gpu is None:
-        return
-    label = gpu_label(gpu.name, gpu.memory_mib)
-    version = str(host.engine_env.get("vllm_version") or "") if spec.engine == "vllm" else ""
-    key = setup_key(spec.engine, spec.args)
-    facts = None
-    ref, _why = model_ref(spec, host)
-    if ref is not None:
-        with contextlib.suppress(Exception):
-            facts = resolve(ref, store=store)
-    model_key = facts.key if facts is not None else spec.model
-    if estimate is None and facts is not None:
-        with contextlib.suppress(Exception):
-            if spec.engine == "vllm":
-                vargs = est.parse_vllm_args(list(spec.args))
-                vargs.version = version or None
-                estimate = est.vllm_estimate(facts, gpu_mib=gpu.memory_mib,
-                                             args=vargs).to_json()
-            else:
-                estimate = est.llamacpp_estimate(
-                    facts, gpu_mib=gpu.memory_mib,
-                    args=est.parse_llamacpp_args(list(spec.args))).to_json()
-    if spec.engine == "vllm":
-        _derive_overheads(actual, spec.args, gpu.memory_mib, version, estimate or {})
-    record_calibration(store, model=model_key, engine=spec.engine, engine_version=version,
-                       gpu_name=label, args_key=key, estimate=estimate or {}, actual=actual,
-                       process_mib=process_mib)
-
-
-def _derive_overheads(actual: dict[str, Any], argv: Sequence[str], gpu_mib: int, version: str,
-                      estimate: dict[str, Any]) -> None:
+def derive_overheads(actual: dict[str, Any], argv: Sequence[str], gpu_mib: int, version: str,
+                     estimate: dict[str, Any], gpu_name: str | None = None) -> None:
     """Fill activation/non-torch from the budget when vLLM logged only weights and KV.
 
     At INFO level vLLM writes `Model loading took` and `Available KV cache memory`
@@ -306,7 +163,7 @@ def _derive_overheads(actual: dict[str, Any], argv: Sequence[str], gpu_mib: int,
     reproduces the measured KV pool. Marked in ``derived``.
     """
     from gpumod.planner import estimate as est
-    from gpumod.planner.gputable import cuda_total_mib
+    from gpumod.planner.gputable import card
 
     missing = [k for k in ("activation_gib", "non_torch_gib") if k not in actual]
     if not missing or "weights_gib" not in actual or "kv_cache_gib" not in actual:
@@ -315,7 +172,8 @@ def _derive_overheads(actual: dict[str, Any], argv: Sequence[str], gpu_mib: int,
     if vargs.kv_cache_memory_bytes:
         return                              # a pinned pool says nothing about the rest
     util = vargs.gpu_memory_utilization or est.default_utilization(version or None)
-    budget = util * cuda_total_mib(gpu_mib) / 1024
+    gpu = card(gpu_name, gpu_mib)
+    budget = util * gpu.usable_mib / 1024
     graphs = actual.get("cuda_graph_gib", estimate.get("cuda_graph_gib", 0.0)) \
         if est.version_tuple(version or None) >= (0, 21) else 0.0
     overhead = budget - float(actual["weights_gib"]) - float(actual["kv_cache_gib"]) - graphs
@@ -323,7 +181,8 @@ def _derive_overheads(actual: dict[str, Any], argv: Sequence[str], gpu_mib: int,
     if non_torch is None:
         non_torch = estimate.get("non_torch_gib")
         if non_torch is None:
-            non_torch = est.non_torch_bytes(vargs.tp, version or None) / 2**30
+            non_torch = est.non_torch_bytes(tp=vargs.tp, pp=vargs.pp, version=version or None,
+                                            card=gpu) / 2**30
     activation = actual.get("activation_gib", overhead - float(non_torch))
     if activation < 0:
         return                              # the log does not match this budget: keep it raw

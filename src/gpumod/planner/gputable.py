@@ -4,8 +4,13 @@ vLLM sizes its budget from ``cudaMemGetInfo``'s *total* (what torch calls
 ``total_memory``), which is a little less than nvidia-smi's ``memory.total``:
 the driver keeps some memory back. On an H100 80GB HBM3 vLLM logs
 ``total_memory=79.19GiB`` while nvidia-smi says 81559 MiB (79.65 GiB).
-Cards measured in public vLLM logs are marked ``measured``; for the others
-the CUDA total uses the typical reserve (0.6 %).
+Cards whose CUDA total was read in a public vLLM log carry it (``cuda_mib``, the
+source beside it); for the others the CUDA total uses a typical reserve (0.6 %).
+
+``nvswitch`` marks SXM boards whose GPUs talk over NVSwitch with NVLink SHARP
+(Hopper and later): there NCCL reserves about 2 GiB per rank for tensor
+parallel (vLLM logs "non-torch forward increase memory: 2.07GiB" at tp=2 on
+H100 SXM, 0.25 GiB at tp=1), which PCIe cards do not.
 """
 
 from __future__ import annotations
@@ -26,20 +31,24 @@ class GPUModel:
     smi_mib: int                 # nvidia-smi memory.total
     cuda_mib: int | None = None  # cudaMemGetInfo total, when known
     aliases: tuple[str, ...] = ()
+    nvswitch: bool = False       # SXM with NVSwitch/NVLS: big NCCL buffers under tensor parallel
 
     @property
     def usable_mib(self) -> int:
         return self.cuda_mib if self.cuda_mib else cuda_total_mib(self.smi_mib)
 
 
-# name, nvidia-smi MiB, CUDA total MiB (None: derived), aliases
+# name, nvidia-smi MiB, CUDA total MiB (None: derived), aliases.
+# CUDA totals read in vLLM logs: H100 79.19 GiB (llm-d-incubation/llm-d-planner accuracy logs),
+# RTX 3090 23.58 GiB (vllm-project/vllm#10517), RTX 4090 23.55 GiB (vllm-project/vllm#13061:
+# "23.08 GiB" = 0.98 x total).
 GPU_MODELS: tuple[GPUModel, ...] = (
     GPUModel("H100 80GB", 81559, 81090, ("h100", "h100-80gb", "h100 sxm", "h100 80gb hbm3",
-                                         "nvidia h100 80gb hbm3", "h100-sxm")),
+                                         "nvidia h100 80gb hbm3", "h100-sxm"), nvswitch=True),
     GPUModel("H100 PCIe", 81559, 81090, ("h100 pcie", "nvidia h100 pcie")),
     GPUModel("H100 NVL", 95830, None, ("h100 nvl", "nvidia h100 nvl")),
-    GPUModel("H200", 143771, None, ("h200", "nvidia h200", "h200 141gb")),
-    GPUModel("B200", 183359, None, ("b200", "nvidia b200")),
+    GPUModel("H200", 143771, None, ("h200", "nvidia h200", "h200 141gb"), nvswitch=True),
+    GPUModel("B200", 183359, None, ("b200", "nvidia b200"), nvswitch=True),
     GPUModel("GH200", 97871, None, ("gh200", "nvidia gh200 480gb")),
     GPUModel("A100 80GB", 81920, None, ("a100", "a100-80gb", "a100 80gb", "a100-sxm4-80gb",
                                         "nvidia a100-sxm4-80gb", "nvidia a100 80gb pcie")),
@@ -53,8 +62,8 @@ GPU_MODELS: tuple[GPUModel, ...] = (
     GPUModel("A6000", 49140, None, ("rtx a6000", "nvidia rtx a6000", "a6000")),
     GPUModel("RTX 6000 Ada", 49140, None, ("rtx 6000 ada", "nvidia rtx 6000 ada generation")),
     GPUModel("RTX 5090", 32607, None, ("5090", "rtx 5090", "nvidia geforce rtx 5090")),
-    GPUModel("RTX 4090", 24564, None, ("4090", "rtx 4090", "nvidia geforce rtx 4090")),
-    GPUModel("RTX 3090", 24576, None, ("3090", "rtx 3090", "nvidia geforce rtx 3090")),
+    GPUModel("RTX 4090", 24564, 24115, ("4090", "rtx 4090", "nvidia geforce rtx 4090")),
+    GPUModel("RTX 3090", 24576, 24146, ("3090", "rtx 3090", "nvidia geforce rtx 3090")),
     GPUModel("T4", 15360, None, ("t4", "tesla t4")),
     GPUModel("V100 32GB", 32768, None, ("v100", "v100 32gb", "tesla v100-sxm2-32gb")),
 )
@@ -98,3 +107,11 @@ def display_name(smi_name: str, smi_mib: int) -> str:
         return model.name
     short = smi_name.replace("NVIDIA ", "").replace("GeForce ", "").strip() or "GPU"
     return f"{short} ({round(smi_mib / 1024)}GB)"
+
+
+def card(name: str | None, smi_mib: int) -> GPUModel:
+    """The known card of this name (else of this size), or an unnamed card of that size."""
+    model = lookup(name) if name else None
+    if model is None:
+        model = next((m for m in GPU_MODELS if m.smi_mib == smi_mib), None)
+    return model or GPUModel(name or f"{smi_mib} MiB", smi_mib)

@@ -10,12 +10,17 @@
            2.5                19.1
 
 Overflow is drawn past the card's edge with ``▒`` and marked ``!``.
+
+The one GPU-bar renderer: `gpumod simulate --visual` and `gpumod status --visual`
+draw text with :func:`render_gpu_bars`; the TUI colours the same bars
+(:func:`live_bars` and :func:`segment_cells`) cell for cell.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 FILL, FREE, OVER = "█", "░", "▒"
 ASCII_FILL, ASCII_FREE, ASCII_OVER = "#", ".", "X"
@@ -26,6 +31,7 @@ class Segment:
     label: str
     mib: int
     detail: str = ""            # e.g. "32K ctx", "asleep (l1)"
+    kind: str = "service"       # service | process (not a service) | other (unlisted memory)
 
 
 @dataclass
@@ -55,7 +61,7 @@ def _scale_line(total_gib: float, width: int) -> tuple[str, str]:
     return head, rule[: width + 1] if len(rule) > width + 1 else rule
 
 
-def _widths(segments: Sequence[Segment], total_mib: int, width: int) -> list[int]:
+def segment_cells(segments: Sequence[Segment], total_mib: int, width: int) -> list[int]:
     """Columns per segment; every non-empty segment gets at least one."""
     out = []
     acc = 0.0
@@ -81,7 +87,7 @@ def render_gpu_bars(gpus: Sequence[GPUBar], *, width: int = 48, unicode: bool = 
                      + (f"  - {gpu.title}" if gpu.title else ""))
         head, rule = _scale_line(total / 1024, width)
         lines += [pad + head, pad + rule]
-        widths = _widths(gpu.segments, total, width)
+        widths = segment_cells(gpu.segments, total, width)
         drawn = sum(widths)
         inside = min(drawn, width)
         bar = fill * inside + free_c * (width - inside)
@@ -121,8 +127,8 @@ def render_gpu_bars(gpus: Sequence[GPUBar], *, width: int = 48, unicode: bool = 
     return "\n".join(lines).rstrip("\n")
 
 
-def render_live_status(status: dict, *, width: int = 48, unicode: bool = True) -> str:
-    """`gpumod status --visual`: bars from a HostStatus JSON (gpus + processes).
+def live_bars(status: dict[str, Any]) -> list[GPUBar]:
+    """Bars from a HostStatus JSON (gpus + processes): a segment per service or process.
 
     Each GPU process is a segment (named after its service when known);
     memory nvidia-smi counts as used but no listed process holds is "(other)".
@@ -132,18 +138,23 @@ def render_live_status(status: dict, *, width: int = 48, unicode: bool = True) -
     for g in status.get("gpus") or []:
         total = int(g.get("memory_total_mib") or 0)
         used = int(g.get("memory_used_mib") or 0)
-        segments: list[Segment] = []
-        by_label: dict[str, int] = {}
+        by_label: dict[str, tuple[int, str]] = {}
         for p in processes:
             if p.get("gpu") != g.get("index") or not p.get("used_mib"):
                 continue
-            label = str(p.get("service") or f"{p.get('name') or 'pid'}:{p.get('pid')}")
-            by_label[label] = by_label.get(label, 0) + int(p["used_mib"])
-        for label, mib in by_label.items():
-            segments.append(Segment(label, mib))
-        rest = used - sum(by_label.values())
+            service = p.get("service")
+            label = str(service or f"{p.get('name') or 'pid'}:{p.get('pid')}")
+            mib, _ = by_label.get(label, (0, ""))
+            by_label[label] = (mib + int(p["used_mib"]), "service" if service else "process")
+        segments = [Segment(label, mib, kind=kind) for label, (mib, kind) in by_label.items()]
+        rest = used - sum(s.mib for s in segments)
         if rest > 0:
-            segments.append(Segment("(other)", rest, "driver, other users"))
+            segments.append(Segment("(other)", rest, "driver, other users", kind="other"))
         bars.append(GPUBar(int(g.get("index") or 0), str(g.get("name") or "GPU"), total,
                            segments))
-    return render_gpu_bars(bars, width=width, unicode=unicode)
+    return bars
+
+
+def render_live_status(status: dict[str, Any], *, width: int = 48, unicode: bool = True) -> str:
+    """`gpumod status --visual`: bars from a HostStatus JSON (gpus + processes)."""
+    return render_gpu_bars(live_bars(status), width=width, unicode=unicode)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gpumod.errors import CapacityError, UsageError
 from gpumod.planner import estimate as est
+from gpumod.planner.alternatives import Alternative, alternatives
 from gpumod.planner.facts import ModelFacts
-from gpumod.planner.gputable import GIB, MIB, cuda_total_mib
+from gpumod.planner.gputable import cuda_total_mib
 
 DEFAULT_MARGIN_MIB = 512
 
@@ -49,10 +50,19 @@ class Neighbour:
 
 @dataclass
 class ServiceRequest:
+    """One service to size: its engine, model facts and memory settings.
+
+    The fields are the settings the planner may change (alternatives replace
+    them); ``engine_args`` are the service's own engine args, read for every
+    other flag that moves memory (dtype, quantization, batch limits), so a
+    request sizes exactly as `gpumod model estimate` with the same args does.
+    """
+
     name: str
     engine: str                                  # vllm | llamacpp | command | docker
     facts: ModelFacts | None = None
     tp: int = 1
+    pp: int = 1                                  # pipeline stages (vLLM), on this host's GPUs
     context: int | None = None                   # vLLM --max-model-len / llama.cpp -c
     gpu_memory_utilization: float | None = None  # fixed share of the card (vLLM)
     kv_cache_memory_bytes: int | None = None     # fixed KV pool (vLLM)
@@ -70,6 +80,7 @@ class ServiceRequest:
     enforce_eager: bool = False
     variants: tuple[str, ...] = ()               # quantized variants known to the catalog
     calibration: dict[str, Any] | None = None
+    engine_args: tuple[str, ...] = ()
 
     def label(self) -> str:
         return self.name
@@ -102,15 +113,6 @@ class GPUFit:
 
 
 @dataclass
-class Alternative:
-    rank: int
-    kind: str   # shorter-context | fp8-kv | quantized | sleep | other-gpu | more-gpus | offload
-    description: str
-    saves_mib: int = 0
-    changes: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class Placement:
     fits: bool
     assignments: list[Assignment]
@@ -140,16 +142,51 @@ class _Sized:
     problem: str = ""
 
 
-def _vllm_args(req: ServiceRequest, util: float | None) -> est.VLLMArgs:
-    return est.VLLMArgs(tp=req.tp, gpu_memory_utilization=util, max_model_len=req.context,
-                        kv_cache_dtype=req.kv_cache_dtype,
-                        kv_cache_memory_bytes=req.kv_cache_memory_bytes,
-                        max_num_seqs=req.max_num_seqs, enforce_eager=req.enforce_eager,
-                        version=req.version)
+def vllm_args(req: ServiceRequest, util: float | None) -> est.VLLMArgs:
+    """The request's vLLM flags: its engine args, with the planner's settings on top."""
+    args = est.parse_vllm_args(list(req.engine_args))
+    args.tp, args.pp = req.tp, req.pp
+    args.gpu_memory_utilization = util
+    args.max_model_len = req.context
+    args.kv_cache_dtype = req.kv_cache_dtype
+    args.kv_cache_memory_bytes = req.kv_cache_memory_bytes
+    args.max_num_seqs = req.max_num_seqs or args.max_num_seqs
+    args.enforce_eager = req.enforce_eager or args.enforce_eager
+    args.version = req.version
+    return args
+
+
+def llamacpp_args(req: ServiceRequest) -> est.LlamaCppArgs:
+    """The request's llama.cpp flags: its engine args, with the planner's settings on top."""
+    args = est.parse_llamacpp_args(list(req.engine_args))
+    args.ctx = req.context or args.ctx
+    args.n_gpu_layers = 999 if req.n_gpu_layers is None else req.n_gpu_layers
+    args.cache_type_k, args.cache_type_v = req.cache_type_k, req.cache_type_v
+    args.parallel = req.parallel
+    return args
+
+
+def estimate_request(req: ServiceRequest, *, gpu_mib: int, gpu_name: str | None = None
+                     ) -> est.VLLMEstimate | est.LlamaCppEstimate:
+    """The estimate of `req` with its own settings (vLLM's default share when none is set).
+
+    `gpumod model estimate` answers with this; placement sizes with the same
+    arguments (see :func:`size_service`), so both give the same numbers.
+    """
+    if req.facts is None:
+        raise UsageError(f"{req.name}: no model facts to estimate from")
+    if req.engine == "vllm":
+        return est.vllm_estimate(req.facts, gpu_mib=gpu_mib, gpu_name=gpu_name,
+                                 args=vllm_args(req, req.gpu_memory_utilization),
+                                 calibration=req.calibration)
+    if req.engine == "llamacpp":
+        return est.llamacpp_estimate(req.facts, gpu_mib=gpu_mib, args=llamacpp_args(req),
+                                     calibration=req.calibration)
+    raise UsageError(f"unknown engine {req.engine!r}", hint="use vllm or llamacpp")
 
 
 def size_service(req: ServiceRequest, gpu_total_mib: int, free_mib: int,
-                 grow_to_mib: int | None = None) -> _Sized:
+                 grow_to_mib: int | None = None, gpu_name: str | None = None) -> _Sized:
     """Memory per GPU and engine settings for `req` when `free_mib` (CUDA view) is free.
 
     vLLM without a fixed utilization gets the smallest share that serves
@@ -159,27 +196,27 @@ def size_service(req: ServiceRequest, gpu_total_mib: int, free_mib: int,
         if req.facts is None:
             raise UsageError(f"{req.name}: no model facts for a vLLM service")
         capacity = cuda_total_mib(gpu_total_mib)
+
+        def estimate(util: float | None) -> est.VLLMEstimate:
+            assert req.facts is not None
+            return est.vllm_estimate(req.facts, gpu_mib=gpu_total_mib, gpu_name=gpu_name,
+                                     args=vllm_args(req, util), calibration=req.calibration)
+
         if req.gpu_memory_utilization is not None or req.kv_cache_memory_bytes:
-            e = est.vllm_estimate(req.facts, gpu_mib=gpu_total_mib,
-                                  args=_vllm_args(req, req.gpu_memory_utilization),
-                                  calibration=req.calibration)
+            e = estimate(req.gpu_memory_utilization)
             util = e.gpu_memory_utilization
         else:
-            need = est.utilization_for(req.facts, gpu_mib=gpu_total_mib,
-                                       args=_vllm_args(req, None),
+            need = est.utilization_for(req.facts, gpu_mib=gpu_total_mib, gpu_name=gpu_name,
+                                       args=vllm_args(req, None),
                                        sequences=max(1.0, req.min_concurrency),
                                        calibration=req.calibration)
             util = need
             if grow_to_mib is not None and need <= 1:
-                base = est.vllm_estimate(req.facts, gpu_mib=gpu_total_mib,
-                                         args=_vllm_args(req, need),
-                                         calibration=req.calibration)
+                base = estimate(need)
                 overhead_mib = base.total_mib - base.requested_gib * 1024   # context, graphs
                 grown = math.floor((grow_to_mib - overhead_mib) / capacity * 100) / 100
                 util = max(need, min(grown, est.default_utilization(req.version)))
-            e = est.vllm_estimate(req.facts, gpu_mib=gpu_total_mib,
-                                  args=_vllm_args(req, min(util, 1.0)),
-                                  calibration=req.calibration)
+            e = estimate(min(util, 1.0))
         settings: dict[str, Any] = {"gpu_memory_utilization": round(e.gpu_memory_utilization, 2),
                                     "max_model_len": e.max_model_len,
                                     "tensor_parallel_size": req.tp}
@@ -192,6 +229,9 @@ def size_service(req: ServiceRequest, gpu_total_mib: int, free_mib: int,
                     "--max-model-len", str(e.max_model_len)]
         if req.tp > 1:
             args += ["--tensor-parallel-size", str(req.tp)]
+        if req.pp > 1:
+            settings["pipeline_parallel_size"] = req.pp
+            args += ["--pipeline-parallel-size", str(req.pp)]
         if req.kv_cache_dtype != "auto":
             settings["kv_cache_dtype"] = req.kv_cache_dtype
             args += ["--kv-cache-dtype", req.kv_cache_dtype]
@@ -203,10 +243,7 @@ def size_service(req: ServiceRequest, gpu_total_mib: int, free_mib: int,
     if req.engine == "llamacpp":
         if req.facts is None:
             raise UsageError(f"{req.name}: no model facts for a llama.cpp service")
-        largs = est.LlamaCppArgs(ctx=req.context or 4096,
-                                 n_gpu_layers=999 if req.n_gpu_layers is None else req.n_gpu_layers,
-                                 cache_type_k=req.cache_type_k, cache_type_v=req.cache_type_v,
-                                 parallel=req.parallel)
+        largs = llamacpp_args(req)
         e2 = est.llamacpp_estimate(req.facts, gpu_mib=gpu_total_mib, args=largs,
                                    calibration=req.calibration)
         ngl = "all" if largs.n_gpu_layers >= req.facts.num_layers else str(largs.n_gpu_layers)
@@ -219,9 +256,15 @@ def size_service(req: ServiceRequest, gpu_total_mib: int, free_mib: int,
         problem = "" if e2.total_mib <= free_mib else (
             f"needs {e2.total_gib:.1f} GiB, {free_mib / 1024:.1f} GiB free")
         return _Sized(e2.total_mib, settings, args, e2.to_json(), e2.notes, problem)
-    # generic engines: a declared budget or nothing known
-    mib = int(req.vram_mib or 0)
-    notes = [] if req.vram_mib else ["no VRAM budget declared: counted as 0"]
+    # generic engines (or a model without facts): a declared budget, a share, or nothing
+    if req.vram_mib:
+        mib, notes = int(req.vram_mib), []
+    elif req.gpu_memory_utilization:   # vLLM takes exactly this share of the card
+        mib = math.ceil(req.gpu_memory_utilization * cuda_total_mib(gpu_total_mib))
+        notes = [f"sized by its --gpu-memory-utilization {req.gpu_memory_utilization} "
+                 "(no model facts)"]
+    else:
+        mib, notes = 0, ["no VRAM budget declared: counted as 0"]
     problem = "" if mib <= free_mib else f"needs {mib} MiB, {free_mib} MiB free"
     return _Sized(mib, {"vram_mib": mib}, [], {"total_gib": round(mib / 1024, 2)}, notes, problem)
 
@@ -232,20 +275,21 @@ def size_service(req: ServiceRequest, gpu_total_mib: int, free_mib: int,
 
 def _candidate_sets(req: ServiceRequest, gpus: list[GPUState]) -> list[tuple[int, ...]]:
     indexes = [g.index for g in gpus]
+    need = req.tp * req.pp if req.engine == "vllm" else req.tp
     if req.pinned_gpus:
         unknown = [i for i in req.pinned_gpus if i not in indexes]
         if unknown:
             raise UsageError(f"{req.name}: GPU {unknown[0]} does not exist on this host",
                              hint=f"GPUs here: {', '.join(map(str, indexes)) or 'none'}")
-        if len(req.pinned_gpus) != req.tp and req.engine == "vllm":
+        if len(req.pinned_gpus) != need and req.engine == "vllm":
             raise UsageError(f"{req.name}: pinned to {len(req.pinned_gpus)} GPU(s) but "
-                             f"tensor parallel size is {req.tp}")
+                             f"it runs on {need} (tensor x pipeline parallel)")
         return [tuple(req.pinned_gpus)]
-    if req.tp > len(gpus):
-        raise UsageError(f"{req.name}: tensor parallel size {req.tp} needs {req.tp} GPUs, "
+    if need > len(gpus):
+        raise UsageError(f"{req.name}: tensor x pipeline parallel size {need} needs {need} GPUs, "
                          f"the host has {len(gpus)}",
                          hint=f"use tp {max(1, len(gpus))}, or a pod with more GPUs")
-    return list(itertools.combinations(indexes, req.tp))
+    return list(itertools.combinations(indexes, need))
 
 
 def place(gpus: list[GPUState], requests: list[ServiceRequest], *,
@@ -271,9 +315,10 @@ def place(gpus: list[GPUState], requests: list[ServiceRequest], *,
         best: tuple[int, tuple[int, ...], _Sized] | None = None
         failure = ""
         for combo in _candidate_sets(req, gpus):
-            gpu_total = min(by_index[i].total_mib for i in combo)
+            smallest = min((by_index[i] for i in combo), key=lambda g: g.total_mib)
             free_min = min(free(i) for i in combo)
-            sized = size_service(req, gpu_total, max(0, free_min))
+            sized = size_service(req, smallest.total_mib, max(0, free_min),
+                                 gpu_name=smallest.name)
             if sized.problem:
                 failure = failure or sized.problem
                 continue
@@ -284,9 +329,11 @@ def place(gpus: list[GPUState], requests: list[ServiceRequest], *,
             unplaced.append(req.name)
             reasons.append(f"{req.name}: {failure or 'does not fit'}")
             # count it anyway on its pinned/first GPUs so the overflow shows
+            width = req.tp * (req.pp if req.engine == "vllm" else 1)
             combo = req.pinned_gpus or tuple(sorted(planned, key=lambda i: free(i),
-                                                    reverse=True)[:max(1, req.tp)])
-            sized = size_service(req, min(by_index[i].total_mib for i in combo), 10**9)
+                                                    reverse=True)[:max(1, width)])
+            smallest = min((by_index[i] for i in combo), key=lambda g: g.total_mib)
+            sized = size_service(req, smallest.total_mib, 10**9, gpu_name=smallest.name)
             for i in combo:
                 planned[i] += sized.per_gpu_mib
                 per_gpu_services[i].append((req.name, sized.per_gpu_mib))
@@ -312,9 +359,9 @@ def place(gpus: list[GPUState], requests: list[ServiceRequest], *,
                         for i in a.gpus)
             if share <= 0:
                 continue
-            gpu_total = min(by_index[i].total_mib for i in a.gpus)
-            grown = size_service(req, gpu_total, a.per_gpu_mib + share,
-                                 grow_to_mib=a.per_gpu_mib + share)
+            smallest = min((by_index[i] for i in a.gpus), key=lambda g: g.total_mib)
+            grown = size_service(req, smallest.total_mib, a.per_gpu_mib + share,
+                                 grow_to_mib=a.per_gpu_mib + share, gpu_name=smallest.name)
             if grown.problem or grown.per_gpu_mib <= a.per_gpu_mib:
                 continue
             for i in a.gpus:
@@ -334,173 +381,9 @@ def place(gpus: list[GPUState], requests: list[ServiceRequest], *,
     ok = not unplaced and all(f.fits for f in fits_list)
     placement = Placement(ok, assignments, fits_list, reason="; ".join(reasons), unplaced=unplaced)
     if not ok and with_alternatives:
-        placement.alternatives = alternatives(gpus, requests, placement, margin_mib=margin_mib,
-                                              neighbours=list(neighbours))
+        placement.alternatives = alternatives(gpus, requests, placement, place=place,
+                                              margin_mib=margin_mib, neighbours=list(neighbours))
     return placement
-
-
-# ---------------------------------------------------------------------------
-# Alternatives
-# ---------------------------------------------------------------------------
-
-def _try(gpus: list[GPUState], requests: list[ServiceRequest], margin_mib: int,
-         neighbours: list[Neighbour] = ()) -> Placement | None:
-    try:
-        p = place(gpus, requests, margin_mib=margin_mib, neighbours=neighbours,
-                  with_alternatives=False)
-    except (UsageError, CapacityError):
-        return None
-    return p if p.fits else None
-
-
-def _model_max(req: ServiceRequest) -> int:
-    return (req.facts.max_position if req.facts and req.facts.max_position else 0) or 4096
-
-
-def alternatives(gpus: list[GPUState], requests: list[ServiceRequest], failed: Placement, *,
-                 margin_mib: int = DEFAULT_MARGIN_MIB,
-                 neighbours: list[Neighbour] = ()) -> list[Alternative]:
-    """Ranked changes that make the set fit (least disruptive first), combinations included."""
-    out: list[Alternative] = []
-    overflow = max(0, -min(f.free_after_mib - f.margin_mib for f in failed.gpus))
-    targets = [r for r in requests if r.name in failed.unplaced] or list(requests)
-    for req in sorted(targets, key=lambda r: -(failed.assignment(r.name).per_gpu_mib
-                                                if failed.assignment(r.name) else 0)):
-        idx = requests.index(req)
-        current = failed.assignment(req.name)
-        cur_mib = current.per_gpu_mib if current else 0
-
-        def variant(_req: ServiceRequest = req, _idx: int = idx,
-                    **changes: Any) -> list[ServiceRequest]:
-            return [*requests[:_idx], replace(_req, **changes), *requests[_idx + 1:]]
-
-        def saved(p: Placement, _name: str = req.name, _cur: int = cur_mib) -> int:
-            a = p.assignment(_name)
-            return max(0, _cur - (a.per_gpu_mib if a else 0))
-
-        if req.engine == "vllm" and req.facts is not None:
-            ctx = req.context or _model_max(req)
-            # 1. shorter context (largest that fits)
-            length = ctx // 2
-            while length >= 2048:
-                p = _try(gpus, variant(context=length), margin_mib)
-                if p:
-                    out.append(Alternative(0, "shorter-context",
-                                           f"{req.name}: --max-model-len {length} (was {ctx})",
-                                           saved(p), {"service": req.name, "context": length}))
-                    break
-                length //= 2
-            # 2. fp8 KV cache, alone and with a shorter context
-            if req.kv_cache_dtype == "auto":
-                p = _try(gpus, variant(kv_cache_dtype="fp8"), margin_mib)
-                if p:
-                    out.append(Alternative(0, "fp8-kv",
-                                           f"{req.name}: --kv-cache-dtype fp8 (halves the KV "
-                                           "cache per token)", saved(p),
-                                           {"service": req.name, "kv_cache_dtype": "fp8"}))
-                else:
-                    length = ctx // 2
-                    while length >= 2048:
-                        p = _try(gpus, variant(kv_cache_dtype="fp8", context=length), margin_mib)
-                        if p:
-                            out.append(Alternative(
-                                0, "fp8-kv+shorter-context",
-                                f"{req.name}: --kv-cache-dtype fp8 and --max-model-len {length}",
-                                saved(p), {"service": req.name, "kv_cache_dtype": "fp8",
-                                           "context": length}))
-                            break
-                        length //= 2
-            # 3. more GPUs (tensor parallel)
-            if req.tp * 2 <= len(gpus) and req.facts.num_heads % (req.tp * 2) == 0 \
-                    and not req.pinned_gpus:
-                p = _try(gpus, variant(tp=req.tp * 2), margin_mib)
-                if p:
-                    out.append(Alternative(0, "more-gpus",
-                                           f"{req.name}: --tensor-parallel-size {req.tp * 2}",
-                                           saved(p), {"service": req.name, "tp": req.tp * 2}))
-        if req.engine == "llamacpp" and req.facts is not None:
-            for k, v in (("q8_0", "q8_0"), ("q4_0", "q4_0")):
-                if req.cache_type_k == "f16":
-                    p = _try(gpus, variant(cache_type_k=k, cache_type_v=v), margin_mib)
-                    if p:
-                        out.append(Alternative(0, "quantized-kv",
-                                               f"{req.name}: -ctk {k} -ctv {v}", saved(p),
-                                               {"service": req.name, "cache_type_k": k,
-                                                "cache_type_v": v}))
-                        break
-            ctx = req.context or 4096
-            length = ctx // 2
-            while length >= 1024:
-                p = _try(gpus, variant(context=length), margin_mib)
-                if p:
-                    out.append(Alternative(0, "shorter-context",
-                                           f"{req.name}: -c {length} (was {ctx})", saved(p),
-                                           {"service": req.name, "context": length}))
-                    break
-                length //= 2
-            # partial offload: as many layers as fit on the emptiest GPU
-            g = max(gpus, key=lambda g: g.capacity_mib - g.used_mib)
-            others = sum(a.per_gpu_mib for a in failed.assignments
-                         if a.service != req.name and g.index in a.gpus)
-            budget = g.capacity_mib - g.used_mib - others - margin_mib
-            largs = est.LlamaCppArgs(ctx=req.context or 4096, cache_type_k=req.cache_type_k,
-                                     cache_type_v=req.cache_type_v, parallel=req.parallel)
-            n = est.llamacpp_max_layers(req.facts, budget_mib=budget, args=largs)
-            if 0 < n < req.facts.num_layers:
-                out.append(Alternative(0, "offload",
-                                       f"{req.name}: -ngl {n} ({req.facts.num_layers - n} "
-                                       "layers on the CPU, slower)", 0,
-                                       {"service": req.name, "n_gpu_layers": n}))
-        # 4. a quantized variant from the catalog, or a generic hint
-        for name in req.variants:
-            out.append(Alternative(0, "quantized", f"{req.name}: use {name}", 0,
-                                   {"service": req.name, "model": name}))
-        if not req.variants and req.facts is not None and not req.facts.quant_method \
-                and req.engine == "vllm":
-            weights = (current.estimate.get("weights_gib", 0) if current else 0)
-            if weights:
-                out.append(Alternative(0, "quantized",
-                                       f"{req.name}: an FP8 or 4-bit (AWQ/GPTQ) variant of the "
-                                       f"model would need ~{weights / 2:.1f} / "
-                                       f"{weights / 3.5:.1f} GiB of weights instead of "
-                                       f"{weights:.1f}", int(weights / 2 * 1024),
-                                       {"service": req.name, "quantize": "fp8|awq"}))
-        # 5. another GPU (when pinned) or time-sharing through sleep
-        if req.pinned_gpus:
-            p = _try(gpus, variant(pinned_gpus=()), margin_mib)
-            if p and p.assignment(req.name):
-                gpus_txt = ",".join(map(str, p.assignment(req.name).gpus))
-                out.append(Alternative(0, "other-gpu", f"{req.name}: run on GPU {gpus_txt}",
-                                       0, {"service": req.name, "gpus": gpus_txt}))
-    # 6. sleep neighbours (time-share)
-    sleepers = [n for n in neighbours if n.sleep_mode in ("l1", "l2", "router")]
-    if sleepers and overflow:
-        freed = sum(n.mib - (n.weights_mib if n.sleep_mode == "l1" else 0) for n in sleepers)
-        names = ", ".join(f"{n.name} ({n.sleep_mode})" for n in sleepers)
-        if freed >= overflow:
-            out.append(Alternative(0, "sleep", f"sleep {names} while this runs (time-share)",
-                                   freed, {"sleep": [n.name for n in sleepers]}))
-    for req in requests:
-        if req.sleep_mode in ("l1", "l2") and len(requests) > 1:
-            rest = [r for r in requests if r is not req]
-            if _try(gpus, rest, margin_mib):
-                out.append(Alternative(0, "sleep",
-                                       f"time-share: keep {req.name} asleep ({req.sleep_mode}) "
-                                       "and wake it on demand", 0,
-                                       {"sleep": [req.name]}))
-    # rank: fits with the smallest change first (order of kinds), then by saving
-    order = {"shorter-context": 0, "fp8-kv": 1, "fp8-kv+shorter-context": 2, "quantized-kv": 1,
-             "other-gpu": 3, "sleep": 4, "more-gpus": 5, "quantized": 6, "offload": 7}
-    out.sort(key=lambda a: (order.get(a.kind, 9), -a.saves_mib))
-    seen: set[str] = set()
-    ranked = []
-    for a in out:
-        if a.description in seen:
-            continue
-        seen.add(a.description)
-        a.rank = len(ranked) + 1
-        ranked.append(a)
-    return ranked
 
 
 # ---------------------------------------------------------------------------
@@ -540,7 +423,3 @@ def plan_start(gpus_usage: list[Any], request: ServiceRequest, *,
                         hint=(("alternatives: " + hint) if hint else
                               "free a GPU (`pi stop NAME`) or use a bigger pod") +
                         "; --force starts it anyway")
-
-
-def mib_to_gib(mib: int) -> float:
-    return round(mib * MIB / GIB, 1)

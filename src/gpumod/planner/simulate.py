@@ -1,32 +1,27 @@
 """Simulation: would these services (a mode, plus or minus some) fit on the host's GPUs?
 
-Services and modes come from the store (tables ``services``, ``modes``,
-``mode_services``); GPUs from the ``gpus`` table, or (``live=True``) from the
-host's nvidia-smi right now. Each service becomes a placement request: its
-engine args give the context, utilization and cache types; its model gives the
-facts (cached in ``model_facts``).
+Pure planning: service definitions and their sizing requests in, a
+:class:`Simulation` out. Reading services, modes and GPUs from the store and
+asking the host's nvidia-smi is the operations layer's job (``gpumod.ops.simulate``).
 
 Live usage: memory held by processes *outside* the simulated set (other
 programs, services that leave the mode) counts as occupied; memory held by a
 service that *is* in the set (its recorded pid and that pid's process tree) is
-not counted twice, since the plan already places the whole service. When the
-host cannot be reached or has no nvidia-smi, the stored inventory is used and
-the result says so (``usage`` = ``"inventory"`` with a ``usage_note``).
+not counted twice, since the plan already places the whole service.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpumod.errors import GpumodError, NotFoundError, UsageError
-from gpumod.hosts.transports.base import Transport
+from gpumod.errors import UsageError
 from gpumod.planner import estimate as est
-from gpumod.planner import facts as facts_mod
+from gpumod.planner.facts import ModelFacts
 from gpumod.planner.gputable import display_name
 from gpumod.planner.picture import GPUBar, Segment
 from gpumod.planner.placement import GPUState, Neighbour, Placement, ServiceRequest, place
-from gpumod.spec import ServiceSpec
 
 
 @dataclass(frozen=True)
@@ -119,119 +114,76 @@ def placement_bars(placement: Placement, requests: list[ServiceRequest] = (),
     return bars
 
 
-def service_specs(store: Any, names: list[str]) -> list[ServiceSpec]:
-    specs = []
-    for name in names:
-        row = store.query_one("SELECT * FROM services WHERE name = ?", (name,))
-        if row is None:
-            known = [r["name"] for r in store.query("SELECT name FROM services ORDER BY name")]
-            raise NotFoundError(f"unknown service {name!r}",
-                                hint=("known: " + ", ".join(known)) if known else
-                                "define one with `gpumod service add`")
-        specs.append(ServiceSpec.from_row(row))
-    return specs
+def request_from_args(name: str, engine: str, args: Sequence[str], *,
+                      facts: ModelFacts | None, context: int | None = None,
+                      gpus: Sequence[int] = (), vram_mib: int | None = None,
+                      sleep_mode: str = "none", version: str | None = None) -> ServiceRequest:
+    """A sizing request for `engine` serving `facts` with these engine args.
 
-
-def mode_services(store: Any, mode: str) -> tuple[str, list[str]]:
-    row = store.query_one("SELECT * FROM modes WHERE name = ?", (mode,))
-    if row is None:
-        known = [r["name"] for r in store.query("SELECT name FROM modes ORDER BY name")]
-        raise NotFoundError(f"unknown mode {mode!r}",
-                            hint=("known: " + ", ".join(known)) if known else
-                            "define one with `gpumod mode create`")
-    names = [r["service"] for r in store.query(
-        "SELECT service FROM mode_services WHERE mode = ? ORDER BY position, service", (mode,))]
-    return row["host"], names
-
-
-def request_for(spec: ServiceSpec, *, store: Any = None, context: int | None = None,
-                facts: facts_mod.ModelFacts | None = None,
-                hub: facts_mod.HubClient | None = None) -> tuple[ServiceRequest, list[str]]:
-    """A placement request from a service definition (and its model's facts)."""
-    warnings: list[str] = []
-    if facts is None and spec.engine in ("vllm", "llamacpp"):
-        try:
-            facts = facts_mod.resolve(spec.model, store=store, hub=hub)
-        except GpumodError as exc:
-            if spec.vram_mib:
-                warnings.append(f"{spec.name}: no facts for {spec.model} ({exc.message}); "
-                                f"using its declared {spec.vram_mib} MiB")
-            else:
-                # Keep the cause's type (and exit code): offline stays a transport error.
-                exc.message = f"{spec.name}: cannot size {spec.model}: {exc.message}"
-                exc.hint = exc.hint or "set the service's vram budget"
-                raise
-    req = ServiceRequest(name=spec.name, engine=spec.engine if facts else "command",
-                         facts=facts, pinned_gpus=tuple(spec.gpus), vram_mib=spec.vram_mib,
-                         sleep_mode=spec.sleep_mode,
-                         version=str(spec.extra.get("engine_version") or "") or None)
-    if facts and spec.engine == "vllm":
-        a = est.parse_vllm_args(spec.args)
-        req.tp = a.tp if a.tp > 1 else max(1, len(spec.gpus) or 1)
+    Engines the planner does not model (or no facts) become a declared-budget
+    request. Everything that builds requests goes through here (through
+    ``gpumod.ops.sizing``), so the start check, `gpumod simulate` and `gpumod
+    model estimate` read the same flags the same way.
+    """
+    modelled = facts is not None and engine in ("vllm", "llamacpp")
+    req = ServiceRequest(name=name, engine=engine if modelled else "command", facts=facts,
+                         pinned_gpus=tuple(gpus), vram_mib=vram_mib, sleep_mode=sleep_mode,
+                         version=version or None, engine_args=tuple(args))
+    if modelled and engine == "vllm":
+        a = est.parse_vllm_args(list(args))
+        req.pp = max(1, a.pp)
+        width = max(1, len(gpus) or 1)
+        req.tp = a.tp if a.tp > 1 else max(1, width // req.pp)
         req.context = context or a.max_model_len
         req.gpu_memory_utilization = a.gpu_memory_utilization
         req.kv_cache_memory_bytes = a.kv_cache_memory_bytes
         req.kv_cache_dtype = a.kv_cache_dtype
         req.max_num_seqs = a.max_num_seqs
         req.enforce_eager = a.enforce_eager
-    elif facts and spec.engine == "llamacpp":
-        a2 = est.parse_llamacpp_args(spec.args)
+    elif engine == "vllm":
+        # no facts: vLLM still takes exactly its --gpu-memory-utilization share of each card
+        req.gpu_memory_utilization = est.parse_vllm_args(list(args)).gpu_memory_utilization
+    elif modelled:
+        a2 = est.parse_llamacpp_args(list(args))
         req.context = context or a2.ctx
         req.n_gpu_layers = a2.n_gpu_layers
         req.cache_type_k, req.cache_type_v = a2.cache_type_k, a2.cache_type_v
         req.parallel = a2.parallel
-    return req, warnings
+    return req
 
 
-def _process_trees(transport: Transport, roots: dict[str, int]) -> tuple[dict[int, str], str]:
-    """pid -> service for every process in each service's tree (one `ps` for all).
+def choose_services(listed: Sequence[str], *, add: Sequence[str] = (),
+                    remove: Sequence[str] = (), contexts: dict[str, int] | None = None
+                    ) -> list[str]:
+    """The simulated set: `listed` (a mode's services, or those named) plus and minus some."""
+    names = list(listed)
+    if not names and not add:
+        raise UsageError("nothing to simulate", hint="use --services a,b or --mode NAME")
+    for name in add:
+        if name not in names:
+            names.append(name)
+    for name in remove:
+        if name not in names:
+            raise UsageError(f"--remove {name}: not part of the simulated set",
+                             hint="in the set: " + (", ".join(names) or "nothing"))
+        names.remove(name)
+    unknown_ctx = [k for k in (contexts or {}) if k not in names]
+    if unknown_ctx:
+        raise UsageError(f"--context {unknown_ctx[0]}=...: no such service in the set")
+    return names
 
-    Falls back to the recorded pids alone when `ps` fails; the second value says so.
+
+def live_usage(snap: Any, names: Sequence[str], owner: dict[int, str],
+               sleep_modes: dict[str, str], tree_note: str = "", *,
+               leaving: Sequence[str] = ()) -> LiveUsage:
+    """The host's GPUs as nvidia-smi saw them (`snap`), minus what the simulated set holds.
+
+    `owner` maps every pid of a recorded service's process tree to the service;
+    `sleep_modes` gives each running service's sleep mode; `leaving` services are
+    about to stop, so what they hold counts as free.
     """
-    owner = {pid: name for name, pid in roots.items()}
-    if not roots:
-        return owner, ""
-    from gpumod.engines.sleep import PS_ARGV
-
-    try:
-        result = transport.run(PS_ARGV, timeout=20)
-    except GpumodError as exc:
-        return owner, f"process trees unknown ({exc.message}); matched by pid only"
-    if not result.ok:
-        return owner, "process trees unknown (`ps` failed); matched by pid only"
-    children: dict[int, list[int]] = {}
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-            children.setdefault(int(parts[1]), []).append(int(parts[0]))
-    for name, root in roots.items():
-        stack = [root]
-        while stack:
-            for child in children.get(stack.pop(), []):
-                if child not in owner:
-                    owner[child] = name
-                    stack.append(child)
-    return owner, ""
-
-
-def live_usage(store: Any, host: str, names: list[str], transport: Transport, *,
-               timeout: float = 20) -> LiveUsage | None:
-    """The host's GPUs as nvidia-smi sees them now, minus what the simulated set holds.
-
-    None when the host has no nvidia-smi; transport and nvidia-smi failures raise.
-    """
-    from gpumod.hosts.gpus import snapshot
-
-    snap = snapshot(transport, timeout=timeout)
-    if snap is None:
-        return None
-    rows = store.query("SELECT name, pid, sleep_mode, gpus FROM services "
-                       "WHERE host = ? AND pid IS NOT NULL AND pid > 0", (host,))
-    roots = {r["name"]: int(r["pid"]) for r in rows}
-    sleep_modes = {r["name"]: r["sleep_mode"] for r in rows}
-    owner, tree_note = _process_trees(transport, roots) if snap.processes else ({}, "")
     index_of = {u.gpu.uuid: u.gpu.index for u in snap.gpus}
-    in_set = set(names)
+    in_set, gone = set(names), set(leaving)
     warnings = [tree_note] if tree_note else []
     mine: dict[int, int] = {u.gpu.index: 0 for u in snap.gpus}
     held: dict[int, dict[tuple[str, int | None], list[int]]] = {i: {} for i in mine}
@@ -241,6 +193,8 @@ def live_usage(store: Any, host: str, names: list[str], transport: Transport, *,
         if idx is None:
             continue
         service = owner.get(proc.pid)
+        if service is not None and service in gone:
+            continue
         if service in in_set:
             if proc.used_mib is None:
                 unknown_mine.add(service)
@@ -283,83 +237,13 @@ def live_usage(store: Any, host: str, names: list[str], transport: Transport, *,
     return LiveUsage(gpus, occupants, neighbours, mine, warnings)
 
 
-def host_gpus(store: Any, host: str, snapshot: Any = None) -> list[GPUState]:
-    if snapshot is not None:
-        from gpumod.planner.placement import gpu_states
-
-        return gpu_states(snapshot.gpus)
-    rows = store.query("SELECT * FROM gpus WHERE host = ? ORDER BY idx", (host,))
-    return [GPUState(r["idx"], r["name"], int(r["memory_mib"]), 0) for r in rows]
-
-
-def simulate(store: Any, *, host: str, services: list[str] | None = None,
-             mode: str | None = None, add: list[str] = (), remove: list[str] = (),
-             contexts: dict[str, int] | None = None, gpus: list[GPUState] | None = None,
-             hub: facts_mod.HubClient | None = None, margin_mib: int | None = None,
-             live: bool = False, transport: Transport | None = None) -> Simulation:
-    """Place the chosen services on the host's GPUs (in start order) and report the fit.
-
-    With ``live``, the GPUs and what other processes hold on them come from the host's
-    nvidia-smi (through ``transport``, else the host's own); when that fails the stored
-    inventory is used and ``Simulation.usage_note`` says why.
-    """
-    contexts = dict(contexts or {})
-    if services and mode:
-        raise UsageError("give --services or --mode, not both")
-    names: list[str] = []
-    if mode:
-        mode_host, names = mode_services(store, mode)
-        host = host or mode_host
-    elif services:
-        names = list(services)
-    elif not add:
-        raise UsageError("nothing to simulate", hint="use --services a,b or --mode NAME")
-    for name in add:
-        if name not in names:
-            names.append(name)
-    for name in remove:
-        if name not in names:
-            raise UsageError(f"--remove {name}: not part of the simulated set",
-                             hint="in the set: " + (", ".join(names) or "nothing"))
-        names.remove(name)
-    unknown_ctx = [k for k in contexts if k not in names]
-    if unknown_ctx:
-        raise UsageError(f"--context {unknown_ctx[0]}=...: no such service in the set")
-    specs = service_specs(store, names)
-    requests: list[ServiceRequest] = []
-    warnings: list[str] = []
-    for spec in specs:
-        req, warn = request_for(spec, store=store, context=contexts.get(spec.name), hub=hub)
-        requests.append(req)
-        warnings += warn
-    usage, note, occupants, neighbours = "inventory", "", {}, []
-    gpu_list = gpus
-    if gpu_list is None and live:
-        observed, note = _observe(store, host, names, transport)
-        if observed is not None:
-            usage, gpu_list = "live", observed.gpus
-            occupants, neighbours = observed.occupants, observed.neighbours
-            warnings += observed.warnings
-    if gpu_list is None:
-        gpu_list = host_gpus(store, host)
+def simulate_requests(host: str, names: list[str], requests: list[ServiceRequest],
+                      gpus: list[GPUState], *, usage: str = "inventory", usage_note: str = "",
+                      occupants: dict[int, list[Occupant]] | None = None,
+                      neighbours: Sequence[Neighbour] = (), warnings: Sequence[str] = (),
+                      margin_mib: int | None = None) -> Simulation:
+    """Place the requests on the GPUs (in start order) and report the fit."""
     kwargs: dict[str, Any] = {} if margin_mib is None else {"margin_mib": margin_mib}
-    placement = place(gpu_list, requests, neighbours=neighbours, **kwargs)
-    return Simulation(host, names, placement, requests, warnings, usage, note, occupants)
-
-
-def _observe(store: Any, host: str, names: list[str],
-             transport: Transport | None) -> tuple[LiveUsage | None, str]:
-    """Live usage, or None and the one-line reason the inventory is used instead."""
-    try:
-        if transport is None:
-            from gpumod.ops.hosts import get_host, transport_for
-
-            transport = transport_for(get_host(store, host))
-        observed = live_usage(store, host, names, transport)
-    except GpumodError as exc:
-        return None, f"live usage unavailable: {exc.message}"
-    if observed is None:
-        return None, f"no nvidia-smi on {host}"
-    if not observed.gpus:
-        return None, f"nvidia-smi on {host} lists no GPU"
-    return observed, ""
+    placement = place(gpus, requests, neighbours=list(neighbours), **kwargs)
+    return Simulation(host, list(names), placement, requests, list(warnings), usage, usage_note,
+                      dict(occupants or {}))

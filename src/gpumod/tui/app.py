@@ -38,45 +38,43 @@ def _gib(mib: float | None) -> str:
 
 
 def render_gpus(status: dict[str, Any], width: int = BAR_WIDTH) -> Text:
-    """One bar per GPU; a coloured segment per service (other processes in grey)."""
+    """One bar per GPU; a coloured segment per service (other processes in grey).
+
+    The bars and their cells are the planner's picture (``gpumod status --visual``);
+    only the colours are the TUI's.
+    """
+    from gpumod.ops.status import bar_cells, gpu_bars
+
     out = Text()
-    gpus = status.get("gpus") or []
-    if not gpus:
+    if not status.get("gpus"):
         out.append(f"{status.get('host', '?')}: no NVIDIA GPU (nvidia-smi not available)",
                    style="dim")
         return out
     colours: dict[str, str] = {}
-    for g in gpus:
-        total = g.get("memory_total_mib") or 0
+    by_index = {g.get("index"): g for g in status["gpus"]}
+    for bar in gpu_bars(status):
+        g = by_index.get(bar.index, {})
         used = g.get("memory_used_mib")
-        procs = [p for p in status.get("processes") or [] if p.get("gpu") == g.get("index")]
+        total = bar.total_mib
         share = f"{round(100 * used / total)}%" if used is not None and total else "?"
-        out.append(f"GPU {g.get('index')} ")
-        out.append(str(g.get("name", "")), style="bold")
+        out.append(f"GPU {bar.index} ")
+        out.append(bar.name, style="bold")
         out.append(f"  VRAM {_gib(used)}/{_gib(total)} GiB ({share})\n")
-        segments: list[tuple[str, int, str]] = []
-        for p in procs:
-            label = p.get("service") or p.get("name") or f"pid {p.get('pid')}"
-            style = OTHER_STYLE if not p.get("service") else colours.setdefault(
-                label, SEGMENT_STYLES[len(colours) % len(SEGMENT_STYLES)])
-            segments.append((str(label), int(p.get("used_mib") or 0), style))
-        unattributed = max(0, (used or 0) - sum(s[1] for s in segments))
-        if unattributed:
-            segments.append(("(other)", unattributed, OTHER_STYLE))
+        styles = [OTHER_STYLE if seg.kind != "service" else colours.setdefault(
+            seg.label, SEGMENT_STYLES[len(colours) % len(SEGMENT_STYLES)]) for seg in bar.segments]
         out.append("[")
         drawn = 0
-        for _label, mib, style in segments:
-            cells = round(width * mib / total) if total else 0
+        for cells, style in zip(bar_cells(bar, width), styles, strict=True):
             cells = min(cells, width - drawn)
             out.append("█" * cells, style=style)
             drawn += cells
         out.append("░" * (width - drawn), style="dim")
         out.append("]\n")
-        for label, mib, style in segments:
+        for seg, style in zip(bar.segments, styles, strict=True):
             out.append("  ■ ", style=style)
-            out.append(label)
-            out.append(f" {_gib(mib)} GiB")
-        if segments:
+            out.append(seg.label)
+            out.append(f" {_gib(seg.mib)} GiB")
+        if bar.segments:
             out.append("\n")
     return out
 

@@ -9,6 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from gpumod.errors import UsageError
+from gpumod.units import parse_tokens
 
 # name -> (usage, help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -124,12 +125,13 @@ def _parse_simulate(words: list[str]) -> Command:
                 remove += _names(value, option)
             else:
                 service, sep, tokens = value.partition("=")
-                tokens = tokens.lower().removesuffix("k")
-                if not sep or not service or not tokens.isdigit() or int(tokens) < 1:
+                try:
+                    if not sep or not service:
+                        raise UsageError("no NAME=")
+                    contexts[service] = parse_tokens(tokens, what="--context")
+                except UsageError:
                     raise UsageError(f"--context wants NAME=TOKENS (e.g. chat=16384 or "
-                                     f"chat=16k), got {value!r}")
-                factor = 1024 if value.lower().endswith("k") else 1
-                contexts[service] = int(tokens) * factor
+                                     f"chat=16k), got {value!r}") from None
         elif word.startswith("-"):
             raise UsageError(f"unknown option {word!r} for /simulate",
                              hint="use --add, --remove, --context")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from gpumod.planner import calibration as C
 from gpumod.planner import estimate as E
 from gpumod.planner.facts import facts_from_config
+from gpumod.store import calibrations
 
 from .conftest import FIXTURES, config
 
@@ -37,16 +38,19 @@ def test_record_and_reuse_in_next_estimate(store):
     first = E.vllm_estimate(f, gpu_mib=81559, args=args)
     actual = C.parse_vllm_log(VLLM_019)
     actual["weights_gib"] = 15.5        # pretend the engine measured more
-    C.record_calibration(store, model=f.key, engine="vllm", engine_version="0.19.0",
-                         gpu_name="H100 80GB", args_key=args.setup_key(),
-                         estimate=first.to_json(), actual=actual, process_mib=77000)
-    cal = C.latest_calibration(store, model=f.key, engine="vllm", engine_version="0.19.0",
-                               gpu_name="H100 80GB", args_key=args.setup_key())
+    actual["process_mib"] = 77000
+    calibrations.record(store, model=f.key, engine="vllm", engine_version="0.19.0",
+                        gpu_name="H100 80GB", args_key=args.setup_key(),
+                        estimate=first.to_json(), actual=actual)
+    rows = calibrations.for_setup(store, model=f.key, engine="vllm", gpu_name="H100 80GB",
+                                  args_key=args.setup_key())
+    cal = C.pick_calibration(rows, "0.19.0")
     assert cal["actual"]["process_mib"] == 77000
     second = E.vllm_estimate(f, gpu_mib=81559, args=args, calibration=cal)
     assert second.weights_gib == 15.5 and second.calibrated
     assert second.kv_cache_gib < first.kv_cache_gib
-    # another setup does not pick it up
-    assert C.latest_calibration(store, model=f.key, engine="vllm", engine_version="0.19.0",
-                                gpu_name="H100 80GB", args_key="tp=2") is None
-    assert len(C.calibrations_for(store, f.key)) == 1
+    # another engine version or another setup does not pick it up
+    assert C.pick_calibration(rows, "0.21.1") is None
+    assert calibrations.for_setup(store, model=f.key, engine="vllm", gpu_name="H100 80GB",
+                                  args_key="tp=2") == []
+    assert len(calibrations.for_model(store, f.key)) == 1

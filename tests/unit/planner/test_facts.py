@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gpumod.errors import ConfigError, NotFoundError, TransportError, UsageError
+from gpumod.ops.facts import model_facts
 from gpumod.planner import facts as F
 
 from .conftest import FIXTURES, config
@@ -211,19 +212,19 @@ def test_ollama_fetch_over_http_transport():
 
 
 def test_hub_facts_through_huggingface_hub(hub_answers, store):
-    f = F.resolve("Qwen/Qwen3-8B", store=store)
+    f = model_facts(store, "Qwen/Qwen3-8B")
     assert f.source == "hf" and f.num_layers == 36
     assert f.param_count == 8190735360 and f.weight_bytes == 2 * 8190735360
     assert "model-00001-of-00005.safetensors" in f.files
     n = len(hub_answers)
     # second time: from the store, no request
-    again = F.resolve("Qwen/Qwen3-8B", store=store)
+    again = model_facts(store, "Qwen/Qwen3-8B")
     assert again.weight_bytes == f.weight_bytes and len(hub_answers) == n
 
 
 def test_hub_unknown_repo_is_not_found(hub_answers, store):
     with pytest.raises(NotFoundError, match="no model"):
-        F.resolve("nobody/nothing", store=store)
+        model_facts(store, "nobody/nothing")
 
 
 def test_hub_offline_is_a_transport_error(monkeypatch, store):
@@ -237,7 +238,7 @@ def test_hub_offline_is_a_transport_error(monkeypatch, store):
     huggingface_hub.close_session()
     try:
         with pytest.raises(TransportError, match="cannot reach Hugging Face"):
-            F.resolve("Qwen/Qwen3-8B", store=store)
+            model_facts(store, "Qwen/Qwen3-8B")
     finally:
         huggingface_hub.set_client_factory(lambda: httpx.Client())
         huggingface_hub.close_session()
@@ -258,7 +259,7 @@ def test_hub_offline_through_the_hubs_own_httpx2_client_is_a_transport_error(sto
     huggingface_hub.close_session()
     try:
         with pytest.raises(TransportError, match="cannot reach Hugging Face"):
-            F.resolve("Qwen/Qwen3-8B", store=store)
+            model_facts(store, "Qwen/Qwen3-8B")
     finally:
         huggingface_hub.set_client_factory(_http.default_client_factory)
         huggingface_hub.close_session()
@@ -266,6 +267,6 @@ def test_hub_offline_through_the_hubs_own_httpx2_client_is_a_transport_error(sto
 
 def test_resolve_rejects_malformed_ids(store):
     with pytest.raises(UsageError):
-        F.resolve("bad id with spaces", store=store)
+        model_facts(store, "bad id with spaces")
     with pytest.raises(NotFoundError):
-        F.resolve("/no/such/folder", store=store)
+        model_facts(store, "/no/such/folder")

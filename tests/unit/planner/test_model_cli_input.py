@@ -9,8 +9,8 @@ from tests.support.cli import run_cli
 
 @pytest.mark.parametrize(("extra", "fragment"), [
     (["--tp", "0"], "--tp"),
-    (["--max-model-len", "0"], "--max-model-len 0"),
-    (["--max-model-len", "-5"], "invalid token count"),
+    (["--max-model-len", "0"], "--max-model-len '0' is out of range"),
+    (["--max-model-len", "-5"], "invalid --max-model-len '-5'"),
     (["--max-num-seqs", "0"], "--max-num-seqs"),
     (["--engine", "llamacpp", "--parallel", "0"], "--parallel"),
     (["--engine", "llamacpp", "--n-gpu-layers", "-3"], "--n-gpu-layers"),

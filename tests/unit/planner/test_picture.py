@@ -39,3 +39,26 @@ def test_live_status_segments_per_service():
     text = render_live_status(status)
     assert "chat" in text and "llama-server:11" in text and "(other)" in text
     assert "48.8 GiB" in text
+
+
+def test_live_bars_kinds_and_the_tui_columns():
+    """The TUI colours what `status --visual` draws: services, other processes, unlisted memory."""
+    from gpumod.ops.status import bar_cells, gpu_bars
+
+    status = {"gpus": [{"index": 1, "name": "L4", "memory_total_mib": 23034,
+                        "memory_used_mib": 12000},
+                       {"index": 2, "name": "L4", "memory_total_mib": 23034,
+                        "memory_used_mib": 0}],
+              "processes": [{"gpu": 1, "pid": 7, "name": "python", "used_mib": 8000,
+                             "service": "chat"},
+                            {"gpu": 1, "pid": 8, "name": "python", "used_mib": 2000,
+                             "service": "chat"},
+                            {"gpu": 1, "pid": 9, "name": "ollama", "used_mib": 30,
+                             "service": None}]}
+    first, idle = gpu_bars(status)
+    assert [(s.label, s.mib, s.kind) for s in first.segments] == [
+        ("chat", 10000, "service"), ("ollama:9", 30, "process"), ("(other)", 1970, "other")]
+    assert idle.index == 2 and idle.segments == []
+    cells = bar_cells(first, 40)
+    assert cells[1] == 1                      # a tiny process still shows
+    assert sum(cells) == round(12000 / 23034 * 40)

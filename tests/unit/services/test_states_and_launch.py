@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -165,8 +163,9 @@ def test_supervisor_for_builds_the_real_systemd_supervisor():
 
 @pytest.fixture
 def fake_admission(monkeypatch):
+    from gpumod.ops import sizing
+
     calls: list = []
-    module = types.ModuleType("gpumod.planner.admission")
 
     class Admission:
         def __init__(self, args, notes):
@@ -178,8 +177,7 @@ def fake_admission(monkeypatch):
             raise CapacityError("huge does not fit", hint="try a smaller model")
         return Admission((*spec.args, "--gpu-memory-utilization", "0.42"), ["computed 0.42"])
 
-    module.check_start = check_start  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "gpumod.planner.admission", module)
+    monkeypatch.setattr(sizing, "check_start", check_start)
     return calls
 
 

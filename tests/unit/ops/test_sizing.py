@@ -1,4 +1,5 @@
-"""The start path's VRAM gate (planner.check_start) and what a start teaches (after_start)."""
+"""One sizing path: the start check (ops.sizing.check_start), `gpumod model estimate`
+(ops.sizing.estimate) and what a start teaches (ops.calibration.after_start)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import pytest
 from gpumod.errors import CapacityError, UsageError
 from gpumod.hosts.gpus import GPUUsage
 from gpumod.hosts.model import GPU, Host
-from gpumod.planner import calibration as C
-from gpumod.planner import check_start, estimate_for
+from gpumod.ops import calibration as C
+from gpumod.ops.facts import remember
+from gpumod.ops.sizing import check_start
+from gpumod.ops.sizing import estimate as sizing_estimate
 from gpumod.planner.admission import quantized_variants
-from gpumod.planner.facts import facts_from_config, save_cached
+from gpumod.planner.calibration import setup_key
+from gpumod.planner.facts import facts_from_config
 from gpumod.planner.gputable import cuda_total_mib
 from gpumod.spec import ServiceSpec
 
@@ -28,10 +32,10 @@ GGUF_LOG = (FIXTURES / "logs" / "llama-server-qwen3-8b.log").read_text()
 
 @pytest.fixture
 def facts_store(store):
-    save_cached(store, facts_from_config(config("meta-llama__Llama-3.1-8B-Instruct"), key=LLAMA))
+    remember(store, facts_from_config(config("meta-llama__Llama-3.1-8B-Instruct"), key=LLAMA))
     # Qwen3-Coder-30B-A3B has Qwen3-30B-A3B's architecture
-    save_cached(store, facts_from_config(config("Qwen__Qwen3-30B-A3B"), key=CODER))
-    save_cached(store, facts_from_config(config("Qwen__Qwen3-8B"), key="Qwen/Qwen3-8B"))
+    remember(store, facts_from_config(config("Qwen__Qwen3-30B-A3B"), key=CODER))
+    remember(store, facts_from_config(config("Qwen__Qwen3-8B"), key="Qwen/Qwen3-8B"))
     return store
 
 
@@ -237,11 +241,16 @@ def test_local_model_folder_is_read(facts_store, tmp_path):
     assert missing.notes[0].startswith("no VRAM check:") and "no such" in missing.notes[0]
 
 
-def test_pipeline_parallel_and_declared_budgets(facts_store):
+def test_pipeline_parallel_is_sized_data_parallel_is_not_and_declared_budgets(facts_store):
     h = host(2)
-    s = spec(LLAMA, "--pipeline-parallel-size", "2", gpus=(0, 1))
+    s = spec(LLAMA, "--pipeline-parallel-size", "2", "--max-model-len", "8192", gpus=(0, 1))
     adm = check_start(facts_store, h, s, usage(h, 0), force=False)
-    assert adm.args == s.args and "pipeline parallel" in adm.notes[0]
+    # two stages of 16 layers: about half the weights per GPU
+    assert "--gpu-memory-utilization" in adm.args and 7 < adm.estimate["weights_gib"] < 8
+    assert adm.estimate["pp"] == 2
+    dp = spec(LLAMA, "--data-parallel-size", "2", gpus=(0, 1))
+    adm = check_start(facts_store, h, dp, usage(h, 0), force=False)
+    assert adm.args == dp.args and "data parallel" in adm.notes[0]
     cmd = ServiceSpec("emb", "local", "command", "bge", 8001, gpus=(0,), vram_mib=30 * 1024)
     assert "fits" in check_start(facts_store, h, cmd, usage(h, 0), force=False).notes[0]
     with pytest.raises(CapacityError, match=r"declares 30\.0 GiB per GPU but GPU 0 has"):
@@ -271,18 +280,18 @@ def test_after_start_records_and_the_next_estimate_uses_the_measured_kv_pool(fac
     h = host()
     s = spec(LLAMA, "--max-model-len", "16384", "--gpu-memory-utilization", "0.45")
     facts = facts_from_config(config("meta-llama__Llama-3.1-8B-Instruct"), key=LLAMA)
-    before = estimate_for(facts_store, facts, engine="vllm", args=s.args, gpu_mib=H100,
-                          gpu_name=H100_NAME, engine_version="0.19.0")
+    before = sizing_estimate(facts_store, facts.key, engine="vllm", args=s.args, gpu_mib=H100,
+                          gpu_name=H100_NAME, version="0.19.0")
     assert before["calibration_id"] is None
     C.after_start(facts_store, s, h, FAKE_VLLM_LOG, 37000)
     cal = C.calibrations_for(facts_store, LLAMA)[0]
     assert cal["gpu_name"] == "H100 80GB" and cal["engine_version"] == "0.19.0"
-    assert cal["args_key"] == C.setup_key("vllm", s.args)
+    assert cal["args_key"] == setup_key("vllm", s.args)
     assert cal["actual"]["process_mib"] == 37000 and cal["actual"]["kv_cache_gib"] == 17.4
     assert cal["estimate"]["kv_cache_gib"] == before["kv_cache_gib"]
     assert set(cal["actual"]["derived"]) == {"activation_gib", "non_torch_gib"}
-    after = estimate_for(facts_store, facts, engine="vllm", args=s.args, gpu_mib=H100,
-                         gpu_name=H100_NAME, engine_version="0.19.0")
+    after = sizing_estimate(facts_store, facts.key, engine="vllm", args=s.args, gpu_mib=H100,
+                         gpu_name=H100_NAME, version="0.19.0")
     assert after["calibration_id"] == cal["id"] and after["calibrated"]
     assert after["weights_gib"] == 15.21
     assert abs(after["kv_cache_gib"] - 17.4) <= 0.01          # the measured pool
@@ -291,12 +300,12 @@ def test_after_start_records_and_the_next_estimate_uses_the_measured_kv_pool(fac
     assert abs(adm.estimate["kv_cache_gib"] - 17.4) <= 0.01
     assert any("calibrated from the measurement" in n for n in adm.notes)
     # another setup (fp8 KV) or another engine version does not
-    other = estimate_for(facts_store, facts, engine="vllm",
+    other = sizing_estimate(facts_store, facts.key, engine="vllm",
                          args=(*s.args, "--kv-cache-dtype", "fp8"), gpu_mib=H100,
-                         gpu_name=H100_NAME, engine_version="0.19.0")
+                         gpu_name=H100_NAME, version="0.19.0")
     assert other["calibration_id"] is None
-    newer = estimate_for(facts_store, facts, engine="vllm", args=s.args, gpu_mib=H100,
-                         gpu_name="h100", engine_version="0.21.1")
+    newer = sizing_estimate(facts_store, facts.key, engine="vllm", args=s.args, gpu_mib=H100,
+                         gpu_name="h100", version="0.21.1")
     assert newer["calibration_id"] is None
 
 
@@ -307,7 +316,7 @@ def test_after_start_llamacpp_and_never_raises(facts_store):
     cal = C.calibrations_for(facts_store, "Qwen/Qwen3-8B")[0]
     assert cal["actual"]["weights_gib"] == round(4455.33 / 1024, 3)
     facts = facts_from_config(config("Qwen__Qwen3-8B"), key="Qwen/Qwen3-8B")
-    got = estimate_for(facts_store, facts, engine="llamacpp", args=s.args, gpu_mib=H100,
+    got = sizing_estimate(facts_store, facts.key, engine="llamacpp", args=s.args, gpu_mib=H100,
                        gpu_name="H100 80GB")
     assert got["calibrated"] and got["weights_gib"] == round(4455.33 / 1024, 2)
     # broken inputs: logged as an event, never raised
@@ -329,7 +338,7 @@ def home(tmp_path, monkeypatch):
     from gpumod.store.db import open_store
 
     st = open_store()
-    save_cached(st, facts_from_config(config("meta-llama__Llama-3.1-8B-Instruct"), key=LLAMA))
+    remember(st, facts_from_config(config("meta-llama__Llama-3.1-8B-Instruct"), key=LLAMA))
     yield st
     st.close()
     dbmod._open.clear()
@@ -369,3 +378,19 @@ def test_mcp_model_estimate_and_cli_model_estimate_agree(home, capsys):
                "--max-model-len", "8192", "--cache-type-k", "q8_0", "--json")
     mcp = model_estimate(LLAMA, "llamacpp", 8192, "RTX 4090", ["-ctk", "q8_0"])
     assert cli == mcp and cli["gpu"] == "RTX 4090"
+
+
+def test_without_gpu_the_cli_and_mcp_size_for_the_active_hosts_card(home, capsys):
+    """No --gpu: both front ends plan for the active host's first GPU, not a fixed H100."""
+    from gpumod.ops.api import model_estimate
+    from gpumod.ops.hosts import save_host
+
+    card = GPU(0, "GPU-0", "NVIDIA GeForce RTX 4090", 24564)
+    save_host(home, Host("local", "local", gpus=(card,), engine_env={"vllm_version": "0.19.0"}),
+              replace=True)
+    cli = _cli(capsys, "model", "estimate", LLAMA, "--max-model-len", "8192", "--json")
+    mcp = model_estimate(LLAMA, "vllm", 8192)
+    assert cli == mcp
+    assert cli["gpu"] == "RTX 4090" and cli["gpu_usable_gib"] < 24
+    # a consumer card's engine defaults: 2048 batched tokens, 256 sequences
+    assert cli["max_num_batched_tokens"] == 2048 and cli["max_num_seqs"] == 256

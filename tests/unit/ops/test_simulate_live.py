@@ -11,7 +11,8 @@ import pytest
 
 from gpumod.errors import TransportError
 from gpumod.hosts.transports.mock import MockTransport
-from gpumod.planner.facts import facts_from_config, save_cached
+from gpumod.ops.facts import remember as save_cached
+from gpumod.planner.facts import facts_from_config
 from gpumod.spec import ServiceSpec
 from gpumod.testing.fake_nvidia_smi import register_process, write_state
 from gpumod.testing.shims import install_shims
@@ -168,7 +169,7 @@ def test_broken_nvidia_smi_falls_back_to_inventory_with_a_note(h100, capsys, tmp
 
 
 def test_unreachable_host_and_no_nvidia_smi(h100):
-    from gpumod.planner.simulate import simulate
+    from gpumod.ops.simulate import simulate
 
     st, _ = h100
 
@@ -187,7 +188,7 @@ def test_unreachable_host_and_no_nvidia_smi(h100):
 def test_ps_failure_still_matches_by_pid(h100, procs):
     """Without `ps`, a set member whose own pid holds the memory is still not double counted."""
     from gpumod.hosts.transports.local import LocalTransport
-    from gpumod.planner.simulate import simulate
+    from gpumod.ops.simulate import simulate
 
     st, state = h100
     pid, _ = procs()

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from gpumod.planner.facts import facts_from_config, save_cached
+from gpumod.ops.facts import remember as save_cached
+from gpumod.planner.facts import facts_from_config
 from gpumod.spec import ServiceSpec
 from tests.support.cli import run_main
 
@@ -130,7 +131,7 @@ def test_model_estimate_llamacpp_and_errors(home, capsys, tmp_path):
 
 
 def test_model_info_shows_facts_and_calibrations(home, capsys):
-    from gpumod.planner.calibration import record_calibration
+    from gpumod.store.calibrations import record as record_calibration
 
     record_calibration(home, model="Qwen/Qwen3-8B", engine="vllm", engine_version="0.19.0",
                        gpu_name="H100 80GB", estimate={"weights_gib": 15.3},
@@ -164,3 +165,37 @@ def test_model_search_offline(home, capsys, monkeypatch):
         huggingface_hub.set_client_factory(lambda: httpx.Client())
         huggingface_hub.close_session()
     assert code == 5 and "cannot reach Hugging Face" in err
+
+
+QWEN_ON_4090_LOG = """\
+(EngineCore_DP0 pid=1) INFO [core.py:77] Initializing a V1 LLM engine (v0.19.0) with config
+(EngineCore_DP0 pid=1) INFO [gpu_model_runner.py:2370] Model loading took 15.2700 GiB and 4.0 seconds
+(EngineCore_DP0 pid=1) INFO [gpu_worker.py:298] Available KV cache memory: 4.10 GiB
+(EngineCore_DP0 pid=1) INFO [kv_cache_utils.py:1087] GPU KV cache size: 29,856 tokens
+"""
+
+
+def test_simulate_uses_the_calibration_the_start_check_uses(home, capsys):
+    """`gpumod simulate` sizes a service the way `pi start` admits it: measured KV pool first."""
+    from gpumod.hosts.gpus import GPUUsage
+    from gpumod.ops import calibration
+    from gpumod.ops.hosts import get_host
+    from gpumod.ops.simulate import service_specs
+    from gpumod.ops.sizing import check_start
+
+    def chat_notes():
+        code, out, _ = run(capsys, "simulate", "--services", "chat", "--json")
+        assert code == 0
+        return json.loads(out)["assignments"][0]["notes"]
+
+    assert not any("calibrated" in n for n in chat_notes())
+    host = get_host(home, "local")
+    (chat,) = service_specs(home, ["chat"])
+    started = chat.with_(gpus=(0,), args=("--gpu-memory-utilization", "0.90", *chat.args))
+    calibration.after_start(home, started, host, QWEN_ON_4090_LOG)
+    notes = chat_notes()
+    assert any("calibrated from the measurement" in n for n in notes), notes
+    idle = [GPUUsage(g, 0, g.memory_mib, "550.54") for g in host.gpus]
+    admitted = check_start(home, host, chat.with_(gpus=(0,)), idle, force=False)
+    assert any("calibrated from the measurement" in n for n in admitted.notes)
+    assert admitted.estimate["calibrated"] and admitted.estimate["weights_gib"] == 15.27

@@ -1,0 +1,210 @@
+"""`gpumod simulate`: read services, modes and GPUs, observe the host, let the planner place.
+
+The planner (``gpumod.planner.simulate``) plans from data; this module gathers it:
+the services and modes from the store, the model facts and calibrations
+(through ``gpumod.ops.sizing``, the same requests `pi start` admits with), and,
+with ``live``, the host's nvidia-smi and process trees. When the host cannot be
+reached or has no nvidia-smi, the stored inventory is used and the result says
+so (``usage`` = ``"inventory"`` with a ``usage_note``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpumod.errors import GpumodError, NotFoundError, UsageError
+from gpumod.hosts.transports.base import Transport
+from gpumod.ops import sizing
+from gpumod.planner import estimate as est
+from gpumod.spec import ServiceSpec
+from gpumod.store.db import Store
+
+
+def simulate(store: Store, *, host: str, services: list[str] | None = None,
+             mode: str | None = None, add: list[str] = (), remove: list[str] = (),
+             contexts: dict[str, int] | None = None, gpus: list[Any] | None = None,
+             hub: Any = None, margin_mib: int | None = None, live: bool = False,
+             transport: Transport | None = None, version: str | None = None,
+             leaving: list[str] = (), strict: bool = True) -> Any:
+    """Place the chosen services on the host's GPUs (in start order) and report the fit.
+
+    With ``live``, the GPUs and what other processes hold on them come from the host's
+    nvidia-smi (through ``transport``, else the host's own); when that fails the stored
+    inventory is used and ``Simulation.usage_note`` says why. ``version`` overrides the
+    vLLM version recorded for the host. ``leaving`` services are about to stop: what they
+    hold counts as free. Not ``strict``: a service with neither model facts nor a
+    declared budget counts as 0 (with a warning) instead of failing the simulation.
+    """
+    from gpumod.ops.hosts import get_host
+    from gpumod.planner import simulate as plan
+
+    contexts = dict(contexts or {})
+    if services and mode:
+        raise UsageError("give --services or --mode, not both")
+    listed: list[str] = []
+    if mode:
+        mode_host, listed = mode_services(store, mode)
+        host = host or mode_host
+    elif services:
+        listed = list(services)
+    names = plan.choose_services(listed, add=add, remove=remove, contexts=contexts)
+    specs = service_specs(store, names)
+    host_rec = _host_or_none(store, host, get_host)
+    requests, warnings = [], []
+    for spec in specs:
+        req, warn = _request(store, spec, host_rec, contexts.get(spec.name), hub, version,
+                             strict)
+        requests.append(req)
+        warnings += warn
+    usage, note, occupants, neighbours = "inventory", "", {}, []
+    gpu_list = gpus
+    if gpu_list is None and live:
+        observed, note = _observe(store, host, names, transport, list(leaving))
+        if observed is not None:
+            usage, gpu_list = "live", observed.gpus
+            occupants, neighbours = observed.occupants, observed.neighbours
+            warnings += observed.warnings
+    if gpu_list is None:
+        gpu_list = host_gpus(store, host)
+    return plan.simulate_requests(host, names, requests, gpu_list, usage=usage, usage_note=note,
+                                  occupants=occupants, neighbours=neighbours,
+                                  warnings=warnings, margin_mib=margin_mib)
+
+
+def _host_or_none(store: Store, name: str, get_host: Any) -> Any:
+    try:
+        return get_host(store, name)
+    except NotFoundError:
+        return None
+
+
+def _request(store: Store, spec: ServiceSpec, host: Any, context: int | None, hub: Any,
+             version: str | None, strict: bool = True) -> tuple[Any, list[str]]:
+    """The service's request; without facts, its declared budget (else the cause's error)."""
+    warnings: list[str] = []
+    facts = None
+    if spec.engine in sizing.ENGINES:
+        try:
+            facts = sizing.service_facts(store, spec, hub=hub)
+        except GpumodError as exc:
+            share = (est.parse_vllm_args(list(spec.args)).gpu_memory_utilization
+                     if spec.engine == "vllm" else None)
+            if spec.vram_mib:
+                warnings.append(f"{spec.name}: no facts for {spec.model} ({exc.message}); "
+                                f"using its declared {spec.vram_mib} MiB")
+            elif share:
+                warnings.append(f"{spec.name}: no facts for {spec.model} ({exc.message}); "
+                                f"sized by its --gpu-memory-utilization {share}")
+            elif not strict:
+                warnings.append(f"{spec.name}: no facts for {spec.model} ({exc.message}) and "
+                                "no declared VRAM budget: counted as 0")
+            else:
+                # Keep the cause's type (and exit code): offline stays a transport error.
+                exc.message = f"{spec.name}: cannot size {spec.model}: {exc.message}"
+                exc.hint = exc.hint or "set the service's vram budget"
+                raise
+    req = sizing.service_request(store, spec, host=host, facts=facts, context=context,
+                                 version=version)
+    return req, warnings
+
+
+def service_specs(store: Any, names: list[str]) -> list[ServiceSpec]:
+    specs = []
+    for name in names:
+        row = store.query_one("SELECT * FROM services WHERE name = ?", (name,))
+        if row is None:
+            known = [r["name"] for r in store.query("SELECT name FROM services ORDER BY name")]
+            raise NotFoundError(f"unknown service {name!r}",
+                                hint=("known: " + ", ".join(known)) if known else
+                                "define one with `gpumod service add`")
+        specs.append(ServiceSpec.from_row(row))
+    return specs
+
+
+def mode_services(store: Any, mode: str) -> tuple[str, list[str]]:
+    row = store.query_one("SELECT * FROM modes WHERE name = ?", (mode,))
+    if row is None:
+        known = [r["name"] for r in store.query("SELECT name FROM modes ORDER BY name")]
+        raise NotFoundError(f"unknown mode {mode!r}",
+                            hint=("known: " + ", ".join(known)) if known else
+                            "define one with `gpumod mode create`")
+    names = [r["service"] for r in store.query(
+        "SELECT service FROM mode_services WHERE mode = ? ORDER BY position, service", (mode,))]
+    return row["host"], names
+
+
+def host_gpus(store: Store, host: str) -> list[Any]:
+    """The host's GPUs as the inventory recorded them (nothing in use)."""
+    from gpumod.planner.placement import GPUState
+
+    rows = store.query("SELECT * FROM gpus WHERE host = ? ORDER BY idx", (host,))
+    return [GPUState(r["idx"], r["name"], int(r["memory_mib"]), 0) for r in rows]
+
+
+def live_usage(store: Store, host: str, names: list[str], transport: Transport, *,
+               timeout: float = 20, leaving: list[str] = ()) -> Any:
+    """The host's GPUs as nvidia-smi sees them now, minus what the simulated set holds.
+
+    None when the host has no nvidia-smi; transport and nvidia-smi failures raise.
+    """
+    from gpumod.hosts.gpus import snapshot
+    from gpumod.planner.simulate import live_usage as plan_usage
+
+    snap = snapshot(transport, timeout=timeout)
+    if snap is None:
+        return None
+    rows = store.query("SELECT name, pid, sleep_mode, gpus FROM services "
+                       "WHERE host = ? AND pid IS NOT NULL AND pid > 0", (host,))
+    roots = {r["name"]: int(r["pid"]) for r in rows}
+    sleep_modes = {r["name"]: r["sleep_mode"] for r in rows}
+    owner, tree_note = _process_trees(transport, roots) if snap.processes else ({}, "")
+    return plan_usage(snap, names, owner, sleep_modes, tree_note, leaving=leaving)
+
+
+def _process_trees(transport: Transport, roots: dict[str, int]) -> tuple[dict[int, str], str]:
+    """pid -> service for every process in each service's tree (one `ps` for all).
+
+    Falls back to the recorded pids alone when `ps` fails; the second value says so.
+    """
+    owner = {pid: name for name, pid in roots.items()}
+    if not roots:
+        return owner, ""
+    from gpumod.engines.sleep import PS_ARGV
+
+    try:
+        result = transport.run(PS_ARGV, timeout=20)
+    except GpumodError as exc:
+        return owner, f"process trees unknown ({exc.message}); matched by pid only"
+    if not result.ok:
+        return owner, "process trees unknown (`ps` failed); matched by pid only"
+    children: dict[int, list[int]] = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    for name, root in roots.items():
+        stack = [root]
+        while stack:
+            for child in children.get(stack.pop(), []):
+                if child not in owner:
+                    owner[child] = name
+                    stack.append(child)
+    return owner, ""
+
+
+def _observe(store: Any, host: str, names: list[str], transport: Transport | None,
+             leaving: list[str] = ()) -> tuple[Any, str]:
+    """Live usage, or None and the one-line reason the inventory is used instead."""
+    try:
+        if transport is None:
+            from gpumod.ops.hosts import get_host, transport_for
+
+            transport = transport_for(get_host(store, host))
+        observed = live_usage(store, host, names, transport, leaving=leaving)
+    except GpumodError as exc:
+        return None, f"live usage unavailable: {exc.message}"
+    if observed is None:
+        return None, f"no nvidia-smi on {host}"
+    if not observed.gpus:
+        return None, f"nvidia-smi on {host} lists no GPU"
+    return observed, ""
