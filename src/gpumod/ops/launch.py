@@ -47,7 +47,6 @@ from gpumod.errors import (
     EngineError,
     GpumodError,
     RemoteCommandError,
-    TransportError,
     UsageError,
 )
 from gpumod.hosts.model import Host
@@ -269,19 +268,13 @@ def wait_healthy(rt: Runtime, pid: int | None, deadline: float, log: Output) -> 
     if rt.supervisor.name == "docker":
         return poll_healthy(rt.endpoint, rt.health_path, timeout=deadline, alive=rt.alive,
                             what=rt.spec.name)
-    proc = rt.transport.popen(probes.wait_argv(
-        rt.plan.service_dir, rt.spec.port, rt.health_path, probe_address(rt.bind), deadline,
-        rt.engine.health.ok_codes, pid=pid if rt.supervisor.name != "process" else None,
-        owner_check=rt.spec.engine != "docker"))
-    assert proc.stdout is not None
-    try:
-        for raw in proc.stdout:
-            log(raw.decode(errors="replace").rstrip("\n"))
-        code = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    with rt.transport.stream(probes.wait_argv(
+            rt.plan.service_dir, rt.spec.port, rt.health_path, probe_address(rt.bind), deadline,
+            rt.engine.health.ok_codes, pid=pid if rt.supervisor.name != "process" else None,
+            owner_check=rt.spec.engine != "docker")) as out:
+        for line in out.iter_lines():
+            log(line)
+    code = out.returncode
     if code == 0:
         return time.monotonic() - began
     errors = rt.engine.error_lines(rt.read_log(400))
@@ -293,9 +286,6 @@ def wait_healthy(rt: Runtime, pid: int | None, deadline: float, log: Output) -> 
     if code == 4:
         raise EngineError(f"{name} was not healthy within {deadline:g}s: {detail}",
                           hint="a big model can need longer: --timeout SECONDS")
-    if code == 255 and not rt.host.is_local:
-        raise TransportError(f"{rt.transport.label}: the connection dropped while waiting "
-                             "for health")
     raise EngineError(f"waiting for {name} failed (exit {code}): {detail}")
 
 
