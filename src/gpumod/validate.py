@@ -6,14 +6,15 @@ import re
 
 from gpumod.errors import UsageError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Always fullmatch: `$` in re.match also matches before a trailing newline ("evil\n").
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 # Hugging Face ids: owner/name, each part letters, digits, '-', '_', '.'
-_HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+_HF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 
 
 def name(value: str, what: str = "name") -> str:
     """A pod, service or mode name: safe as a file name, unit name and URL part."""
-    if not _NAME.match(value or "") or value in {".", ".."}:
+    if not _NAME.fullmatch(value or "") or value in {".", ".."}:
         raise UsageError(
             f"invalid {what} {value!r}",
             hint="use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -22,7 +23,7 @@ def name(value: str, what: str = "name") -> str:
 
 
 def hf_id(value: str) -> bool:
-    return bool(_HF_ID.match(value)) and ".." not in value
+    return bool(_HF_ID.fullmatch(value)) and ".." not in value
 
 
 def port(value: int) -> int:

@@ -64,7 +64,7 @@ class ServicePreset(_Strict):
         import re
 
         for item in value:
-            if not re.match(_NAME_PATTERN, item):
+            if not re.fullmatch(_NAME_PATTERN, item):
                 raise ValueError(f"invalid service name {item!r}")
         return value
 
@@ -82,7 +82,7 @@ class ServicePreset(_Strict):
         import re
 
         for key, item in value.items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"invalid environment variable name {key!r}")
             if any(ord(c) < 32 or ord(c) == 127 for c in str(item)):
                 raise ValueError(f"value of {key} contains a newline or control character")
@@ -120,7 +120,7 @@ class ModePreset(_Strict):
         import re
 
         for item in [*self.services, *self.sleep_on_idle]:
-            if not re.match(_NAME_PATTERN, item):
+            if not re.fullmatch(_NAME_PATTERN, item):
                 raise ValueError(f"services: invalid service name {item!r}")
         stray = set(self.sleep_on_idle) - set(self.services)
         if stray:

@@ -26,13 +26,13 @@ BASE_ENV = {
     "DO_NOT_TRACK": "1",
 }
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
+_SIZE = re.compile(r"\s*(\d+)\s*([kKmM]?)\s*")
 MAX_CONTEXT = 1024 * 1024  # "1m"
 
 
 def parse_context(text: str) -> int:
     """'4k' -> 4096, '256k' -> 262144, '1m' -> 1048576, '8192' -> 8192; else UsageError."""
-    match = _SIZE.match(str(text))
+    match = _SIZE.fullmatch(str(text))
     if not match:
         raise UsageError(f"invalid context size {text!r}",
                          hint="use e.g. 4k, 32k, 128k, 1m or a number of tokens")

@@ -31,7 +31,7 @@ from gpumod.ops.services import get_service, list_services, save_state
 from gpumod.spec import ENGINES, SLEEP_MODES, ServiceSpec
 from gpumod.store.db import Store
 
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Never stored in a service definition (it would reach unit files, manifests and JSON).
 SECRET_ENV = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "PI_API_KEY", "VLLM_API_KEY",
                         "LLAMA_API_KEY", "OPENAI_API_KEY"})
@@ -132,7 +132,7 @@ def add_service(store: Store, spec: ServiceSpec, *, listening: set[int] | None =
         raise UsageError(f"invalid bind address {bind!r}", hint=f"use {', '.join(BINDS)}")
     for key, value in spec.env.items():
         validate.no_control_chars(f"{key}={value}", "environment")
-        if not _ENV_KEY.match(key):
+        if not _ENV_KEY.fullmatch(key):
             raise UsageError(f"invalid environment variable name {key!r}",
                              hint="use letters, digits and '_', not starting with a digit")
         if key.upper() in SECRET_ENV:

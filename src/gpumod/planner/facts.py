@@ -489,12 +489,12 @@ def facts_from_folder(folder: Path) -> ModelFacts:
 # GGUF
 # ---------------------------------------------------------------------------
 
-_SPLIT = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+_SPLIT = re.compile(r"(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf")
 
 
 def gguf_split_files(path: Path) -> list[Path]:
     """All parts of a split GGUF (given any part), else just the file."""
-    m = _SPLIT.match(path.name)
+    m = _SPLIT.fullmatch(path.name)
     if not m:
         return [path]
     n = int(m.group("n"))
