@@ -17,8 +17,9 @@ Any failure or Ctrl+C after the launch stops what was launched. A new deployment
 reservation and folder are removed (nothing half-recorded); a defined service is
 marked 'failed' and keeps its log.
 
-One bind rule (:func:`bind_address`): vLLM with sleep enabled (``VLLM_SERVER_DEV_MODE=1``)
-always on 127.0.0.1 (its dev endpoints have no authentication); else the service's own
+One bind rule (:func:`bind_address`): vLLM's dev endpoints on (sleep enabled, or any
+``VLLM_SERVER_DEV_MODE`` value vLLM reads as on) always on 127.0.0.1 (they have no
+authentication); else the service's own
 ``bind``; else 127.0.0.1 on `local` and 0.0.0.0 on pods.
 """
 
@@ -42,6 +43,7 @@ from gpumod.engines.sleep import (
     router_argv,
 )
 from gpumod.engines.sleep import wait_healthy as poll_healthy
+from gpumod.engines.vllm import check_dev_mode, dev_mode_enabled
 from gpumod.errors import (
     Cancelled,
     EngineError,
@@ -72,9 +74,10 @@ def _quiet(_: str) -> None:
 
 
 def dev_mode(spec: ServiceSpec) -> bool:
-    """vLLM with sleep enabled: its unauthenticated dev endpoints are on."""
-    return spec.engine == "vllm" and (spec.sleep_mode in {"l1", "l2"}
-                                      or str(spec.env.get(DEV_MODE_ENV, "")) == "1")
+    """vLLM's unauthenticated dev endpoints are on: sleep enabled, or the env turns them on
+    (read as vLLM reads it, whatever the engine: a command or container may run vLLM)."""
+    return (spec.engine == "vllm" and spec.sleep_mode in {"l1", "l2"}) \
+        or dev_mode_enabled(spec.env.get(DEV_MODE_ENV))
 
 
 def bind_address(spec: ServiceSpec, host: Host) -> str:
@@ -129,7 +132,8 @@ def launch_plan(spec: ServiceSpec, host: Host, engine: Engine | None = None,
         if spec.engine == "command" and options.binary:
             argv[0] = options.binary
     env = {**engine.env(spec), **options.env}
-    if dev_mode(spec):
+    check_dev_mode(env.get(DEV_MODE_ENV))
+    if dev_mode(spec) and spec.engine == "vllm":
         argv, env = prepare_vllm_launch(argv, env)
     workdir = spec.extra.get("workdir")
     return LaunchPlan(service=spec.name, argv=tuple(argv), env=env,

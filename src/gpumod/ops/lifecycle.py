@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from gpumod import paths, validate
 from gpumod.engines.base import MAX_CONTEXT, get_engine
 from gpumod.engines.sleep import canary, wait_healthy
+from gpumod.engines.vllm import DEV_MODE_ENV, check_dev_mode
 from gpumod.errors import ConfigError, ConflictError, EngineError, NotFoundError, UsageError
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
@@ -141,6 +142,7 @@ def add_service(store: Store, spec: ServiceSpec, *, listening: set[int] | None =
                                   "environment; gpumod hands them over in a 0600 file")
     for arg in spec.args:
         validate.no_control_chars(arg, "argument")
+    check_dev_mode(spec.env.get(DEV_MODE_ENV))
     engine = get_engine(spec.engine)
     if spec.sleep_mode != "router":
         engine.validate(spec)
