@@ -467,6 +467,8 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
         raise ConflictError(f"a service named {req.name!r} already exists (on {existing.host})",
                             hint=f"pick another --name, or `pi stop {req.name}` first")
     plan = plan_start(req, host)
+    validate.no_secret_in([req.model, plan.args, plan.env], [api_key, os.environ.get("HF_TOKEN")],
+                          "engine's arguments or environment")
     for warning in plan.warnings:
         out(f"warning: {warning}")
     if plan.gpu_count > len(host.gpus):

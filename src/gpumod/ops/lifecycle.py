@@ -143,6 +143,8 @@ def add_service(store: Store, spec: ServiceSpec, *, listening: set[int] | None =
     for arg in spec.args:
         validate.no_control_chars(arg, "argument")
     check_dev_mode(spec.env.get(DEV_MODE_ENV))
+    validate.no_secret_in([spec.model, spec.args, spec.env, spec.extra], validate.env_secrets(),
+                          "service's arguments or environment")
     engine = get_engine(spec.engine)
     if spec.sleep_mode != "router":
         engine.validate(spec)

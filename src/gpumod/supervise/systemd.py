@@ -411,6 +411,8 @@ class SystemdSupervisor(Supervisor):
     def install(self, plan: LaunchPlan, secrets: Mapping[str, str] | None = None) -> str:
         """Write secrets and the unit atomically, then daemon-reload. Returns the unit path."""
         plan = self.resolve_command(plan)
+        validate.no_secret_in([plan.argv, plan.env], (secrets or {}).values(),
+                              "service's unit (argv or environment)")
         text = self.render(plan)
         if secrets:
             body = "".join(env_file_line(k, v) for k, v in sorted(secrets.items()))
