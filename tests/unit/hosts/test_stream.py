@@ -47,6 +47,15 @@ def test_local_stream_interrupted_stops_the_process(tmp_path):
     assert not os.path.exists(f"/proc/{pid}")
 
 
+def test_local_program_not_installed_reads_as_run_answers_it():
+    t = LocalTransport()
+    ran = t.run(["gpumod-no-such-program"])
+    with t.stream(["gpumod-no-such-program"]) as out:
+        lines = list(out.iter_lines())
+    assert out.returncode == ran.returncode == 127
+    assert lines == ["gpumod-no-such-program: command not found"]
+
+
 def test_local_argument_over_the_kernel_limit_is_a_usage_error():
     t = LocalTransport()
     with pytest.raises(UsageError) as err:

@@ -104,7 +104,9 @@ class SSHTransport(Transport):
                 raise_for_ssh_failure(self.label, stderr, connection_lost=self.master_lost)
 
         return process_stream(self.command_argv(merged), input=input, label=self.label,
-                              separate_stderr=True, on_exit=on_exit)
+                              separate_stderr=True, on_exit=on_exit, missing=TransportError(
+                                  "the ssh client is not installed",
+                                  hint="install OpenSSH (apt-get install openssh-client)"))
 
     def master_lost(self) -> bool:
         """Is there no master connection any more? (It dies with the connection.)"""

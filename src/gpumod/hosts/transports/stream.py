@@ -65,12 +65,14 @@ class Stream:
 def process_stream(local_argv: Sequence[str], *, input: str | None,
                    label: str, separate_stderr: bool = False,
                    on_exit: Callable[[int, str], None] = lambda code, err: None,
-                   ) -> Iterator[Stream]:
+                   missing: TransportError | None = None) -> Iterator[Stream]:
     """Run local_argv with its output piped, as a Stream.
 
     `on_exit(returncode, stderr)` runs when the output ends and may raise (the transport's
     own failures). With `separate_stderr` the process's stderr goes to a file that only
     `on_exit` sees (ssh's own messages, while the remote command merges its stderr).
+    A program that is not installed raises `missing` when given (ssh itself), else reads
+    like a shell's "command not found", exit 127 (as run() answers).
     """
     err_file = tempfile.TemporaryFile() if separate_stderr else None  # noqa: SIM115
     try:
@@ -80,7 +82,10 @@ def process_stream(local_argv: Sequence[str], *, input: str | None,
     except FileNotFoundError as exc:
         if err_file:
             err_file.close()
-        raise TransportError(f"{local_argv[0]} is not installed", hint="install it") from exc
+        if missing is not None:
+            raise missing from exc
+        yield canned_stream(f"{local_argv[0]}: command not found\n", 127)
+        return
     except OSError as exc:
         if err_file:
             err_file.close()
