@@ -12,8 +12,8 @@ import re
 
 from gpumod.errors import UsageError
 
-_TOKENS = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
-_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+_TOKENS = re.compile(r"\s*(\d+)\s*([kKmM]?)\s*")
+_BYTES = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*")
 MAX_CONTEXT = 1024 * 1024  # "1m": the most `pi start --context` takes
 
 
@@ -26,7 +26,7 @@ def parse_tokens(text: str | int, *, what: str = "token count", maximum: int | N
     """
     if isinstance(text, int) and not isinstance(text, bool):
         text = str(text)
-    match = _TOKENS.match(str(text))
+    match = _TOKENS.fullmatch(str(text))
     if not match:
         raise UsageError(f"invalid {what} {text!r}",
                          hint="use e.g. 8192, 4k, 32k, 128k or 1m")
@@ -44,7 +44,7 @@ def parse_tokens(text: str | int, *, what: str = "token count", maximum: int | N
 
 def parse_bytes(text: str) -> int:
     """'20G' / '20GiB' / '512M' / '1073741824' -> bytes (binary units); else UsageError."""
-    m = _BYTES.match(str(text))
+    m = _BYTES.fullmatch(str(text))
     if not m:
         raise UsageError(f"invalid size {text!r}", hint="use bytes or e.g. 20G, 512M")
     unit = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]

@@ -148,30 +148,86 @@ def test_start_failure_is_a_tool_error_with_the_engines_reason(fake_gpus: Path,
     assert "broken did not start" in text and "CUDA out of memory" in text
 
 
-def test_http_transport_binds_loopback_and_serves(fake_gpus: Path, tmp_path: Path) -> None:
-    port = free_port()
-    log = open(tmp_path / "mcp-http.log", "wb")  # noqa: SIM115
+MCP_KEY = 'mcp-"key"-0123456789'
+
+
+def start_http(tmp_path: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    log = open(tmp_path / "mcp-http.log", "wb")  # noqa: SIM115 - closed by the process end
     proc = subprocess.Popen([sys.executable, "-m", "gpumod.cli.main", "mcp", "--transport",
-                             "http", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+                             "http", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env=env)
+    deadline = time.monotonic() + 20
+    while not port_open(port):
+        assert proc.poll() is None, (tmp_path / "mcp-http.log").read_text()
+        assert time.monotonic() < deadline, "the HTTP server did not open its port"
+        time.sleep(0.1)
+    return proc
+
+
+def keyed_client(url: str, key: str):
+    from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
+
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {key}"})
+    return streamable_http_client(url, http_client=http)
+
+
+def test_http_transport_binds_loopback_and_needs_the_bearer_key(fake_gpus: Path,
+                                                                 tmp_path: Path) -> None:
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "GPUMOD_MCP_KEY": MCP_KEY}
+    proc = start_http(tmp_path, port, env)
     try:
-        deadline = time.monotonic() + 20
-        while not port_open(port):
-            assert proc.poll() is None, (tmp_path / "mcp-http.log").read_text()
-            assert time.monotonic() < deadline, "the HTTP server did not open its port"
-            time.sleep(0.1)
         listening = Path("/proc/net/tcp").read_text()
         assert f"0100007F:{port:04X}" in listening       # 127.0.0.1, not 0.0.0.0
+        url = f"http://127.0.0.1:{port}/mcp"
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                           "clientInfo": {"name": "t", "version": "0"}}}
+        headers = {"Accept": "application/json, text/event-stream"}
+        for auth in (None, "Bearer wrong", f"Basic {MCP_KEY}", f"Bearer {MCP_KEY}x"):
+            extra = {"Authorization": auth} if auth else {}
+            refused = httpx.post(url, json=init, headers={**headers, **extra})
+            assert refused.status_code == 401, auth
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert httpx.get(url, headers=headers).status_code == 401
 
         async def action(client):
             return await client.list_tools(), await client.call_tool("gpu_status", {})
 
-        tools, status = run(f"http://127.0.0.1:{port}/mcp", action)
+        tools, status = run(keyed_client(url, MCP_KEY), action)
         assert len(tools.tools) == len(TOOL_NAMES)
         assert structured(status)["host"] == "local"
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert MCP_KEY not in cmdline                       # the key never in argv
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        log.close()
+
+
+def test_http_transport_refuses_to_start_without_a_key(fake_gpus: Path,
+                                                       tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("GPUMOD_MCP_KEY", "PI_API_KEY")}
+    done = subprocess.run([sys.executable, "-m", "gpumod.cli.main", "mcp", "--transport",
+                           "http", "--port", str(free_port())], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: `gpumod mcp --transport http` needs a key")
+    assert "hint: export GPUMOD_MCP_KEY=" in done.stderr
+    # PI_API_KEY serves as the key when GPUMOD_MCP_KEY is not set
+    port = free_port()
+    proc = start_http(tmp_path, port, {**env, "PI_API_KEY": "sk-pi-key-0123456789"})
+    try:
+        async def action(client):
+            return await client.list_tools()
+
+        url = f"http://127.0.0.1:{port}/mcp"
+        assert len(run(keyed_client(url, "sk-pi-key-0123456789"), action).tools) == \
+            len(TOOL_NAMES)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_mcp_cli_bad_options() -> None:

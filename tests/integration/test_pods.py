@@ -320,3 +320,20 @@ def test_full_setup_installs_with_progress_and_keeps_secrets_out_of_sight(sshd, 
     assert again.code == 0, again.output
     assert "already done" in again.stderr
     assert "pod dc1 updated" in again.stdout
+
+
+def test_setup_takes_options_after_the_host_as_openssh_does(pod):
+    """Providers print "ssh root@HOST -p PORT -i KEY": OpenSSH accepts options after the
+    destination, so gpumod does too (a remote command there is still refused)."""
+    command = (f"ssh root@127.0.0.1 -p {pod.port} -i {pod.client_key} "
+               f"-o UserKnownHostsFile={pod.known_hosts}")
+    result = run_cli("pods", "setup", "rp", command, "--no-install")
+    assert result.code == 0, result.output
+    assert "pod rp registered: 2x NVIDIA H100 80GB HBM3" in result.stdout
+    pi = Path(sys.executable).parent / "pi"
+    ran = subprocess.run([str(pi), "ssh", "rp", "echo works"], capture_output=True, text=True,
+                         check=False)
+    assert (ran.returncode, ran.stdout) == (0, "works\n")
+    refused = run_cli("pods", "setup", "rq", f"{command} nvidia-smi", "--no-install")
+    assert refused.code == 2 and "remote command after the host" in refused.stderr
+    assert [h["name"] for h in _stored_hosts()] == ["local", "rp"]

@@ -75,3 +75,130 @@ def test_wrong_key_is_an_authentication_error(sshd, tmp_path):
                      label="pod t")
     with pytest.raises(AuthenticationError):
         t.run(["true"])
+
+
+# ---------------------------------------------------------------------------- dropped links
+
+
+def kill_sshd_after(server, seconds: float):
+    import threading
+
+    timer = threading.Timer(seconds, server.stop)
+    timer.start()
+    return timer
+
+
+def test_sshd_killed_mid_command_is_host_unreachable_not_a_remote_exit_255(sshd):
+    """A multiplexed ssh client exits 255 with no message when the pod's sshd dies."""
+    t = transport(sshd)
+    t.run(["true"])  # the master connection is up
+    kill_sshd_after(sshd, 1.0)
+    with pytest.raises(HostUnreachableError) as err:
+        t.run(["sleep", "30"])
+    assert err.value.message == "pod t: the SSH connection was lost"
+    assert err.value.exit_code == 5
+
+
+def test_a_remote_command_that_exits_255_itself_stays_a_remote_error(sshd):
+    from gpumod.errors import RemoteCommandError
+
+    t = transport(sshd)
+    with pytest.raises(RemoteCommandError) as err:
+        t.run(["sh", "-c", "exit 255"])
+    assert err.value.returncode == 255
+    with t.stream(["sh", "-c", "echo last words; exit 255"]) as out, \
+            pytest.raises(RemoteCommandError):
+        assert list(out.iter_lines()) == ["last words"]
+
+
+# ---------------------------------------------------------------------------- stream()
+
+
+def test_stream_gives_lines_as_they_come_then_the_exit_code(sshd):
+    t = transport(sshd)
+    seen: list[tuple[str, float]] = []
+    began = time.monotonic()
+    with t.stream(["sh", "-c", "echo one; echo err >&2; sleep 1; printf 'two\\rthree'; exit 7"]) \
+            as out:
+        for line in out.iter_lines(carriage_return=True):
+            seen.append((line, time.monotonic() - began))
+    assert [line for line, _ in seen] == ["one", "err", "two", "three"]
+    assert seen[0][1] < seen[2][1] - 0.5  # the first line arrived before the command ended
+    assert out.returncode == 7
+
+
+def test_stream_input_reaches_stdin_and_bytes_arrive_unchanged(sshd):
+    t = transport(sshd)
+    with t.stream(["sh", "-c", "IFS= read -r s; printf '%s\\r\\n' \"$s\"; printf '\\377'"],
+                  input="hf_SECRET\n") as out:
+        data = b"".join(out.iter_bytes())
+    assert data == b"hf_SECRET\r\n\xff" and out.returncode == 0
+
+
+def test_stream_on_a_down_host_raises_what_run_raises(sshd):
+    sshd.stop()
+    t = transport(sshd)
+    with pytest.raises(HostUnreachableError) as from_run:
+        t.run(["true"], timeout=20)
+    with pytest.raises(HostUnreachableError) as from_stream, t.stream(["true"]) as out:
+        list(out.iter_lines())
+    assert from_stream.value.message == from_run.value.message
+
+
+def test_stream_raises_host_unreachable_when_sshd_dies_mid_stream(sshd):
+    t = transport(sshd)
+    lines: list[str] = []
+    kill_sshd_after(sshd, 1.5)
+    with pytest.raises(HostUnreachableError), \
+            t.stream(["sh", "-c", "echo started; exec sleep 30"]) as out:
+        for line in out.iter_lines():
+            lines.append(line)
+    assert lines == ["started"]
+
+
+def test_leaving_a_stream_early_stops_the_local_ssh_client(sshd):
+    t = transport(sshd)
+    with t.stream(["sh", "-c", "echo go; exec sleep 30"]) as out:
+        for line in out.iter_lines():
+            assert line == "go"
+            break
+    began = time.monotonic()
+    deadline = began + 10
+    while _ssh_clients_running(t) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _ssh_clients_running(t)
+
+
+def _ssh_clients_running(t) -> bool:
+    """Our own non-master ssh client for this pod ("sleep 30" in its argv) is alive."""
+    from pathlib import Path
+
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if argv and argv[0] == b"ssh" and t.target.destination.encode() in argv and \
+                any(b"sleep 30" in a for a in argv) and state != "Z":
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+def test_two_100k_arguments_over_ssh_are_a_usage_error_naming_the_limit(sshd):
+    from gpumod.errors import UsageError
+
+    t = transport(sshd)
+    big = ["x" * 100_000, "y" * 100_000]
+    with pytest.raises(UsageError) as err:
+        t.run(["printf", "%s", *big])
+    assert "too long to send over SSH" in err.value.message
+    assert "131,071 bytes" in err.value.message and err.value.exit_code == 2
+    with pytest.raises(UsageError), t.stream(["printf", "%s", *big]):
+        pass
+    assert t.run(["printf", "%s", "x" * 100_000]).stdout == "x" * 100_000  # under it: fine

@@ -64,7 +64,7 @@ class ServicePreset(_Strict):
         import re
 
         for item in value:
-            if not re.match(_NAME_PATTERN, item):
+            if not re.fullmatch(_NAME_PATTERN, item):
                 raise ValueError(f"invalid service name {item!r}")
         return value
 
@@ -82,7 +82,7 @@ class ServicePreset(_Strict):
         import re
 
         for key, item in value.items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"invalid environment variable name {key!r}")
             if any(ord(c) < 32 or ord(c) == 127 for c in str(item)):
                 raise ValueError(f"value of {key} contains a newline or control character")
@@ -120,7 +120,7 @@ class ModePreset(_Strict):
         import re
 
         for item in [*self.services, *self.sleep_on_idle]:
-            if not re.match(_NAME_PATTERN, item):
+            if not re.fullmatch(_NAME_PATTERN, item):
                 raise ValueError(f"services: invalid service name {item!r}")
         stray = set(self.sleep_on_idle) - set(self.services)
         if stray:
@@ -198,41 +198,82 @@ def user_folder() -> Path:
     return paths.home() / "presets"
 
 
-def _user_files() -> Iterable[tuple[str, str]]:
+def _user_files() -> Iterable[Path]:
     root = user_folder()
     for sub in ("services", "modes"):
         folder = root / sub
         if folder.is_dir():
-            for path in sorted(folder.glob("*.y*ml")):
-                yield str(path), path.read_text(encoding="utf-8")
+            yield from sorted(folder.glob("*.y*ml"))
+
+
+def _read_user_file(path: Path) -> Loaded:
+    """One user preset, or ConfigError naming the file (unreadable, not UTF-8, invalid)."""
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                          f"offset {exc.start})", hint="save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror}") from None
+    preset = parse_preset(text, where)
+    if path.stem != preset.name:
+        raise ConfigError(f"{where}: name: {preset.name!r} must match the file name")
+    return Loaded(preset, "user", where)
 
 
 @functools.lru_cache(maxsize=1)
 def _builtin() -> tuple[Loaded, ...]:
-    return tuple(Loaded(parse_preset(text, where), "builtin", where)
-                 for where, text in _builtin_files())
+    items = tuple(Loaded(parse_preset(text, where), "builtin", where)
+                  for where, text in _builtin_files())
+    for item in items:
+        if Path(item.path).stem != item.preset.name:
+            raise ConfigError(f"{item.path}: name: {item.preset.name!r} must match the file name")
+    return items
 
 
-def load_all() -> list[Loaded]:
-    """Every preset, user presets replacing shipped ones of the same kind and name."""
+@dataclass(frozen=True)
+class Broken:
+    """A user preset file that could not be used; the others still are."""
+
+    path: Path
+    error: ConfigError
+
+
+def scan() -> tuple[list[Loaded], list[Broken]]:
+    """Every usable preset (user presets replacing shipped ones of the same kind and
+    name), and the user files that are broken: one bad file never hides the others."""
     found: dict[tuple[str, str], Loaded] = {}
     for item in _builtin():
         found[(item.preset.kind, item.preset.name)] = item
-    for where, text in _user_files():
-        preset = parse_preset(text, where)
-        found[(preset.kind, preset.name)] = Loaded(preset, "user", where)
-    for item in found.values():
-        expected = Path(item.path).stem
-        if expected != item.preset.name:
-            raise ConfigError(f"{item.path}: name: {item.preset.name!r} must match the file name")
-    return sorted(found.values(), key=lambda i: (i.preset.kind != "service", i.preset.name))
+    broken: list[Broken] = []
+    for path in _user_files():
+        try:
+            item = _read_user_file(path)
+        except ConfigError as exc:
+            broken.append(Broken(path, exc))
+            continue
+        found[(item.preset.kind, item.preset.name)] = item
+    items = sorted(found.values(), key=lambda i: (i.preset.kind != "service", i.preset.name))
+    return items, broken
+
+
+def load_all() -> list[Loaded]:
+    """Every usable preset (see scan(); broken user files are left out)."""
+    return scan()[0]
 
 
 def get_preset(name: str, kind: str | None = None) -> Loaded:
-    matches = [i for i in load_all() if i.preset.name == name
+    """The preset of that name; a broken user file of that name raises its own error."""
+    items, broken = scan()
+    matches = [i for i in items if i.preset.name == name
                and (kind is None or i.preset.kind == kind)]
+    for bad in broken:
+        folder = {"service": "services", "mode": "modes"}.get(kind or "", bad.path.parent.name)
+        if bad.path.stem == name and bad.path.parent.name == folder:
+            raise bad.error
     if not matches:
-        known = ", ".join(sorted({i.preset.name for i in load_all()
+        known = ", ".join(sorted({i.preset.name for i in items
                                   if kind is None or i.preset.kind == kind}))
         raise NotFoundError(f"unknown {kind or ''} preset {name!r}".replace("  ", " "),
                             hint=f"known: {known}")

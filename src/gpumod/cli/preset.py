@@ -17,9 +17,12 @@ def preset() -> None:
 @json_option
 def list_cmd(kind: str | None, as_json: bool) -> None:
     """Every preset: shipped ones and yours ($GPUMOD_HOME/presets)."""
-    from gpumod.catalog.presets import load_all
+    from gpumod.catalog.presets import scan
 
-    items = [i for i in load_all() if kind is None or i.preset.kind == kind]
+    found, broken = scan()
+    for bad in broken:  # listed, not fatal: the other presets stay usable
+        click.echo(f"warning: skipped {bad.error.message}", err=True)
+    items = [i for i in found if kind is None or i.preset.kind == kind]
     if as_json:
         print_json([{**i.preset.model_dump(mode="json"), "source": i.source} for i in items])
         return

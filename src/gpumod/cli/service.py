@@ -261,7 +261,6 @@ def remove_cmd(name: str) -> None:
 @click.option("-f", "--follow", is_flag=True)
 def logs_cmd(name: str, lines: int, follow: bool) -> None:
     """Print (or follow) a service's log."""
-    import subprocess
     import sys
 
     from gpumod.ops import lifecycle
@@ -270,16 +269,14 @@ def logs_cmd(name: str, lines: int, follow: bool) -> None:
     st = store()
     rt = lifecycle.runtime(st, lifecycle.get_service(st, name))
     argv = tail_argv(rt.plan.log_path, max(1, lines), follow)
-    proc = rt.transport.popen(argv, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
     try:
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
+        with rt.transport.stream(argv) as out:
+            for chunk in out.iter_bytes():
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
     except KeyboardInterrupt:
-        proc.terminate()
-    code = proc.wait()
-    if code not in (0, -15) and not follow:
+        return
+    if out.returncode != 0:
         raise UsageError(f"no log for {name} yet", hint=f"start it: gpumod service start {name}")
 
 

@@ -60,11 +60,11 @@ BLOCKED_TREES = ("/etc", "/proc", "/sys", "/dev", "/boot", "/root", "/bin", "/sb
                  "/lib64", "/usr/bin", "/usr/sbin", "/usr/lib", "/var/lib/docker",
                  "/var/run/docker.sock", "/run/docker.sock", "/run/containerd",
                  "/var/run/containerd")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*"
-                    r"(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[a-f0-9]{64})?$")
-_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SIZE = re.compile(r"^\d+[bkmgBKMG]?$")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*"
+                    r"(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[a-f0-9]{64})?")
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_SIZE = re.compile(r"\d+[bkmgBKMG]?")
 LABEL = "gpumod.service"
 
 
@@ -101,7 +101,7 @@ def _bad(message: str, hint: str | None = None) -> UsageError:
 def check_mount_source(source: str) -> str:
     """Refuse bind mounts of system folders, the docker socket, and anything above them."""
     if not source.startswith("/"):
-        if not _VOLUME_NAME.match(source):
+        if not _VOLUME_NAME.fullmatch(source):
             raise _bad(f"volume source {source!r} is neither an absolute path nor a volume name")
         return source
     validate.no_control_chars(source, "volume path")
@@ -156,7 +156,7 @@ def _port(value: Any, what: str) -> int:
 def check_env(env: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in env.items():
-        if not isinstance(key, str) or not _ENV_KEY.match(key):
+        if not isinstance(key, str) or not _ENV_KEY.fullmatch(key):
             raise _bad(f"invalid environment variable name {key!r}",
                        hint="use letters, digits and '_' (no '='), not starting with a digit")
         text = "" if value is None else str(value)
@@ -168,7 +168,7 @@ def check_env(env: Mapping[str, Any]) -> dict[str, str]:
 def check_network(name: str | None) -> str | None:
     if name is None:
         return None
-    if not isinstance(name, str) or not _VOLUME_NAME.match(name):
+    if not isinstance(name, str) or not _VOLUME_NAME.fullmatch(name):
         raise _bad(f"invalid network name {name!r}")
     if name.lower() in BLOCKED_NETWORKS or name.startswith("container:"):
         raise _bad(f"the {name!r} network is not allowed",
@@ -187,7 +187,7 @@ def parse_config(raw: Any) -> DockerConfig:
         if key not in ALLOWED_KEYS:
             raise _bad(f"unknown setting {key!r}", hint=f"known: {', '.join(sorted(ALLOWED_KEYS))}")
     image = raw.get("image")
-    if not isinstance(image, str) or not _IMAGE.match(image) or ".." in image:
+    if not isinstance(image, str) or not _IMAGE.fullmatch(image) or ".." in image:
         raise _bad(f"invalid image reference {image!r}")
     command_raw = raw.get("command") or ()
     if isinstance(command_raw, str):
@@ -209,7 +209,7 @@ def parse_config(raw: Any) -> DockerConfig:
     if not isinstance(volumes_raw, list | tuple):
         raise _bad("volumes must be a list")
     shm = raw.get("shm_size")
-    if shm is not None and not _SIZE.match(str(shm)):
+    if shm is not None and not _SIZE.fullmatch(str(shm)):
         raise _bad(f"invalid shm_size {shm!r}")
     for key in ("user", "workdir"):
         if raw.get(key) is not None:

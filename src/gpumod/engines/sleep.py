@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpumod.engines.vllm import DEV_MODE_ENV
 from gpumod.errors import EngineError, UsageError
 from gpumod.hosts.transports.base import Transport
 
@@ -335,7 +336,6 @@ def capability_for(engine: str, sleep_mode: str) -> SleepCapable | None:
 
 # ---------------------------------------------------------------------------- launch changes
 
-DEV_MODE_ENV = "VLLM_SERVER_DEV_MODE"
 
 
 def prepare_vllm_launch(argv: Sequence[str], env: dict[str, str]) -> tuple[list[str],

@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gpumod.engines.base import Engine, HealthCheck, _positive_int, flag_value
+from gpumod.errors import UsageError
 from gpumod.spec import ServiceSpec
+
+# Opens vLLM's unauthenticated dev endpoints (/sleep, /wake_up, /collective_rpc, ...).
+DEV_MODE_ENV = "VLLM_SERVER_DEV_MODE"
 
 TP = ("--tensor-parallel-size", "-tp")
 PP = ("--pipeline-parallel-size", "-pp")
@@ -33,6 +37,9 @@ class VLLMEngine(Engine):
     def env(self, spec: ServiceSpec) -> dict[str, str]:
         env = super().env(spec)
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        # Off unless asked for: a value inherited from the host's environment must not
+        # open the dev endpoints of an engine bound to 0.0.0.0.
+        env.setdefault(DEV_MODE_ENV, "0")
         return env
 
     def served_model(self, spec: ServiceSpec) -> str:
@@ -44,3 +51,30 @@ class VLLMEngine(Engine):
         return (_positive_int(flag_value(args, TP), TP[0])
                 * _positive_int(flag_value(args, PP), PP[0])
                 * _positive_int(flag_value(args, DP), DP[0]))
+
+
+def dev_mode_enabled(value: str | None) -> bool:
+    """Does vLLM take this VLLM_SERVER_DEV_MODE value as on?
+
+    vLLM reads it as ``bool(int(value))`` (vllm/envs.py), so "2", "01", " 1" and "+1" are
+    on too. A value vLLM cannot parse counts as on here (fail safe: loopback);
+    check_dev_mode() refuses it before anything starts.
+    """
+    if value is None:
+        return False
+    try:
+        return int(value) != 0
+    except ValueError:
+        return True
+
+
+def check_dev_mode(value: str | None) -> None:
+    """UsageError for a VLLM_SERVER_DEV_MODE value vLLM would crash on at start."""
+    if value is None:
+        return
+    try:
+        int(value)
+    except ValueError:
+        raise UsageError(f"{DEV_MODE_ENV}={value!r} is not a number: vLLM would fail to start",
+                         hint=f"use {DEV_MODE_ENV}=1 (dev endpoints on, loopback only) or 0"
+                         ) from None

@@ -44,7 +44,11 @@ class SSHTarget:
 
 
 def parse_ssh_command(command: str) -> SSHTarget:
-    """Turn "ssh [options] [user@]host" into an SSHTarget, or raise UsageError."""
+    """Turn "ssh [options] [user@]host [options]" into an SSHTarget, or raise UsageError.
+
+    Options after the host are kept before it (OpenSSH takes them in both places); a
+    remote command after the host is refused.
+    """
     try:
         words = shlex.split(command)
     except ValueError as exc:
@@ -59,18 +63,24 @@ def parse_ssh_command(command: str) -> SSHTarget:
     port: int | None = None
     user: str | None = None
     destination: str | None = None
+    # As OpenSSH parses it: options, the destination, then options again (ssh.c restarts
+    # getopt after the host); "--" ends the options, and the first other word after the
+    # destination starts a remote command.
+    options_ended = False
     i = 1
     while i < len(words):
         word = words[i]
-        if destination is not None:
+        is_option = not options_ended and word.startswith("-") and len(word) > 1
+        if destination is not None and not is_option:
             raise UsageError(
                 f"the SSH command has a remote command after the host: {shlex.join(words[i:])!r}",
                 hint="give only ssh, its options and the host",
             )
-        if word == "--":
+        if is_option and word == "--":
+            options_ended = True
             i += 1
             continue
-        if word.startswith("-") and len(word) > 1:
+        if is_option:
             j = 1
             while j < len(word):
                 flag = word[j]

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from gpumod import __version__
 from gpumod.errors import GpumodError
+from gpumod.mcp import auth
 from gpumod.ops import api as bridge
 
 SERVER_NAME = "gpumod"
@@ -202,20 +203,30 @@ TOOL_NAMES = (
 
 
 def serve(transport: str = "stdio", *, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Run the server until the client goes away (stdio) or Ctrl+C (http)."""
+    """Run the server until the client goes away (stdio) or Ctrl+C (http).
+
+    HTTP needs a bearer key from the environment (gpumod.mcp.auth): refused without one.
+    """
     import anyio
 
+    if transport not in ("stdio", "http"):
+        raise ValueError(transport)
+    key = auth.key_from_env() if transport == "http" else None
     server = build_server()
-    if transport == "stdio":
+    if key is None:
         anyio.run(server.run_stdio_async)
         return
-    if transport != "http":
-        raise ValueError(transport)
     import inspect
 
-    if "host" in inspect.signature(server.run_streamable_http_async).parameters:
-        anyio.run(lambda: server.run_streamable_http_async(host=host, port=port))
-    else:  # mcp 1.x takes host and port as settings
-        server.settings.host = host
-        server.settings.port = port
-        anyio.run(server.run_streamable_http_async)
+    import uvicorn
+
+    make_app = server.streamable_http_app
+    # mcp 2.x takes the host (DNS rebinding protection); 1.x reads it from its settings
+    if "host" in inspect.signature(make_app).parameters:
+        app = make_app(host=host)
+    else:
+        server.settings.host, server.settings.port = host, port
+        app = make_app()
+    config = uvicorn.Config(auth.BearerAuth(app, key), host=host, port=port,
+                            log_level="warning")
+    anyio.run(uvicorn.Server(config).serve)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import posixpath
 import shlex
-import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -434,36 +433,21 @@ def download(transport: Transport, host: Host, plan: StartPlan, pre: Preflight,
             plan.gguf_file or ""]
     out(f"downloading {plan.hf_repo}{'/' + plan.gguf_file if plan.gguf_file else ''} "
         f"into {pre.hf_home} on {transport.label} (Ctrl+C cancels)")
-    proc = transport.popen(argv, stdin=subprocess.PIPE)
+    tail: deque[str] = deque(maxlen=20)
     try:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write((os.environ.get("HF_TOKEN", "") + "\n").encode())
-        proc.stdin.close()
-        tail: deque[str] = deque(maxlen=20)
-        buffer = b""
-        while True:
-            chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else \
-                proc.stdout.read(4096)
-            if not chunk:
-                break
-            buffer += chunk
-            *lines, buffer = buffer.replace(b"\r", b"\n").split(b"\n")
-            for line in lines:
-                text = line.decode(errors="replace").rstrip()
+        with transport.stream(argv, input=os.environ.get("HF_TOKEN", "") + "\n") as stream:
+            for line in stream.iter_lines(carriage_return=True):
+                text = line.rstrip()
                 if text:
                     tail.append(text)
                     out(text)
-        code = proc.wait()
+        code = stream.returncode
     except KeyboardInterrupt:
-        proc.kill()
-        proc.wait()
         try:
             transport.run_script(CANCEL_DOWNLOAD_SCRIPT, [pidfile], timeout=30)
         except GpumodError:
             pass
         raise Cancelled("download cancelled; nothing was started or recorded") from None
-    if code == 255 and not host.is_local:
-        raise TransportError(f"{transport.label}: the connection dropped during the download")
     if code != 0:
         detail = next((line for line in reversed(tail) if line.strip()), f"exit code {code}")
         raise EngineError(f"downloading {plan.hf_repo} failed: {detail}",
@@ -484,6 +468,8 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
         raise ConflictError(f"a service named {req.name!r} already exists (on {existing.host})",
                             hint=f"pick another --name, or `pi stop {req.name}` first")
     plan = plan_start(req, host)
+    validate.no_secret_in([req.model, plan.args, plan.env], [api_key, os.environ.get("HF_TOKEN")],
+                          "engine's arguments or environment")
     for warning in plan.warnings:
         out(f"warning: {warning}")
     if plan.gpu_count > len(host.gpus):
@@ -636,29 +622,19 @@ def logs(store: Store, name: str, *, lines: int = 100, follow: bool = False,
     host = hostops.get_host(store, spec.host)
     transport = hostops.transport_for(host)
     log_path = posixpath.join(service_dir(host, name), "service.log")
-    proc = transport.popen(tail_argv(log_path, lines, follow))
-    assert proc.stdout is not None
     try:
-        while True:
-            chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else \
-                proc.stdout.read(65536)
-            if not chunk:
-                break
-            write(chunk)
-        code = proc.wait()
+        with transport.stream(tail_argv(log_path, lines, follow)) as stream:
+            for chunk in stream.iter_bytes():
+                write(chunk)
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         return 0
+    except TransportError as exc:
+        raise type(exc)(f"could not read the log of {name}: {exc.message}",
+                        hint=f"check the pod is up (`pi ssh {host.name} true`)") from exc
+    code = stream.returncode or 0
     if code == 3:
         raise NotFoundError(f"no log for {name} on {host.name}",
                             hint="the service folder is gone; `pi list --prune` tidies up")
-    if code == 255 and not host.is_local:
-        raise TransportError(f"pod {host.name}: could not read the log (ssh failed)",
-                             hint=f"check the pod is up (`pi ssh {host.name} true`)")
     return code
 
 

@@ -17,8 +17,9 @@ Any failure or Ctrl+C after the launch stops what was launched. A new deployment
 reservation and folder are removed (nothing half-recorded); a defined service is
 marked 'failed' and keeps its log.
 
-One bind rule (:func:`bind_address`): vLLM with sleep enabled (``VLLM_SERVER_DEV_MODE=1``)
-always on 127.0.0.1 (its dev endpoints have no authentication); else the service's own
+One bind rule (:func:`bind_address`): vLLM's dev endpoints on (sleep enabled, or any
+``VLLM_SERVER_DEV_MODE`` value vLLM reads as on) always on 127.0.0.1 (they have no
+authentication); else the service's own
 ``bind``; else 127.0.0.1 on `local` and 0.0.0.0 on pods.
 """
 
@@ -42,12 +43,12 @@ from gpumod.engines.sleep import (
     router_argv,
 )
 from gpumod.engines.sleep import wait_healthy as poll_healthy
+from gpumod.engines.vllm import check_dev_mode, dev_mode_enabled
 from gpumod.errors import (
     Cancelled,
     EngineError,
     GpumodError,
     RemoteCommandError,
-    TransportError,
     UsageError,
 )
 from gpumod.hosts.model import Host
@@ -73,9 +74,10 @@ def _quiet(_: str) -> None:
 
 
 def dev_mode(spec: ServiceSpec) -> bool:
-    """vLLM with sleep enabled: its unauthenticated dev endpoints are on."""
-    return spec.engine == "vllm" and (spec.sleep_mode in {"l1", "l2"}
-                                      or str(spec.env.get(DEV_MODE_ENV, "")) == "1")
+    """vLLM's unauthenticated dev endpoints are on: sleep enabled, or the env turns them on
+    (read as vLLM reads it, whatever the engine: a command or container may run vLLM)."""
+    return (spec.engine == "vllm" and spec.sleep_mode in {"l1", "l2"}) \
+        or dev_mode_enabled(spec.env.get(DEV_MODE_ENV))
 
 
 def bind_address(spec: ServiceSpec, host: Host) -> str:
@@ -130,7 +132,8 @@ def launch_plan(spec: ServiceSpec, host: Host, engine: Engine | None = None,
         if spec.engine == "command" and options.binary:
             argv[0] = options.binary
     env = {**engine.env(spec), **options.env}
-    if dev_mode(spec):
+    check_dev_mode(env.get(DEV_MODE_ENV))
+    if dev_mode(spec) and spec.engine == "vllm":
         argv, env = prepare_vllm_launch(argv, env)
     workdir = spec.extra.get("workdir")
     return LaunchPlan(service=spec.name, argv=tuple(argv), env=env,
@@ -269,19 +272,13 @@ def wait_healthy(rt: Runtime, pid: int | None, deadline: float, log: Output) -> 
     if rt.supervisor.name == "docker":
         return poll_healthy(rt.endpoint, rt.health_path, timeout=deadline, alive=rt.alive,
                             what=rt.spec.name)
-    proc = rt.transport.popen(probes.wait_argv(
-        rt.plan.service_dir, rt.spec.port, rt.health_path, probe_address(rt.bind), deadline,
-        rt.engine.health.ok_codes, pid=pid if rt.supervisor.name != "process" else None,
-        owner_check=rt.spec.engine != "docker"))
-    assert proc.stdout is not None
-    try:
-        for raw in proc.stdout:
-            log(raw.decode(errors="replace").rstrip("\n"))
-        code = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    with rt.transport.stream(probes.wait_argv(
+            rt.plan.service_dir, rt.spec.port, rt.health_path, probe_address(rt.bind), deadline,
+            rt.engine.health.ok_codes, pid=pid if rt.supervisor.name != "process" else None,
+            owner_check=rt.spec.engine != "docker")) as out:
+        for line in out.iter_lines():
+            log(line)
+    code = out.returncode
     if code == 0:
         return time.monotonic() - began
     errors = rt.engine.error_lines(rt.read_log(400))
@@ -293,9 +290,6 @@ def wait_healthy(rt: Runtime, pid: int | None, deadline: float, log: Output) -> 
     if code == 4:
         raise EngineError(f"{name} was not healthy within {deadline:g}s: {detail}",
                           hint="a big model can need longer: --timeout SECONDS")
-    if code == 255 and not rt.host.is_local:
-        raise TransportError(f"{rt.transport.label}: the connection dropped while waiting "
-                             "for health")
     raise EngineError(f"waiting for {name} failed (exit {code}): {detail}")
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from gpumod import paths, validate
 from gpumod.engines.base import MAX_CONTEXT, get_engine
 from gpumod.engines.sleep import canary, wait_healthy
+from gpumod.engines.vllm import DEV_MODE_ENV, check_dev_mode
 from gpumod.errors import ConfigError, ConflictError, EngineError, NotFoundError, UsageError
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
@@ -31,7 +32,7 @@ from gpumod.ops.services import get_service, list_services, save_state
 from gpumod.spec import ENGINES, SLEEP_MODES, ServiceSpec
 from gpumod.store.db import Store
 
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Never stored in a service definition (it would reach unit files, manifests and JSON).
 SECRET_ENV = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "PI_API_KEY", "VLLM_API_KEY",
                         "LLAMA_API_KEY", "OPENAI_API_KEY"})
@@ -132,7 +133,7 @@ def add_service(store: Store, spec: ServiceSpec, *, listening: set[int] | None =
         raise UsageError(f"invalid bind address {bind!r}", hint=f"use {', '.join(BINDS)}")
     for key, value in spec.env.items():
         validate.no_control_chars(f"{key}={value}", "environment")
-        if not _ENV_KEY.match(key):
+        if not _ENV_KEY.fullmatch(key):
             raise UsageError(f"invalid environment variable name {key!r}",
                              hint="use letters, digits and '_', not starting with a digit")
         if key.upper() in SECRET_ENV:
@@ -141,6 +142,9 @@ def add_service(store: Store, spec: ServiceSpec, *, listening: set[int] | None =
                                   "environment; gpumod hands them over in a 0600 file")
     for arg in spec.args:
         validate.no_control_chars(arg, "argument")
+    check_dev_mode(spec.env.get(DEV_MODE_ENV))
+    validate.no_secret_in([spec.model, spec.args, spec.env, spec.extra], validate.env_secrets(),
+                          "service's arguments or environment")
     engine = get_engine(spec.engine)
     if spec.sleep_mode != "router":
         engine.validate(spec)

@@ -194,24 +194,20 @@ def run_bootstrap(transport: Transport, root: str, argv: list[str],
     facts: dict[str, str] = {}
     failed: SetupEvent | None = None
     tail: list[str] = []
-    proc = transport.popen(["setsid", "-w", *argv])
     try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            event = parse_progress(line)
-            if event.kind == "fact":
-                facts[event.step] = event.text
-                continue
-            if event.kind == "fail":
-                failed = event
-            if event.kind == "detail":
-                tail = [*tail[-19:], line]
-            on_event(event)
-        code = proc.wait()
+        with transport.stream(["setsid", "-w", *argv]) as out:
+            for line in out.iter_lines():
+                event = parse_progress(line)
+                if event.kind == "fact":
+                    facts[event.step] = event.text
+                    continue
+                if event.kind == "fail":
+                    failed = event
+                if event.kind == "detail":
+                    tail = [*tail[-19:], line]
+                on_event(event)
+        code = out.returncode
     except KeyboardInterrupt:
-        proc.kill()
-        proc.wait()
         _kill_remote_setup(transport, root)
         raise Cancelled(f"{transport.label}: setup cancelled; the remote script was stopped "
                         "and nothing was recorded") from None

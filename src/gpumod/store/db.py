@@ -1,18 +1,124 @@
-"""Connection handling: WAL, foreign keys, busy timeout, immediate transactions."""
+"""Connection handling: WAL, foreign keys, busy timeout, immediate transactions.
+
+Every SQLite failure leaves here as a typed error naming the file (store/faults.py),
+and a command that meets another's write lock says so while it waits.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import sqlite3
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from gpumod import paths
 from gpumod.errors import ConfigError
+from gpumod.store import faults
 from gpumod.store.migrations import MIGRATIONS
+
+#: how long a command waits for another command's write lock before giving up (exit 4)
+LOCK_WAIT_SECONDS = 30.0
+#: SQLite's own busy wait per try; between tries the wait is announced once
+_BUSY_SLICE_MS = 1000
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose SQLite errors come out typed (a read can find damage too)."""
+
+    path: Path
+
+    def execute(self, sql: str, params: Any = ()) -> _Cursor:  # type: ignore[override]
+        with _typed(self.path):
+            return super().execute(sql, params)
+
+    def executemany(self, sql: str, params: Any) -> _Cursor:  # type: ignore[override]
+        with _typed(self.path):
+            return super().executemany(sql, params)
+
+    def fetchone(self) -> Any:
+        with _typed(self.path):
+            return super().fetchone()
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        with _typed(self.path):
+            return super().fetchmany(size if size is not None else self.arraysize)
+
+    def fetchall(self) -> list[Any]:
+        with _typed(self.path):
+            return super().fetchall()
+
+    def __next__(self) -> Any:
+        with _typed(self.path):
+            return super().__next__()
+
+
+class _Connection(sqlite3.Connection):
+    """Statements through typed cursors; a statement that may wait for another command's
+    write lock (outside a transaction, or the BEGIN/COMMIT of one) waits up to
+    LOCK_WAIT_SECONDS and says so on stderr."""
+
+    path: Path
+
+    def cursor(self, factory: Any = None) -> _Cursor:  # type: ignore[override]
+        cursor = super().cursor(factory or _Cursor)
+        cursor.path = self.path
+        return cursor
+
+    def execute(self, sql: str, params: Any = ()) -> _Cursor:  # type: ignore[override]
+        began = time.monotonic()
+        waiting = False
+        while True:
+            cursor = self.cursor()
+            try:
+                sqlite3.Cursor.execute(cursor, sql, params)  # untyped: a lock comes back raw
+                return cursor
+            except sqlite3.Error as exc:
+                waited = time.monotonic() - began
+                retryable = not self.in_transaction or sql.lstrip().upper().startswith(
+                    ("BEGIN", "COMMIT"))
+                if not faults.is_locked(exc) or not retryable or waited >= LOCK_WAIT_SECONDS:
+                    _raise_typed(exc, self.path, waited)
+            if not waiting:
+                waiting = True
+                _notice(f"waiting for the database lock held by {faults.lock_holder(self.path)}"
+                        f" (up to {LOCK_WAIT_SECONDS:.0f} s)...")
+
+    def executemany(self, sql: str, params: Any) -> _Cursor:  # type: ignore[override]
+        return self.cursor().executemany(sql, params)
+
+    def executescript(self, script: str) -> _Cursor:  # type: ignore[override]
+        cursor = self.cursor()
+        with _typed(self.path):
+            return cursor.executescript(script)
+
+
+@contextlib.contextmanager
+def _typed(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        _raise_typed(exc, path, _BUSY_SLICE_MS / 1000)
+
+
+def _raise_typed(exc: sqlite3.Error, path: Path, waited: float) -> None:
+    error = faults.translate(exc, path, waited=waited)
+    if error is None:
+        raise exc
+    raise error from exc
+
+
+def _notice(text: str) -> None:
+    """Progress on stderr (stdout may be JSON); every front end shows it."""
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class Store:
@@ -26,12 +132,16 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:  # pragma: no cover - depends on filesystem
-            raise ConfigError(f"cannot open the database {path}: {exc}") from exc
+            db = sqlite3.connect(path, timeout=_BUSY_SLICE_MS / 1000, isolation_level=None,
+                                 factory=_Connection)
+        except sqlite3.Error as exc:
+            raise faults.translate(exc, path) or exc from exc
+        assert isinstance(db, _Connection)
+        db.path = path
+        self.db = db
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA busy_timeout = 30000")
+        self.db.execute(f"PRAGMA busy_timeout = {_BUSY_SLICE_MS}")
         mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":  # pragma: no cover - e.g. some network filesystems
             raise ConfigError(f"SQLite could not switch {path} to WAL (got {mode})")
@@ -121,7 +231,11 @@ def open_store(path: Path | None = None) -> Store:
     (MCP and TUI workers, parallel host queries) gets its own.
     """
     if path is None:
-        paths.ensure_home()
+        try:
+            paths.ensure_home()
+        except OSError as exc:
+            raise ConfigError(f"cannot create gpumod's folder {paths.home()}: {exc.strerror}",
+                              hint="set GPUMOD_HOME to a folder you can write") from exc
         path = paths.database_path()
     key = (path, threading.get_ident())
     store = _open.get(key)

@@ -26,6 +26,7 @@ import json
 import shlex
 from collections.abc import Mapping
 
+from gpumod import validate
 from gpumod.errors import EngineError, RemoteCommandError, UsageError
 from gpumod.hosts.transports.base import Transport
 from gpumod.supervise.base import LaunchPlan, ProcessState, Supervisor
@@ -173,10 +174,8 @@ class ProcessSupervisor(Supervisor):
         manifest = {**self.manifest, "service": plan.service, "argv": list(plan.argv),
                     "env": dict(plan.env), "supervisor": self.name,
                     "log": plan.log_path, "pid_file": plan.pid_path}
-        for value in secrets.values():  # the manifest is not a secret store
-            if value and value in json.dumps(manifest):
-                raise UsageError("a secret value appears in the service's argv or environment",
-                                 hint="pass secrets only through PI_API_KEY / HF_TOKEN")
+        # the manifest and argv are not secret stores (raw values: a key may hold '"')
+        validate.no_secret_in([manifest], secrets.values(), "service's argv or environment")
         stdin = (f"{ENV_MARK}\n{env_file_body(plan.env)}{SECRETS_MARK}\n"
                  f"{env_file_body(secrets)}{MANIFEST_MARK}\n"
                  f"{json.dumps(manifest, sort_keys=True)}\n")

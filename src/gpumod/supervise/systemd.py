@@ -40,10 +40,10 @@ UNIT_PREFIX = "gpumod-"
 ENGINE_TEMPLATES = ("vllm", "llamacpp", "command", "docker")
 SCOPES = ("user", "system")
 
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Characters a bare (unquoted) path value may hold in a unit: no whitespace, no quotes,
 # no backslash; '%' is escaped as '%%'.
-_PATH_OK = re.compile(r"^/[A-Za-z0-9._/+,:@%=~-]*$")
+_PATH_OK = re.compile(r"/[A-Za-z0-9._/+,:@%=~-]*")
 
 
 def unit_name(service: str) -> str:
@@ -83,7 +83,7 @@ def sd_int(value: Any) -> UnitValue:
 def sd_path(value: Any, what: str = "path") -> UnitValue:
     """An absolute path written bare (WorkingDirectory=, EnvironmentFile=, append:)."""
     text = _no_control(str(value), what)
-    if not _PATH_OK.match(text) or "/../" in text + "/":
+    if not _PATH_OK.fullmatch(text) or "/../" in text + "/":
         raise UsageError(f"{what} {text!r} cannot be written into a systemd unit",
                          hint="use an absolute path without spaces, quotes or backslashes")
     return UnitValue(escape_specifiers(text))
@@ -119,7 +119,7 @@ def sd_exec(argv: Sequence[str]) -> UnitValue:
 
 def env_pair(key: str, value: Any) -> UnitValue:
     """One Environment= assignment: key checked, value quoted (no '$' expansion there)."""
-    if not _ENV_KEY.match(str(key)):
+    if not _ENV_KEY.fullmatch(str(key)):
         raise UsageError(f"invalid environment variable name {key!r}",
                          hint="use letters, digits and '_', not starting with a digit")
     text = _no_control(str(value), f"environment value of {key}")
@@ -128,7 +128,7 @@ def env_pair(key: str, value: Any) -> UnitValue:
 
 def env_file_line(key: str, value: str) -> str:
     """One KEY="value" line for an EnvironmentFile= (double quotes, \\ " $ ` escaped)."""
-    if not _ENV_KEY.match(key):
+    if not _ENV_KEY.fullmatch(key):
         raise UsageError(f"invalid environment variable name {key!r}")
     _no_control(value, f"value of {key}")
     escaped = re.sub(r'([\\"$`])', r"\\\1", value)
@@ -411,6 +411,8 @@ class SystemdSupervisor(Supervisor):
     def install(self, plan: LaunchPlan, secrets: Mapping[str, str] | None = None) -> str:
         """Write secrets and the unit atomically, then daemon-reload. Returns the unit path."""
         plan = self.resolve_command(plan)
+        validate.no_secret_in([plan.argv, plan.env], (secrets or {}).values(),
+                              "service's unit (argv or environment)")
         text = self.render(plan)
         if secrets:
             body = "".join(env_file_line(k, v) for k, v in sorted(secrets.items()))

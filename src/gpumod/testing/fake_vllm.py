@@ -290,7 +290,7 @@ def _start_engine(args: argparse.Namespace) -> Engine:
         raise StartupError("ValueError: No model specified: pass MODEL or --model.")
     served = list(args.served_model_name or [model])
     api_key = args.api_key or os.environ.get("VLLM_API_KEY") or None
-    dev_mode = os.environ.get("VLLM_SERVER_DEV_MODE") == "1"
+    dev_mode = bool(int(os.environ.get("VLLM_SERVER_DEV_MODE", "0")))  # as vllm/envs.py
     util = args.gpu_memory_utilization
     if args.enable_auto_tool_choice and not args.tool_call_parser:
         raise StartupError("TypeError: Error: --enable-auto-tool-choice requires "

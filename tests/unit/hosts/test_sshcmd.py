@@ -69,3 +69,35 @@ def test_bad_commands_get_one_clear_error(command, fragment):
 
 def test_ssh_path_prefix_is_accepted():
     assert parse_ssh_command("/usr/bin/ssh root@h").host == "h"
+
+
+# OpenSSH parses options after the destination too (ssh.c restarts getopt after the host),
+# and the first word after it that is not an option starts the remote command.
+@pytest.mark.parametrize(("command", "options", "port"), [
+    ("ssh root@h -p 2300 -i KEY", ("-p", "2300", "-i", "KEY"), 2300),
+    ("ssh root@h -p2300 -oUser=admin", ("-p", "2300", "-o", "User=admin"), 2300),
+    ("ssh -i KEY root@h -p 2300", ("-i", "KEY", "-p", "2300"), 2300),
+    ("ssh root@h -A -t", ("-A",), None),
+    ("ssh root@h --", (), None),
+])
+def test_options_after_the_destination_are_taken_as_openssh_does(command, options, port):
+    t = parse_ssh_command(command)
+    assert (t.options, t.destination, t.port) == (options, "root@h", port)
+
+
+@pytest.mark.parametrize("command", [
+    "ssh root@h -p 2300 nvidia-smi",
+    "ssh root@h -p 2300 -- -i KEY",        # after "--" everything is the command
+    "ssh -- root@h -p 2300",               # "--" before the host ends option parsing
+    "ssh root@h ls -p 2300",
+])
+def test_a_real_remote_command_is_still_refused(command):
+    with pytest.raises(UsageError, match="remote command after the host"):
+        parse_ssh_command(command)
+
+
+def test_refused_options_after_the_destination_are_still_refused():
+    with pytest.raises(UsageError, match="not supported"):
+        parse_ssh_command("ssh root@h -N")
+    with pytest.raises(UsageError, match="managed by gpumod"):
+        parse_ssh_command("ssh root@h -o ControlMaster=no")

@@ -43,14 +43,19 @@ def test_bad_presets_point_at_the_key(text: str, match: str) -> None:
         presets.parse_preset(text, "x.yaml")
 
 
-def test_user_preset_overrides_and_bad_user_file_fails(gpumod_home: Path) -> None:
+def test_user_preset_overrides_and_a_bad_user_file_fails_alone(gpumod_home: Path) -> None:
     folder = gpumod_home / "presets" / "services"
     folder.mkdir(parents=True)
     (folder / "chat.yaml").write_text("kind: service\nname: chat\nengine: vllm\nmodel: my/m\n")
     assert presets.service_preset("chat").model == "my/m"
     (folder / "bad.yaml").write_text("kind: service\nname: bad\nengine: vllm\n")
+    items, broken = presets.scan()
+    assert [b.path.name for b in broken] == ["bad.yaml"]
+    assert "bad.yaml: model: Field required" in broken[0].error.message
+    assert "bad" not in {i.preset.name for i in items}
+    assert presets.service_preset("chat").model == "my/m"  # the others stay usable
     with pytest.raises(ConfigError, match=r"bad\.yaml: model: Field required"):
-        presets.load_all()
+        presets.service_preset("bad")
 
 
 def test_preset_cli_list_show_and_errors() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from gpumod.errors import RemoteCommandError
+from gpumod.hosts.transports.stream import Stream
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class Transport(ABC):
 
     Implementations never pass a string through a shell they build from user
     input: the argv is the data, quoting happens in exactly one place.
-    Secrets go in ``input`` (stdin), never in argv.
+    Secrets go in ``input`` (stdin), never in argv. Two ways to run: run() to
+    completion, stream() for output that matters while it comes.
     """
 
     #: a short label for messages ("local", "pod dc1")
@@ -52,9 +54,16 @@ class Transport(ABC):
         """Run argv to completion and return its exit code, stdout and stderr."""
 
     @abstractmethod
-    def popen(self, argv: Sequence[str], *, stdin: int | None = subprocess.DEVNULL,
-              merge_stderr: bool = True) -> subprocess.Popen[bytes]:
-        """Start argv with its output as a pipe, for streaming (logs -f, setup)."""
+    def stream(self, argv: Sequence[str], *,
+               input: str | None = None) -> AbstractContextManager[Stream]:
+        """Run argv with its stdout and stderr merged and read as they come.
+
+        ``with t.stream(argv) as out: for line in out.iter_lines(): ...``; then
+        ``out.returncode``. Raises the same typed errors as run() (an unreachable host,
+        a refused key) and never hands out an exit code that is the transport's own.
+        `input` (small: a secret line) is written to stdin, then stdin is closed.
+        Leaving the block early stops the local process.
+        """
 
     @abstractmethod
     def interactive_argv(self, argv: Sequence[str] | None = None) -> list[str]:

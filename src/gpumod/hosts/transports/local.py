@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from gpumod.errors import RemoteCommandError
 from gpumod.hosts.transports.base import CommandResult, Transport
+from gpumod.hosts.transports.stream import Stream, process_stream, too_long
 
 
 class LocalTransport(Transport):
@@ -23,12 +26,15 @@ class LocalTransport(Transport):
         except subprocess.TimeoutExpired as exc:
             raise RemoteCommandError(f"{argv[0]} did not finish within {timeout:g}s",
                                      returncode=124) from exc
+        except OSError as exc:
+            if exc.errno == errno.E2BIG:
+                raise too_long(self.label, argv) from None
+            raise
         return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
 
-    def popen(self, argv: Sequence[str], *, stdin: int | None = subprocess.DEVNULL,
-              merge_stderr: bool = True) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
+    def stream(self, argv: Sequence[str], *,
+               input: str | None = None) -> AbstractContextManager[Stream]:
+        return process_stream(argv, input=input, label=self.label)
 
     def user_command_argv(self, command: str) -> list[str]:
         return ["sh", "-c", command]

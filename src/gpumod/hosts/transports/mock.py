@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 from gpumod.hosts.transports.base import CommandResult, Transport
+from gpumod.hosts.transports.stream import Stream, canned_stream
 
 Handler = Callable[[tuple[str, ...], str | None], CommandResult | tuple[int, str, str]]
 
@@ -13,8 +14,9 @@ Handler = Callable[[tuple[str, ...], str | None], CommandResult | tuple[int, str
 class MockTransport(Transport):
     """Like httpx.MockTransport: every run() goes to `handler(argv, input)`.
 
-    The handler returns a CommandResult or (returncode, stdout, stderr).
-    Every call is recorded in `calls` so tests can assert what was sent.
+    The handler returns a CommandResult or (returncode, stdout, stderr), or raises a
+    gpumod error (an unreachable host...). stream() goes to the same handler and hands
+    its stdout and stderr out as the stream. Every call is recorded in `calls`.
     """
 
     label = "mock"
@@ -33,15 +35,10 @@ class MockTransport(Transport):
         code, out, err = answer
         return CommandResult(key, code, out, err)
 
-    def popen(self, argv: Sequence[str], *, stdin: int | None = subprocess.DEVNULL,
-              merge_stderr: bool = True) -> subprocess.Popen[bytes]:
-        result = self.run(argv)
-        script = "import sys; sys.stdout.write(sys.argv[1]); sys.exit(int(sys.argv[2]))"
-        import sys
-
-        return subprocess.Popen([sys.executable, "-c", script, result.stdout,
-                                 str(result.returncode)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
+    @contextlib.contextmanager
+    def stream(self, argv: Sequence[str], *, input: str | None = None) -> Iterator[Stream]:
+        result = self.run(argv, input=input)
+        yield canned_stream(result.stdout + result.stderr, result.returncode)
 
     def user_command_argv(self, command: str) -> list[str]:
         return ["sh", "-c", command]

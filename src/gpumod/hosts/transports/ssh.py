@@ -9,10 +9,12 @@ and ~/.ssh/config keep working.
 
 from __future__ import annotations
 
+import errno
 import re
 import shlex
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 from gpumod import paths
 from gpumod.errors import (
@@ -23,6 +25,12 @@ from gpumod.errors import (
 )
 from gpumod.hosts.sshcmd import SSHTarget
 from gpumod.hosts.transports.base import CommandResult, Transport
+from gpumod.hosts.transports.stream import (
+    Stream,
+    check_remote_length,
+    process_stream,
+    too_long,
+)
 
 CONNECT_TIMEOUT = 10
 CONTROL_PERSIST = "10m"
@@ -57,8 +65,9 @@ class SSHTransport(Transport):
 
     def command_argv(self, argv: Sequence[str], *, tty: bool = False) -> list[str]:
         """ssh ... destination -- 'quoted command' (one string the remote shell splits)."""
-        return [*self.base_argv(batch=not tty, tty=tty), "--", self.target.destination,
-                shlex.join(argv)]
+        command = shlex.join(argv)
+        check_remote_length(self.label, command)
+        return [*self.base_argv(batch=not tty, tty=tty), "--", self.target.destination, command]
 
     # -- running ----------------------------------------------------------
     def run(self, argv: Sequence[str], *, input: str | None = None,
@@ -76,14 +85,37 @@ class SSHTransport(Transport):
         except FileNotFoundError as exc:
             raise TransportError("the ssh client is not installed",
                                  hint="install OpenSSH (apt-get install openssh-client)") from exc
+        except OSError as exc:
+            if exc.errno == errno.E2BIG:
+                raise too_long(self.label, full) from None
+            raise
         if proc.returncode == 255:
-            raise_for_ssh_failure(self.label, proc.stderr)
+            raise_for_ssh_failure(self.label, proc.stderr, connection_lost=self.master_lost)
         return CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
 
-    def popen(self, argv: Sequence[str], *, stdin: int | None = subprocess.DEVNULL,
-              merge_stderr: bool = True) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.command_argv(argv), stdin=stdin, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE)
+    def stream(self, argv: Sequence[str], *,
+               input: str | None = None) -> AbstractContextManager[Stream]:
+        # The remote command merges its own stderr into stdout, so ssh's stderr holds only
+        # ssh's messages: exit 255 is classified from them exactly as in run().
+        merged = ["sh", "-c", 'exec "$@" 2>&1', "sh", *argv]
+
+        def on_exit(code: int, stderr: str) -> None:
+            if code == 255:
+                raise_for_ssh_failure(self.label, stderr, connection_lost=self.master_lost)
+
+        return process_stream(self.command_argv(merged), input=input, label=self.label,
+                              separate_stderr=True, on_exit=on_exit, missing=TransportError(
+                                  "the ssh client is not installed",
+                                  hint="install OpenSSH (apt-get install openssh-client)"))
+
+    def master_lost(self) -> bool:
+        """Is there no master connection any more? (It dies with the connection.)"""
+        try:
+            check = subprocess.run([*self.base_argv(), "-O", "check", self.target.destination],
+                                   capture_output=True, check=False, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return True
+        return check.returncode != 0
 
     def user_command_argv(self, command: str) -> list[str]:
         return [*self.base_argv(), "--", self.target.destination, command]
@@ -130,8 +162,14 @@ _PATTERNS: list[tuple[re.Pattern[str], type[TransportError], str]] = [
 ]
 
 
-def raise_for_ssh_failure(label: str, stderr: str) -> None:
-    """Exit code 255 from ssh: translate its message into a typed error."""
+def raise_for_ssh_failure(label: str, stderr: str, *,
+                          connection_lost: Callable[[], bool] = lambda: True) -> None:
+    """Exit code 255 from ssh: translate its message into a typed error.
+
+    With no message at all, ssh's connection died under it (sshd killed, the pod gone:
+    a multiplexed client just exits 255), unless the remote command itself exited 255
+    over a connection that is still up; `connection_lost()` tells the two apart.
+    """
     text = " ".join(stderr.split())
     for pattern, error, hint in _PATTERNS:
         if pattern.search(text):
@@ -139,6 +177,9 @@ def raise_for_ssh_failure(label: str, stderr: str) -> None:
     if text:
         raise TransportError(f"{label}: ssh failed: {_first_ssh_line(stderr)}",
                              hint="run the SSH command by hand to see more")
+    if connection_lost():
+        raise HostUnreachableError(f"{label}: the SSH connection was lost",
+                                   hint="is the pod up? `pi ssh` tries the connection again")
     raise RemoteCommandError(f"{label}: the remote command exited with 255", returncode=255)
 
 

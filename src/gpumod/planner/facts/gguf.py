@@ -13,12 +13,12 @@ from gpumod.errors import ConfigError, NotFoundError
 from gpumod.planner.facts.config import estimate_param_count
 from gpumod.planner.facts.model import FULL, SLIDING, ModelFacts
 
-_SPLIT = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+_SPLIT = re.compile(r"(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf")
 
 
 def gguf_split_files(path: Path) -> list[Path]:
     """All parts of a split GGUF (given any part), else just the file."""
-    m = _SPLIT.match(path.name)
+    m = _SPLIT.fullmatch(path.name)
     if not m:
         return [path]
     n = int(m.group("n"))
