@@ -98,7 +98,7 @@ def test_systemd_values_refuse_a_trailing_newline():
 def test_split_gguf_names_must_match_whole():
     from pathlib import Path
 
-    from gpumod.planner.facts import _SPLIT
+    from gpumod.planner.facts.gguf import _SPLIT
 
     assert _SPLIT.fullmatch(Path("m-00001-of-00002.gguf").name)
     assert not _SPLIT.fullmatch("m-00001-of-00002.gguf\n")

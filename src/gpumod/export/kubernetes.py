@@ -48,7 +48,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "gpumod"}
 PROXY_PREFIXES = ("/v1/", "/v2/")
 PROXY_EXACT = ("/health", "/metrics", "/version", "/ping", "/tokenize", "/detokenize",
                "/pooling", "/classify", "/score", "/rerank", "/invocations")
-_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class RenderOptions:
 
 
 def is_dns_label(text: str) -> bool:
-    return len(text) <= 63 and bool(_DNS_LABEL.match(text))
+    return len(text) <= 63 and bool(_DNS_LABEL.fullmatch(text))
 
 
 def escape(text: str) -> str:

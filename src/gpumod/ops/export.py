@@ -31,7 +31,7 @@ from gpumod.ops.k8s_workload import DP, TP, ExportOptions, workload
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 
-_SIZE = re.compile(r"^[1-9][0-9]*(Mi|Gi|Ti)$")
+_SIZE = re.compile(r"[1-9][0-9]*(Mi|Gi|Ti)")
 __all__ = ["ExportOptions", "Exported", "Source", "export_kubernetes", "parse_image_options"]
 
 
@@ -223,20 +223,20 @@ def _check_options(options: ExportOptions) -> None:
     if options.namespace is not None and not k8s.is_dns_label(options.namespace):
         raise UsageError(f"invalid namespace {options.namespace!r}",
                          hint="lower-case letters, digits and '-', at most 63")
-    if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", options.secret_name or "") or \
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", options.secret_name or "") or \
             len(options.secret_name) > 253:
         raise UsageError(f"invalid secret name {options.secret_name!r}",
                          hint="lower-case letters, digits, '-' and '.'")
-    if options.storage_class is not None and not re.match(
-            r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", options.storage_class):
+    if options.storage_class is not None and not re.fullmatch(
+            r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", options.storage_class):
         raise UsageError(f"invalid storage class {options.storage_class!r}")
     for what, size in (("--cache-size", options.cache_size), ("--shm-size", options.shm_size)):
-        if size is not None and not _SIZE.match(size):
+        if size is not None and not _SIZE.fullmatch(size):
             raise UsageError(f"invalid {what} {size!r}", hint="use e.g. 100Gi, 2Ti or 512Mi")
     from gpumod.engines.docker import _IMAGE
 
     for image in [options.image, options.proxy_image, *options.images.values()]:
-        if image is not None and (not _IMAGE.match(image) or ".." in image):
+        if image is not None and (not _IMAGE.fullmatch(image) or ".." in image):
             raise UsageError(f"invalid image reference {image!r}",
                              hint="e.g. registry.example/team/server:1.2")
 

@@ -36,7 +36,7 @@ SECRET_ENV = {"PI_API_KEY", "API_KEY", "VLLM_API_KEY", "LLAMA_API_KEY", "HF_TOKE
 TP = ("--tensor-parallel-size", "-tp")
 PP = ("--pipeline-parallel-size", "-pp")
 DP = ("--data-parallel-size", "-dp")
-_RELEASE = re.compile(r"^\d+\.\d+(\.\d+)*(\.post\d+)?$")
+_RELEASE = re.compile(r"\d+\.\d+(\.\d+)*(\.post\d+)?")
 # The host an exported service runs on: a container reached over the cluster network.
 CONTAINER_HOST = Host(name="kubernetes", kind="container", root="/gpumod")
 
@@ -139,7 +139,7 @@ def default_image(engine: str, host: Host | None, gpus: int) -> str | None:
     llama.cpp: its server image of the pinned build (CUDA when the service has GPUs)."""
     if engine == "vllm":
         recorded = str((host.engine_env if host else {}).get("vllm_version") or "")
-        version = recorded if _RELEASE.match(recorded) else DEFAULT_VLLM_VERSION
+        version = recorded if _RELEASE.fullmatch(recorded) else DEFAULT_VLLM_VERSION
         return f"vllm/vllm-openai:v{version}"
     if engine == "llamacpp":
         flavour = "server-cuda" if gpus else "server"
