@@ -191,7 +191,7 @@ def _process_trees(transport: Transport, roots: dict[str, int]) -> tuple[dict[in
     owner = {pid: name for name, pid in roots.items()}
     if not roots:
         return owner, ""
-    from gpumod.engines.sleep import PS_ARGV
+    from gpumod.hosts.processes import PS_ARGV
 
     try:
         result = transport.run(PS_ARGV, timeout=20)

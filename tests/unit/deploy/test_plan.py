@@ -6,7 +6,8 @@ import pytest
 
 from gpumod.errors import CapacityError, UsageError
 from gpumod.hosts.model import GPU, Host
-from gpumod.ops.deploy import StartRequest, endpoint_url, mask, plan_start
+from gpumod.ops.endpoints import endpoint_url
+from gpumod.ops.startplan import StartRequest, mask, plan_start
 from gpumod.ops.services import pick_gpus
 
 
