@@ -284,19 +284,67 @@ def test_switch_to_the_current_mode_restarts_a_crashed_member(moded, capsys):
     assert spec.state == "running" and spec.pid != pid and alive(spec.pid)
 
 
-def test_ctrl_c_during_a_switch_rolls_back_and_exits_130(moded, local_env):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_during_a_switch_rolls_back_and_exits_130(moded, local_env, signum):
     with moded.transaction() as db:
         db.execute("""UPDATE services SET env = '{"FAKE_VLLM_STARTUP_SECONDS": "30"}'
                       WHERE name = 'emb'""")
     assert modes.switch_mode(moded, "code").ok
     proc = spawn("gpumod", "mode", "switch", "rag")
     pid = wait_for(lambda: engine_pid(local_env.home, "emb"), 60, "emb's engine", proc)
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "rolled back" in err
+    assert "cancelled; rolled back to code" in err
     assert not alive(pid)
     assert modes.current_mode(moded, "local") == "code"
     states = {s.name: s.state for s in lifecycle.list_services(moded)}
     assert states == {"emb": "stopped", "chat": "stopped", "coder": "running"}, states
     assert alive(lifecycle.get_service(moded, "coder").pid)
+
+
+# -- the lifecycle decides, callers cannot race ----------------------------------------
+
+
+def test_two_ensure_ready_at_once_start_the_service_once(moded):
+    """Two callers (a gateway's requests) at once: one start, the other joins it."""
+    import threading
+
+    from gpumod.store.db import Store
+
+    with moded.transaction() as db:
+        db.execute("""UPDATE services SET env = '{"FAKE_VLLM_STARTUP_SECONDS": "2"}'
+                      WHERE name = 'coder'""")
+    got: list = []
+
+    def caller() -> None:
+        try:
+            got.append(lifecycle.ensure_ready(Store(moded.path), "coder", timeout=60))
+        except Exception as exc:  # pragma: no cover - reported below
+            got.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [g.state for g in got] == ["running", "running"], got
+    assert len({g.pid for g in got}) == 1
+    starts = moded.query("SELECT 1 FROM events WHERE action = 'started' AND service = 'coder'")
+    assert len(starts) == 1
+
+
+def test_a_killed_pi_start_leaves_a_record_that_names_its_engine(local_env):
+    """SIGKILL cannot be handled: the record written before the engine ran still names it."""
+    proc = spawn("pi", "start", "srv", "--name", "k9", "-q", *SLOW_HTTP)
+    pid = wait_for(lambda: engine_pid(local_env.home, "k9"), 60, "the engine", proc)
+    wait_for(lambda: [r for r in listed() if r["pid"] == pid], 30, "the pid recorded", proc)
+    time.sleep(0.5)  # released: sh runs `sleep 30` now
+    proc.kill()
+    proc.communicate(timeout=30)
+    (row,) = listed()
+    assert row["pid"] == pid and row["recorded_state"] == "starting", row
+    assert row["state"] == "starting" and alive(pid)
+    stopped = run_cli("stop", "k9")
+    assert stopped.code == 0, stopped.output
+    assert not alive(pid) and listed() == []

@@ -3,20 +3,23 @@
 start:  validate everything locally -> one pre-flight round trip to the host
         (engine binary, model on disk or in the HF cache, listening ports) ->
         download into the host's HF cache if needed (progress; Ctrl+C cancels
-        and kills the download on the host) -> reserve the record with a free
-        port and GPUs in ONE transaction -> the one launch path shared with
-        `gpumod service start` (ops.launch.launch: planner admission with the
-        GPU figures the pre-flight read, launch under the process supervisor,
+        and kills the download on the host) -> under the host's (shared) and the
+        name's lock: record 'starting' with a free port and GPUs in ONE
+        transaction -> the one launch path shared with `gpumod service start`
+        (ops.launch.launch: admission and reservation in the host's critical
+        section, two-phase launch with the pid recorded before the engine runs,
         health wait ON the host while the log streams, record, calibration).
-        Any failure or Ctrl+C after the reservation stops the whole process
-        group, removes the service folder and the reservation: nothing
-        half-recorded, nothing left running.
+        Any failure, Ctrl+C, SIGTERM or SIGHUP after that stops the whole process
+        group; once it is confirmed gone the folder and the record go. If the
+        host cannot confirm it, the record stays 'stopping' and says why.
 list:   ops.states (one round trip per host, hosts in parallel; an unreachable
         host marks its services 'unreachable' and never deletes anything);
-        --prune forgets deployments whose process is gone (never definitions).
-stop:   TERM the process group, KILL after a timeout, confirm the port is free,
-        then drop the record (a `gpumod service` definition is kept, 'stopped').
-        A failed SSH call keeps the record.
+        --prune forgets deployments whose process is gone (never definitions),
+        finishing a stop that could not be confirmed.
+stop:   the lifecycle's one stop (ops.lifecycle.stop, as `gpumod service stop`):
+        dependents first, TERM the process group, KILL after a timeout, confirm
+        the port is free, then drop the record (a `gpumod service` definition is
+        kept, 'stopped'). A failed SSH call keeps the record ('stopping').
 """
 
 from __future__ import annotations

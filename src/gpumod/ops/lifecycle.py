@@ -10,10 +10,11 @@ inspect a state first and cannot race:
 
 ``ensure_ready(store, name)``
     returns once NAME answers health: ready -> at once; sleeping -> woken (verified);
-    stopped, failed or crashed -> started; alive but unhealthy, or a cleanup left
-    unconfirmed -> stopped (confirmed) then started; being started by another command ->
-    waits for that command (up to ``wait``), then decides again. Not its dependencies:
-    ``start_service`` starts those first.
+    stopped, failed or crashed -> started; its own engine alive but not answering yet ->
+    waits for its health (never killed); left over by an interrupted start or an
+    unconfirmed stop -> stopped (confirmed), then started; being changed by another
+    command -> waits for that command (up to ``wait``), then decides again. Not its
+    dependencies: ``start_service`` starts those first.
 ``stop(store, name)``
     stops NAME, and first the running services that depend on it. The record goes
     'stopping' before any signal; once the engine is confirmed gone a deployment's
