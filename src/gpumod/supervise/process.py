@@ -96,15 +96,15 @@ while IFS= read -r line || [ -n "$line" ]; do
   esac
   printf '%s\n' "$line" >> "$target" || fail "cannot write $target" 25
 done
-complete() { [ "$(wc -l < "$dir/$1.tmp")" -eq "$2" ] || fail "cannot write $dir/$1 (short write)" 25; }
-complete service.env "$env_n"; complete secrets.env "$sec_n"; complete manifest.json "$man_n"
+whole() { [ "$(wc -l < "$dir/$1.tmp")" -eq "$2" ] || fail "cannot write $dir/$1 (short write)" 25; }
+whole service.env "$env_n"; whole secrets.env "$sec_n"; whole manifest.json "$man_n"
 for f in service.env secrets.env manifest.json; do
   mv -f "$dir/$f.tmp" "$dir/$f" || fail "cannot write $dir/$f" 25
 done
 command -v setsid >/dev/null 2>&1 || fail "setsid: not found (install util-linux)" 22
 if [ -z "$workdir" ]; then
   workdir="$dir/work"
-  mkdir -p "$workdir" && chmod 700 "$workdir" || fail "cannot create $workdir" 23
+  if ! mkdir -p "$workdir" || ! chmod 700 "$workdir"; then fail "cannot create $workdir" 23; fi
 fi
 [ -d "$workdir" ] || fail "the working directory $workdir does not exist" 23
 : > "$dir/service.log" || fail "cannot write $dir/service.log" 25
