@@ -20,7 +20,10 @@ inspect a state first and cannot race:
     'stopping' before any signal; once the engine is confirmed gone a deployment's
     record is removed, a definition's says 'stopped'. Unconfirmed: the record stays
     'stopping' with the reason, and the error says so.
-``restart``, ``remove``; ``sleep`` / ``wake`` are :mod:`gpumod.ops.sleep`.
+``sleep(store, name, level)`` / ``wake(store, name)``
+    a verified sleep (falls back L2 -> L1 -> stop) / wake (falls back to a restart),
+    reported attempt by attempt (the work is :mod:`gpumod.ops.sleep`).
+``restart_service``, ``remove_service``.
 
 Callers that already hold the host's lock (a mode switch holds it exclusively) drive
 one service at a time with ``with lifecycle.held(name, what):`` and
@@ -33,6 +36,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from gpumod.errors import EngineError, GpumodError, TransportError
 from gpumod.hosts.transports.base import Transport
@@ -52,7 +56,7 @@ from gpumod.store.db import Store
 
 __all__ = ["Runtime", "add_service", "dependency_order", "ensure_ready", "get_service",
            "launch_plan", "list_services", "remove_service", "restart_service", "runtime",
-           "set_context", "start_service", "stop", "stop_service"]
+           "set_context", "sleep", "start_service", "stop", "stop_service", "wake"]
 
 Progress = Callable[[str], None]
 DEFAULT_HEALTH_TIMEOUT = 600.0
@@ -288,6 +292,26 @@ def remove_service(store: Store, name: str, *, transport: Transport | None = Non
                                 hint="remove or change those services first")
         stop_held(store, spec, forget=True, transport=transport)
         store.log_event("removed", host=spec.host, service=name)
+
+
+# ---------------------------------------------------------------------------- sleep
+
+
+def sleep(store: Store, name: str, level: str | None = None, *, progress: Progress = _quiet,
+          transport: Transport | None = None, wait: float = LOCK_WAIT) -> Any:
+    """Put NAME to sleep, verified; returns the SleepReport (see gpumod.ops.sleep)."""
+    from gpumod.ops.sleep import sleep_service
+
+    return sleep_service(store, name, level, progress=progress, transport=transport,
+                         wait=wait)
+
+
+def wake(store: Store, name: str, *, progress: Progress = _quiet,
+         transport: Transport | None = None, wait: float = LOCK_WAIT) -> Any:
+    """Wake NAME, verified (health and a canary); returns the SleepReport."""
+    from gpumod.ops.sleep import wake_service
+
+    return wake_service(store, name, progress=progress, transport=transport, wait=wait)
 
 
 # ---------------------------------------------------------------------------- checks
