@@ -186,7 +186,7 @@ def launch(store: Store, rt: Runtime, *, timeout: float, new: bool = False,
     from gpumod.ops import admission
 
     name = rt.spec.name
-    launched = False
+    launched = released = False
     try:
         with admission.start_turn(rt, timeout=timeout, progress=progress):
             rt, estimate = admission.admit_and_reserve(store, rt, force=force,
@@ -198,6 +198,7 @@ def launch(store: Store, rt: Runtime, *, timeout: float, new: bool = False,
             pid = rt.supervisor.start(
                 rt.plan, rt.secrets,
                 before_run=lambda held: machine.record_identity(store, name, held))
+            released = True
             if pid is not None:
                 machine.record_identity(store, name, pid)
             took = wait_healthy(rt, pid, timeout, log)
@@ -210,7 +211,7 @@ def launch(store: Store, rt: Runtime, *, timeout: float, new: bool = False,
             done = machine.move(store, name, machine.Phase.READY, pid=pid, reserved_mib=None)
             done = spec.with_(state=done.state, pid=pid)
     except BaseException as exc:
-        _failed(store, rt, exc, new=new, launched=launched)
+        _failed(store, rt, exc, new=new, launched=launched, released=released)
         raise  # _failed raises; this keeps the type checkers sure
     store.log_event("started", host=spec.host, service=name,
                     detail=f"{spec.engine} {spec.model} port {spec.port}, healthy after "
@@ -221,8 +222,11 @@ def launch(store: Store, rt: Runtime, *, timeout: float, new: bool = False,
 
 
 def _failed(store: Store, rt: Runtime, exc: BaseException, *, new: bool,
-            launched: bool) -> None:
-    """After a failed or cancelled start: stop what was launched, record the truth, raise."""
+            launched: bool, released: bool) -> None:
+    """After a failed or cancelled start: stop what was launched, record the truth, raise.
+
+    launched: the supervisor was asked to start it; released: its engine ran.
+    """
     name, host = rt.spec.name, rt.host.name
     cancelled = isinstance(exc, KeyboardInterrupt | Cancelled)
     reason = ("cancelled" if isinstance(exc, KeyboardInterrupt) else
@@ -261,7 +265,7 @@ def _failed(store: Store, rt: Runtime, exc: BaseException, *, new: bool,
         raise Cancelled(f"start cancelled; the engine was stopped and {what}" if not cleanup
                         else f"start cancelled{kept}") from None
     if isinstance(exc, GpumodError):
-        if launched and isinstance(exc, EngineError) and not cleanup:
+        if released and isinstance(exc, EngineError) and not cleanup:
             where = rt.plan.kept_log_path if new else rt.plan.log_path
             exc.hint = ((exc.hint + "; ") if exc.hint else "") + f"the engine's log: {where}"
         if cleanup:

@@ -85,7 +85,7 @@ kept="$(dirname "$dir")/.failed/$(basename "$dir").log"
 rm -f "$dir/service.pid" "$dir/service.pidstart" "$dir/stopped" "$kept" ||
   fail "cannot remove the old pid files in $dir" 20
 for f in service.env secrets.env manifest.json; do
-  : > "$dir/$f.tmp" || fail "cannot write $dir/$f.tmp" 25
+  : > "$dir/$f.tmp" || fail "cannot write $dir/$f.tmp (disk full or read-only?)" 25
 done
 target=/dev/null; env_n=-1; sec_n=-1; man_n=-1
 while IFS= read -r line || [ -n "$line" ]; do
@@ -94,7 +94,7 @@ while IFS= read -r line || [ -n "$line" ]; do
     '%%gpumod-secrets%% '*) target="$dir/secrets.env.tmp"; sec_n=${line#* }; continue ;;
     '%%gpumod-manifest%% '*) target="$dir/manifest.json.tmp"; man_n=${line#* }; continue ;;
   esac
-  printf '%s\n' "$line" >> "$target" || fail "cannot write $target" 25
+  printf '%s\n' "$line" >> "$target" || fail "cannot write $target (disk full or read-only?)" 25
 done
 whole() { [ "$(wc -l < "$dir/$1.tmp")" -eq "$2" ] || fail "cannot write $dir/$1 (short write)" 25; }
 whole service.env "$env_n"; whole secrets.env "$sec_n"; whole manifest.json "$man_n"
