@@ -15,19 +15,21 @@ from gpumod.hosts.transports.base import Transport
 from gpumod.supervise.process import SH_FUNCTIONS
 
 # An HTTP status code for a URL, from the host itself: curl, else python3, else 000.
+# probe URL [SECONDS]: at most SECONDS (default 3) for the whole answer.
 PROBE_FUNCTION = r"""
 probe() {
   if command -v curl >/dev/null 2>&1; then
-    curl -s -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time 3 "$1" 2>/dev/null || true
+    curl -s -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time "${2:-3}" "$1" \
+      2>/dev/null || true
   elif command -v python3 >/dev/null 2>&1; then
     python3 -c '
 import sys, urllib.request, urllib.error
 try:
-    print(urllib.request.urlopen(sys.argv[1], timeout=3).status, end="")
+    print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status, end="")
 except urllib.error.HTTPError as e:
     print(e.code, end="")
 except Exception:
-    print("000", end="")' "$1" 2>/dev/null || printf 000
+    print("000", end="")' "$1" "${2:-3}" 2>/dev/null || printf 000
   else
     printf 000
   fi
@@ -88,6 +90,7 @@ owns_port() {
 # answers, does the service's own process group hold the port?). One line each (any
 # order): folder, pid, process word, HTTP code, owner (yes | no | -).
 STATUS_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + UNIT_FUNCTION + OWNER_FUNCTION + r"""
+wait_s=$1; shift
 while [ $# -ge 7 ]; do
   dir=$1; port=$2; path=$3; phost=$4; scope=$5; unit=$6; owner=$7; shift 7
   (
@@ -103,7 +106,7 @@ while [ $# -ge 7 ]; do
       elif pid_alive "$pid" "$start"; then p=alive
       else p=dead; fi
     fi
-    code=$(probe "http://$phost:$port$path")
+    code=$(probe "http://$phost:$port$path" "$wait_s")
     o=-
     if [ "$owner" = 1 ] && [ "$p" = alive ] && [ -n "$pid" ] && [ "${code:-000}" != 000 ]; then
       if owns_port "$pid" "$port"; then o=yes; else o=no; fi
@@ -152,21 +155,23 @@ class Probe:
     owner: bool | None = None  # the answer came from the service's own group (None: unchecked)
 
 
-def probe_host(transport: Transport, items: Sequence[tuple], *, timeout: float = 30
-               ) -> dict[str, Probe]:
+def probe_host(transport: Transport, items: Sequence[tuple], *, timeout: float = 30,
+               health_timeout: float = 3) -> dict[str, Probe]:
     """Process, HTTP and port-owner state of services on one host, in ONE round trip.
 
     items: (service_dir, port, health_path, probe_host[, systemd scope, unit[, owner
-    check]]). Raises TransportError when the host cannot be reached; returns
-    {service_dir: Probe} for every line the host sent.
+    check]]); health_timeout: seconds each health answer may take (listings keep it
+    short; the watcher, which restarts on failures, is more patient). Raises
+    TransportError when the host cannot be reached; returns {service_dir: Probe} for
+    every line the host sent.
     """
-    args: list[str] = []
+    args: list[str] = [str(max(1, int(health_timeout)))]
     for item in items:
         service_dir, port, path, phost = item[:4]
         scope, unit = (item[4], item[5]) if len(item) >= 6 else ("", "")
         owner = item[6] if len(item) >= 7 else True
         args += [service_dir, str(port), path, phost, scope, unit, "1" if owner else "0"]
-    result = transport.run_script(STATUS_SCRIPT, args, timeout=timeout)
+    result = transport.run_script(STATUS_SCRIPT, args, timeout=timeout + health_timeout)
     result.check(f"{transport.label}: status check")
     probes: dict[str, Probe] = {}
     for line in result.stdout.splitlines():

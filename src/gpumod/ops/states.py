@@ -175,8 +175,9 @@ def _supervisor_probe(supervisor: Any, spec: ServiceSpec, item: tuple,
 
 
 def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec], *,
-                transport: Transport | None = None) -> list[ServiceStatus]:
-    """One round trip for every service of a host."""
+                transport: Transport | None = None, health_timeout: float = 3
+                ) -> list[ServiceStatus]:
+    """One round trip for every service of a host (health_timeout: per health answer)."""
     if not specs:
         return []
 
@@ -198,7 +199,8 @@ def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec], *,
     items = [_probe_item(spec, host, transport, engine)
              for spec, engine in zip(specs, engines, strict=True)]
     try:
-        found = probes.probe_host(transport, [item for item, _ in items])
+        found = probes.probe_host(transport, [item for item, _ in items],
+                                  health_timeout=health_timeout)
     except TransportError as exc:
         return [ServiceStatus(s, "unreachable", exc.message, url(s)) for s in specs]
     except GpumodError as exc:

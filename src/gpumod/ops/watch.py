@@ -36,6 +36,7 @@ from gpumod.store.db import Store
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)")
 BUSY = ("vllm:num_requests_running", "vllm:num_requests_waiting",
         "llamacpp:requests_processing", "llamacpp:requests_deferred")
+HEALTH_TIMEOUT = 10.0  # seconds a health answer may take before it counts as a failure
 COUNTERS = ("vllm:generation_tokens_total", "vllm:prompt_tokens_total",
             "llamacpp:tokens_predicted_total", "llamacpp:prompt_tokens_total")
 
@@ -121,7 +122,8 @@ class Watcher:
         if not specs:
             return
         host = hosts_ops.get_host(self.store, self.host)
-        for status in host_status(self.store, host, specs, transport=self.transport):
+        for status in host_status(self.store, host, specs, transport=self.transport,
+                                  health_timeout=HEALTH_TIMEOUT):
             track = self.tracks.setdefault(status.spec.name, Track())
             try:
                 self.check(status, track, sleepy)
