@@ -89,3 +89,14 @@ class Cancelled(GpumodError):
     """The user pressed Ctrl+C; whatever was half-done has been undone."""
 
     exit_code = 130
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: handled like Ctrl+C (clean up, then exit 130).
+
+    A KeyboardInterrupt, so every ``except KeyboardInterrupt`` cleanup runs for it too.
+    """
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name

@@ -34,6 +34,8 @@ class ServiceSpec:
     extra: dict[str, Any] = field(default_factory=dict)  # engine specific (docker image, ...)
     state: str = "defined"
     pid: int | None = None
+    reserved_mib: int | None = None      # admitted for a start, not yet held (per GPU)
+    note: str = ""                       # why it is in its recorded state
 
     def with_(self, **changes: Any) -> ServiceSpec:
         return replace(self, **changes)
@@ -45,7 +47,7 @@ class ServiceSpec:
             "env": dict(self.env), "supervisor": self.supervisor, "sleep_mode": self.sleep_mode,
             "health_path": self.health_path, "depends_on": list(self.depends_on),
             "vram_mib": self.vram_mib, "extra": dict(self.extra), "state": self.state,
-            "pid": self.pid,
+            "pid": self.pid, "reserved_mib": self.reserved_mib, "note": self.note,
         }
 
     @classmethod
@@ -59,7 +61,8 @@ class ServiceSpec:
             health_path=data.get("health_path", "/health"),
             depends_on=tuple(data.get("depends_on") or ()), vram_mib=data.get("vram_mib"),
             extra=dict(data.get("extra") or {}), state=data.get("state", "defined"),
-            pid=data.get("pid"),
+            pid=data.get("pid"), reserved_mib=data.get("reserved_mib"),
+            note=str(data.get("note") or ""),
         )
 
     @classmethod
@@ -71,7 +74,7 @@ class ServiceSpec:
             supervisor=row["supervisor"], sleep_mode=row["sleep_mode"],
             health_path=row["health_path"], depends_on=tuple(json.loads(row["depends_on"])),
             vram_mib=row["vram_mib"], extra=json.loads(row["spec"]), state=row["state"],
-            pid=row["pid"],
+            pid=row["pid"], reserved_mib=row["reserved_mib"], note=row["note"],
         )
 
     def row_values(self) -> dict[str, Any]:
@@ -83,5 +86,5 @@ class ServiceSpec:
             "env": dump(self.env), "supervisor": self.supervisor, "sleep_mode": self.sleep_mode,
             "health_path": self.health_path, "depends_on": dump(list(self.depends_on)),
             "vram_mib": self.vram_mib, "spec": dump(self.extra), "state": self.state,
-            "pid": self.pid,
+            "pid": self.pid, "reserved_mib": self.reserved_mib, "note": self.note,
         }

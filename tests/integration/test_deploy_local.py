@@ -18,11 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumod.hosts.model import GPU
 from gpumod.ops import hosts as hostops
-from gpumod.store.db import open_store
-from gpumod.testing.fake_nvidia_smi import read_state, write_state
-from gpumod.testing.shims import install_shims
 from tests.support.cli import run_cli
 
 KEY = "sk-gpumod-test-9f8e7d6c5b4a"
@@ -77,33 +73,6 @@ def url_port(stdout: str) -> int:
     match = re.search(r"base URL:\s+http://127\.0\.0\.1:(\d+)/v1", stdout)
     assert match, stdout
     return int(match.group(1))
-
-
-@pytest.fixture
-def local_env(tmp_path, monkeypatch, gpumod_home):
-    """local with 2 fake H100s, the fake vllm on PATH, a HF cache holding MODEL."""
-    bin_dir = tmp_path / "bin"
-    state = tmp_path / "gpus.json"
-    write_state(state, ["h100", "h100"])
-    install_shims(bin_dir, gpu_state=state)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv("GPUMOD_FAKE_GPU_STATE", str(state))
-    hf_home = tmp_path / "hf"
-    fake_hf_cache(hf_home, MODEL)
-    monkeypatch.setenv("HF_HOME", str(hf_home))
-    monkeypatch.setenv("PI_API_KEY", KEY)
-    monkeypatch.setenv("FAKE_VLLM_STARTUP_SECONDS", "0.3")
-    store = open_store()
-    gpus = [GPU(g["index"], g["uuid"], g["name"], g["memory_total_mib"])
-            for g in read_state(state)["gpus"]]
-    hostops.update_local(store, gpus, {"nvidia_smi": True}, {})
-    env = type("Env", (), {})()
-    env.bin_dir, env.state, env.hf_home, env.store, env.home = (bin_dir, state, hf_home, store,
-                                                                gpumod_home)
-    yield env
-    # never leave anything running, whatever the test did
-    for row in store.query("SELECT name FROM services"):
-        run_cli("stop", row["name"], "--timeout", "2")
 
 
 def start(*args: str):

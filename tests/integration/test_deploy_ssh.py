@@ -10,15 +10,11 @@ import time
 
 import pytest
 
-from gpumod.hosts.model import GPU, Host
 from gpumod.ops import hosts as hostops
 from gpumod.store.db import open_store
-from gpumod.testing.fake_nvidia_smi import read_state, write_state
-from gpumod.testing.shims import install_shims
 from tests.integration.test_deploy_local import (
     KEY,
     MODEL,
-    fake_hf_cache,
     first_free_port,
     port_listening,
     processes_in,
@@ -29,32 +25,6 @@ from tests.support.cli import run_cli
 from tests.support.real import free_port
 
 pytestmark = pytest.mark.sshd
-
-
-def register_pod(store, sshd, name: str, state, hf_home) -> Host:
-    gpus = tuple(GPU(g["index"], g["uuid"], g["name"], g["memory_total_mib"])
-                 for g in read_state(state)["gpus"])
-    host = Host(name=name, kind="ssh", ssh_command=sshd.ssh_command, address="127.0.0.1",
-                root=str(sshd.remote_root), engine_env={"hf_cache": str(hf_home)}, gpus=gpus)
-    hostops.save_host(store, host, replace=False)
-    return hostops.get_host(store, name)
-
-
-@pytest.fixture
-def pod(sshd, tmp_path, monkeypatch):
-    state = tmp_path / "pod-gpus.json"
-    write_state(state, ["h100", "h100"])
-    install_shims(sshd.bin_dir, gpu_state=state)
-    hf_home = tmp_path / "pod-hf"
-    fake_hf_cache(hf_home, MODEL)
-    monkeypatch.setenv("PI_API_KEY", KEY)
-    store = open_store()
-    register_pod(store, sshd, "dc1", state, hf_home)
-    yield sshd
-    if sshd.proc is None:
-        sshd.start()
-    for row in store.query("SELECT name FROM services"):
-        run_cli("stop", row["name"], "--timeout", "2")
 
 
 def test_start_list_logs_stop_on_the_pod(pod):

@@ -16,8 +16,8 @@ from gpumod.errors import UsageError
 from gpumod.store.db import open_store
 from gpumod.testing.fake_nvidia_smi import write_state
 from gpumod.testing.shims import install_shims
+from tests.integration.conftest import register_pod
 from tests.integration.test_deploy_local import KEY, MODEL, fake_hf_cache
-from tests.integration.test_deploy_ssh import register_pod
 from tests.support.cli import run_cli
 
 ON = ["1", "2", "01", " 1", "1 ", "+1", "-1", "1_0", "\u0661"]   # int() takes them, not 0
@@ -56,7 +56,7 @@ def test_values_vllm_crashes_on_are_refused_in_one_line(value):
 
 def test_bind_rule_and_launch_plan_follow_vllms_parsing():
     from gpumod.hosts.model import Host
-    from gpumod.ops import launch
+    from gpumod.ops import launch, runtime
     from gpumod.spec import ServiceSpec
 
     pod = Host(name="dc1", kind="ssh", ssh_command="ssh root@h", root="/srv/gpumod")
@@ -66,17 +66,17 @@ def test_bind_rule_and_launch_plan_follow_vllms_parsing():
             spec = ServiceSpec("d", "dc1", engine, "m", 8000, args=args,
                                env={"VLLM_SERVER_DEV_MODE": value}, extra={"bind": "0.0.0.0"})
             assert launch.bind_address(spec, pod) == "127.0.0.1", (engine, value)
-            argv = list(launch.launch_plan(spec, pod).argv)
+            argv = list(runtime.launch_plan(spec, pod).argv)
             assert argv[argv.index("--host") + 1] == "127.0.0.1", (engine, value)
     off = ServiceSpec("d", "dc1", "vllm", "m", 8000, env={"VLLM_SERVER_DEV_MODE": "0"})
     assert launch.bind_address(off, pod) == "0.0.0.0"
     # unset: pinned off, so a value in the pod's own environment cannot turn it on
     unset = ServiceSpec("d", "dc1", "vllm", "m", 8000)
-    assert launch.launch_plan(unset, pod).env["VLLM_SERVER_DEV_MODE"] == "0"
+    assert runtime.launch_plan(unset, pod).env["VLLM_SERVER_DEV_MODE"] == "0"
     bad = ServiceSpec("d", "dc1", "vllm", "m", 8000, env={"VLLM_SERVER_DEV_MODE": "true"})
     assert launch.bind_address(bad, pod) == "127.0.0.1"  # listing an old record never fails
     with pytest.raises(UsageError, match="VLLM_SERVER_DEV_MODE"):
-        launch.launch_plan(bad, pod)
+        runtime.launch_plan(bad, pod)
 
 
 @pytest.mark.parametrize("value", CRASH[:2])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpumod.engines.sleep import RouterSleep, canary
+from gpumod.engines.checks import canary
+from gpumod.engines.sleep import RouterSleep
 from gpumod.ops import lifecycle
 from gpumod.ops.sleep import sleep_service, wake_service
 from gpumod.spec import ServiceSpec

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.integration.test_deploy_local import MODEL, local_env, ps_args  # noqa: F401
+from tests.integration.test_deploy_local import MODEL, ps_args
 from tests.support.cli import run_cli
 
 KEYS = [

@@ -18,8 +18,8 @@ import pytest
 from gpumod.store.db import open_store
 from gpumod.testing.fake_nvidia_smi import write_state
 from gpumod.testing.shims import install_shims
+from tests.integration.conftest import register_pod
 from tests.integration.test_deploy_local import KEY, MODEL, fake_hf_cache
-from tests.integration.test_deploy_ssh import register_pod
 from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.sshd

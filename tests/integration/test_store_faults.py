@@ -190,7 +190,7 @@ def test_two_100k_arguments_for_a_pod_are_refused_naming_the_limit(sshd, tmp_pat
     from gpumod.store.db import open_store
     from gpumod.testing.fake_nvidia_smi import write_state
     from gpumod.testing.shims import install_shims
-    from tests.integration.test_deploy_ssh import register_pod
+    from tests.integration.conftest import register_pod
 
     state = tmp_path / "pod-gpus.json"
     write_state(state, ["h100"])

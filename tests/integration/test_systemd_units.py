@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpumod.spec import ServiceSpec
-from gpumod.supervise.systemd import UnitOptions, render_unit
+from gpumod.supervise.units import UnitOptions, render_unit
 from tests.support.real import require_real
 
 

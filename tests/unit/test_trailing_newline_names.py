@@ -85,7 +85,7 @@ def test_docker_settings_refuse_values_ending_in_a_newline():
 
 
 def test_systemd_values_refuse_a_trailing_newline():
-    from gpumod.supervise.systemd import env_file_line, env_pair, sd_path
+    from gpumod.supervise.units import env_file_line, env_pair, sd_path
 
     with pytest.raises(UsageError):
         env_pair("A\n", "1")

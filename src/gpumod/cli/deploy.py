@@ -9,7 +9,7 @@ import click
 from gpumod.cli.common import console, json_option, plain, pod_option, print_json, store, table
 
 STATE_STYLE = {"running": "green", "starting": "yellow", "sleeping": "cyan",
-               "unhealthy": "yellow", "crashed": "red", "stopped": "red",
+               "stopping": "yellow", "unhealthy": "yellow", "crashed": "red", "stopped": "red",
                "unreachable": "magenta", "unknown": "magenta"}
 
 

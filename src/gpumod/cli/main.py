@@ -88,11 +88,48 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("GPUMOD_DEBUG") == "1"
 
 
+def _terminate_like_ctrl_c() -> dict:
+    """SIGTERM and SIGHUP raise errors.Interrupted (a KeyboardInterrupt), so the cleanup
+    Ctrl+C gets runs for them too (a half-started engine is stopped, the record tells
+    the truth). Only the first raises: later ones must not cut that cleanup short.
+    Returns the previous handlers (main restores them)."""
+    import signal
+
+    from gpumod.errors import Interrupted
+
+    raised = []
+
+    def handler(signum: int, frame: object) -> None:
+        if raised:
+            return
+        raised.append(signum)
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread: leave the process's handlers alone
+            break
+    return previous
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "gpumod"
     if prog not in {"gpumod", "pi"}:
         prog = "gpumod"
+    import signal
+
+    previous = _terminate_like_ctrl_c()
+    try:
+        _run(argv, prog)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(argv: list[str], prog: str) -> None:
     from gpumod.errors import GpumodError
 
     try:
@@ -114,8 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        click.echo(f"interrupted ({exc})" if str(exc) else "interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(141)

@@ -49,11 +49,11 @@ def list_cmd(pod: str | None, as_json: bool) -> None:
 def status_cmd(pod: str | None, as_json: bool) -> None:
     """The current mode of the host and the live state of its services."""
     from gpumod.ops import hosts as hosts_ops
-    from gpumod.ops import modes as modes_ops
+    from gpumod.ops.mode_status import mode_status
 
     st = store()
     host = hosts_ops.resolve_host(st, pod).name
-    status = modes_ops.mode_status(st, host)
+    status = mode_status(st, host)
     if as_json:
         print_json(status)
         return

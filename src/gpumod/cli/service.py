@@ -322,17 +322,18 @@ def unit_cmd(name: str, scope: str | None) -> None:
     """Print the systemd unit gpumod would install for a service."""
     from dataclasses import replace
 
+    from gpumod.ops import hosts as hosts_ops
     from gpumod.ops import lifecycle
-    from gpumod.supervise.systemd import UnitOptions, render_unit
+    from gpumod.supervise.units import UnitOptions, render_unit
 
     st = store()
     spec = lifecycle.get_service(st, name)
-    host = lifecycle.hosts_ops.get_host(st, spec.host)
+    host = hosts_ops.get_host(st, spec.host)
     plan = lifecycle.launch_plan(spec, host)
     if not plan.argv[0].startswith("/"):
         from gpumod.supervise.systemd import SystemdSupervisor
 
-        sup = SystemdSupervisor(lifecycle.hosts_ops.transport_for(host))
+        sup = SystemdSupervisor(hosts_ops.transport_for(host))
         try:
             plan = sup.resolve_command(plan)
         except EngineError:

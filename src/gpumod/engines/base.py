@@ -154,6 +154,13 @@ class Engine(ABC):
         """The `model` name clients send in requests."""
         return spec.model
 
+    def declared_mib(self, spec: ServiceSpec, gpu_total_mib: int) -> int | None:
+        """GPU memory (MiB per GPU) the service says it will hold, from its own settings.
+
+        What admission reserves for a start when the planner gave no estimate.
+        """
+        return spec.vram_mib
+
     def apply_context(self, args: Sequence[str], tokens: int) -> list[str]:
         if not self.context_flags:
             raise UsageError(f"--context does not apply to the {self.name} engine",
@@ -174,6 +181,13 @@ class Engine(ABC):
         if not hits:
             hits = lines[-limit:]
         return hits[-limit:]
+
+    #: the engine's own processes hold its port (False where a proxy holds it, e.g.
+    #: docker's): only then can a health answer be traced to the service's process group
+    serves_port_itself: bool = True
+    #: its start measures free GPU memory and assumes neighbours are still (vLLM): starts
+    #: of such engines on one GPU go one at a time
+    profiles_memory_at_start: bool = False
 
     #: flags gpumod sets itself; the same flag in the user's args would break health checks
     owned_flags: tuple[str, ...] = ("--port", "--host")

@@ -22,6 +22,9 @@ Controls (applied before anything runs, for both the Docker SDK path and the
 Secrets reach the container by name only on the command line (``-e API_KEY``: the docker
 CLI copies the value from its own environment, which the supervisor fills from the 0600
 env file); through the SDK they travel in the API request, never in an argv.
+
+The Docker SDK supervisor (containers driven through the Docker engine's API instead of
+a ``docker run`` process) is :mod:`gpumod.supervise.docker`.
 """
 
 from __future__ import annotations
@@ -35,9 +38,8 @@ from typing import Any
 
 from gpumod import validate
 from gpumod.engines.base import Engine, HealthCheck
-from gpumod.errors import EngineError, UsageError
+from gpumod.errors import UsageError
 from gpumod.spec import ServiceSpec
-from gpumod.supervise.base import LaunchPlan, ProcessState, Supervisor
 
 ALLOWED_KEYS = {"image", "port", "ports", "env", "volumes", "command", "network", "shm_size",
                 "pull", "user", "workdir"}
@@ -234,6 +236,7 @@ class DockerEngine(Engine):
     binary = "docker"
     secret_env = "API_KEY"  # noqa: S105 - a variable name, not a secret
     health = HealthCheck("/health", ok_codes=(200,), loading_codes=(503,))
+    serves_port_itself = False  # docker's proxy holds the published port, not the group
 
     def config(self, spec: ServiceSpec) -> DockerConfig:
         return parse_config(spec.extra.get("docker"))
@@ -309,110 +312,3 @@ class DockerEngine(Engine):
             kwargs["device_requests"] = [DeviceRequest(
                 device_ids=[str(g) for g in spec.gpus], capabilities=[["gpu"]])]
         return kwargs
-
-
-class DockerSupervisor(Supervisor):
-    """Runs one service's container through the Docker SDK (``client`` = docker.from_env())."""
-
-    name = "docker"
-
-    def __init__(self, spec: ServiceSpec, *, client: Any = None, bind: str = "127.0.0.1") -> None:
-        self.spec = spec
-        self.engine = DockerEngine()
-        self._client = client
-        self.bind = bind
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import docker
-
-            try:
-                self._client = docker.from_env()
-            except docker.errors.DockerException as exc:
-                raise EngineError(f"cannot reach the Docker engine: {exc}",
-                                  hint="is dockerd running, and may this user use it?") from exc
-        return self._client
-
-    def _check_network(self, name: str | None) -> None:
-        if not name or name == "bridge":
-            return
-        import docker
-
-        try:
-            network = self.client.networks.get(name)
-        except docker.errors.NotFound:
-            raise UsageError(f"docker: network {name!r} does not exist") from None
-        driver = str((network.attrs or {}).get("Driver", "")).lower()
-        if driver in BLOCKED_DRIVERS:
-            raise UsageError(f"docker: network {name!r} uses the {driver} driver, "
-                             "which is not allowed")
-
-    def _container(self) -> Any | None:
-        import docker
-
-        try:
-            return self.client.containers.get(container_name(self.spec.name))
-        except docker.errors.NotFound:
-            return None
-
-    def start(self, plan: LaunchPlan, secrets: dict[str, str]) -> int | None:
-        import docker
-
-        kwargs = self.engine.run_kwargs(self.spec, bind=self.bind, secrets=secrets)
-        cfg = self.engine.config(self.spec)
-        try:
-            self._check_network(cfg.network)
-            old = self._container()
-            if old is not None:
-                old.remove(force=True)
-            try:
-                self.client.images.get(cfg.image)
-            except docker.errors.ImageNotFound:
-                if not cfg.pull:
-                    raise EngineError(f"docker: image {cfg.image} is not present") from None
-                self.client.images.pull(cfg.image)
-            container = self.client.containers.run(**kwargs)
-            container.reload()
-        except docker.errors.APIError as exc:
-            raise EngineError(f"docker: {exc.explanation or exc}") from exc
-        except docker.errors.DockerException as exc:
-            raise EngineError(f"docker: {exc}") from exc
-        state = (container.attrs or {}).get("State", {})
-        pid = state.get("Pid")
-        return int(pid) if pid else None
-
-    def stop(self, plan: LaunchPlan, *, timeout: float = 20) -> None:
-        import docker
-
-        try:
-            container = self._container()
-            if container is None:
-                return
-            container.stop(timeout=int(timeout))
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            return
-        except docker.errors.DockerException as exc:
-            raise EngineError(f"docker: stopping {container_name(self.spec.name)} failed: "
-                              f"{exc}") from exc
-
-    def state(self, plan: LaunchPlan) -> ProcessState:
-        import docker
-
-        try:
-            container = self._container()
-            if container is None:
-                return ProcessState.STOPPED
-            container.reload()
-        except docker.errors.DockerException:
-            return ProcessState.UNKNOWN
-        except EngineError:
-            return ProcessState.UNKNOWN
-        state = (container.attrs or {}).get("State", {})
-        status = state.get("Status") or container.status
-        if status in {"running", "restarting", "created"}:
-            return ProcessState.RUNNING
-        if status in {"exited", "dead"}:
-            return ProcessState.CRASHED if state.get("ExitCode", 0) != 0 else ProcessState.STOPPED
-        return ProcessState.UNKNOWN

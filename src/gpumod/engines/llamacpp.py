@@ -3,6 +3,10 @@
 `-c` (context) and `-ngl` (layers on the GPU) are passed explicitly: with
 llama.cpp's automatic fitting left on, unset values change with free memory
 and the deployment would not be predictable.
+
+A service with ``sleep_mode == "router"`` runs llama-server in router mode instead (a
+folder of GGUF files or a preset .ini, models loaded and unloaded on demand): sleep is
+then a capability of the engine (``RouterSleep``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import posixpath
 from collections.abc import Sequence
 
 from gpumod.engines.base import Engine, HealthCheck, has_flag
+from gpumod.engines.sleep import RouterSleep
 from gpumod.errors import UsageError
 from gpumod.spec import ServiceSpec
 
@@ -19,7 +24,7 @@ NGL = ("-ngl", "--gpu-layers", "--n-gpu-layers")
 ROUTER_FLAGS = ("--models-dir", "--models-preset")
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(Engine, RouterSleep):
     name = "llamacpp"
     binary = "llama-server"
     secret_env = "LLAMA_API_KEY"  # noqa: S105 - a variable name, not a value
@@ -34,6 +39,11 @@ class LlamaCppEngine(Engine):
 
     def argv(self, spec: ServiceSpec, *, bind: str, model_path: str | None = None,
              binary: str | None = None) -> list[str]:
+        if spec.sleep_mode == "router":
+            router = spec.extra.get("router") or {}
+            return router_argv(binary or self.binary, spec.model, bind=bind, port=spec.port,
+                               models_max=int(router.get("models_max", 1)),
+                               autoload=bool(router.get("autoload", True)), args=spec.args)
         path = model_path or spec.model
         args = list(spec.args)
         if not has_flag(args, self.context_flags):
@@ -54,7 +64,23 @@ class LlamaCppEngine(Engine):
         return spec.model
 
     def validate(self, spec: ServiceSpec) -> None:
+        if spec.sleep_mode == "router":
+            router_argv(self.binary, spec.model, bind="127.0.0.1", port=1)  # path checks
+            return
         super().validate(spec)
         if has_flag(spec.args, ROUTER_FLAGS):
             raise UsageError("llama.cpp router mode is not a single-model deployment",
                              hint="start one GGUF model per deployment (router mode is for modes)")
+
+
+def router_argv(binary: str, models: str, *, bind: str, port: int, models_max: int = 1,
+                autoload: bool = True, args: Sequence[str] = ()) -> list[str]:
+    """llama-server in router mode: a folder of GGUF files, or a preset .ini file."""
+    if not models.startswith("/"):
+        raise UsageError(f"router mode needs an absolute folder or .ini path, not {models!r}")
+    source = ["--models-preset", models] if models.endswith(".ini") else ["--models-dir", models]
+    argv = [binary, *source, "--models-max", str(int(models_max)), "--host", bind,
+            "--port", str(int(port))]
+    if not autoload:
+        argv.append("--no-models-autoload")
+    return [*argv, *args]

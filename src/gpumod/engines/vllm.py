@@ -1,10 +1,23 @@
-"""vLLM: `vllm serve MODEL --host H --port P [args]`, the API key by VLLM_API_KEY."""
+"""vLLM: `vllm serve MODEL --host H --port P [args]`, the API key by VLLM_API_KEY.
+
+Sleep levels 1 and 2 are a capability of the engine (``VLLMSleep``); a sleep-enabled
+launch is prepared by :func:`prepare_vllm_launch` (sleep mode on, the dev-mode
+environment, loopback only: the dev endpoints have no authentication).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gpumod.engines.base import Engine, HealthCheck, _positive_int, flag_value
+from gpumod.engines.base import (
+    Engine,
+    HealthCheck,
+    _positive_int,
+    flag_value,
+    has_flag,
+    replace_flag,
+)
+from gpumod.engines.sleep import VLLMSleep
 from gpumod.errors import UsageError
 from gpumod.spec import ServiceSpec
 
@@ -16,7 +29,7 @@ PP = ("--pipeline-parallel-size", "-pp")
 DP = ("--data-parallel-size", "-dp")
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(Engine, VLLMSleep):
     name = "vllm"
     binary = "vllm"
     secret_env = "VLLM_API_KEY"  # noqa: S105 - a variable name, not a value
@@ -24,6 +37,9 @@ class VLLMEngine(Engine):
     memory_flags = ("--gpu-memory-utilization",)
     # /health is 200 once the engine is up (the port opens only after init).
     health = HealthCheck("/health", ok_codes=(200,), loading_codes=())
+    # its start measures free memory and assumes neighbours are still: one start at a
+    # time per GPU (see gpumod.ops.admission)
+    profiles_memory_at_start = True
     error_patterns = (
         r"Error", r"ERROR", r"Traceback", r"Exception", r"out of memory", r"OOM",
         r"error:", r"No such file", r"not found", r"Free memory on device",
@@ -45,6 +61,16 @@ class VLLMEngine(Engine):
     def served_model(self, spec: ServiceSpec) -> str:
         """vLLM answers to --served-model-name (its first value) when given."""
         return flag_value(spec.args, ("--served-model-name",)) or spec.model
+
+    def declared_mib(self, spec: ServiceSpec, gpu_total_mib: int) -> int | None:
+        """--gpu-memory-utilization is a share of the whole card (0.9 when not given)."""
+        if spec.vram_mib:
+            return spec.vram_mib
+        util = flag_value(spec.args, self.memory_flags) or "0.9"
+        try:
+            return int(float(util) * gpu_total_mib)
+        except ValueError:
+            return None
 
     def gpu_count(self, args: Sequence[str]) -> int:
         """tensor x pipeline x data parallel sizes (each 1 when absent)."""
@@ -78,3 +104,24 @@ def check_dev_mode(value: str | None) -> None:
         raise UsageError(f"{DEV_MODE_ENV}={value!r} is not a number: vLLM would fail to start",
                          hint=f"use {DEV_MODE_ENV}=1 (dev endpoints on, loopback only) or 0"
                          ) from None
+
+
+def prepare_vllm_launch(argv: Sequence[str], env: dict[str, str]) -> tuple[list[str],
+                                                                            dict[str, str]]:
+    """What sleep needs from a vLLM launch: sleep mode on, dev mode env, loopback only."""
+    args = list(argv)
+    host = flag_value(args, ("--host",))
+    if host not in (None, "127.0.0.1", "localhost", "::1"):
+        args = replace_flag(args, ("--host",), "127.0.0.1")
+    elif host is None:
+        args += ["--host", "127.0.0.1"]
+    if not has_flag(args, ("--enable-sleep-mode",)):
+        args.append("--enable-sleep-mode")
+    env = dict(env)
+    env[DEV_MODE_ENV] = "1"
+    alloc = env.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    if "expandable_segments:True" in alloc.replace(" ", ""):
+        raise UsageError("vLLM sleep mode does not work with "
+                         "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+                         hint="remove that variable or use --sleep none")
+    return args, env

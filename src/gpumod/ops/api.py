@@ -195,13 +195,13 @@ def mode_status(pod: str | None = None) -> dict[str, Any]:
         from gpumod.ops.hosts import resolve_host
 
         host = resolve_host(store, pod).name
-        return jsonable(_op("gpumod.ops.modes", "mode_status")(store, host))
+        return jsonable(_op("gpumod.ops.mode_status", "mode_status")(store, host))
 
 
 def mode_verify(mode: str) -> dict[str, Any]:
     """Is every service of MODE running and healthy? Lists those that are not."""
     with session_store() as store:
-        return jsonable(_op("gpumod.ops.modes", "verify_mode")(store, mode))
+        return jsonable(_op("gpumod.ops.mode_status", "verify_mode")(store, mode))
 
 
 def mode_switch(mode: str, progress: Progress | None = None) -> dict[str, Any]:

@@ -3,20 +3,23 @@
 start:  validate everything locally -> one pre-flight round trip to the host
         (engine binary, model on disk or in the HF cache, listening ports) ->
         download into the host's HF cache if needed (progress; Ctrl+C cancels
-        and kills the download on the host) -> reserve the record with a free
-        port and GPUs in ONE transaction -> the one launch path shared with
-        `gpumod service start` (ops.launch.launch: planner admission with the
-        GPU figures the pre-flight read, launch under the process supervisor,
+        and kills the download on the host) -> under the host's (shared) and the
+        name's lock: record 'starting' with a free port and GPUs in ONE
+        transaction -> the one launch path shared with `gpumod service start`
+        (ops.launch.launch: admission and reservation in the host's critical
+        section, two-phase launch with the pid recorded before the engine runs,
         health wait ON the host while the log streams, record, calibration).
-        Any failure or Ctrl+C after the reservation stops the whole process
-        group, removes the service folder and the reservation: nothing
-        half-recorded, nothing left running.
+        Any failure, Ctrl+C, SIGTERM or SIGHUP after that stops the whole process
+        group; once it is confirmed gone the folder and the record go. If the
+        host cannot confirm it, the record stays 'stopping' and says why.
 list:   ops.states (one round trip per host, hosts in parallel; an unreachable
         host marks its services 'unreachable' and never deletes anything);
-        --prune forgets deployments whose process is gone (never definitions).
-stop:   TERM the process group, KILL after a timeout, confirm the port is free,
-        then drop the record (a `gpumod service` definition is kept, 'stopped').
-        A failed SSH call keeps the record.
+        --prune forgets deployments whose process is gone (never definitions),
+        finishing a stop that could not be confirmed.
+stop:   the lifecycle's one stop (ops.lifecycle.stop, as `gpumod service stop`):
+        dependents first, TERM the process group, KILL after a timeout, confirm
+        the port is free, then drop the record (a `gpumod service` definition is
+        kept, 'stopped'). A failed SSH call keeps the record ('stopping').
 """
 
 from __future__ import annotations
@@ -27,21 +30,13 @@ import shlex
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gpumod import validate
-from gpumod.catalog.models import (
-    KnownModel,
-    Selection,
-    find_model,
-    require_selection,
-    version_ok,
-)
-from gpumod.engines.base import Engine, get_engine, parse_context, parse_memory
+from gpumod.catalog.models import version_ok
 from gpumod.errors import (
     Cancelled,
     CapacityError,
-    ConfigError,
     ConflictError,
     EngineError,
     GpumodError,
@@ -49,59 +44,37 @@ from gpumod.errors import (
     TransportError,
     UsageError,
 )
-from gpumod.hosts.gpus import GPU_FIELDS, GPUUsage, parse_gpu_csv
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hostops
 from gpumod.ops import launch as launcher
-from gpumod.ops import probe as probes
+from gpumod.ops import lifecycle, locks, machine
 from gpumod.ops import services as records
 from gpumod.ops.endpoints import endpoint_url
-from gpumod.ops.launch import LaunchOptions, probe_address, service_dir
+from gpumod.ops.launch import probe_address, service_dir
+from gpumod.ops.lifecycle import StopResult
+from gpumod.ops.preflight import Preflight, _engine_path_prefix, preflight
+from gpumod.ops.runtime import LaunchOptions, Runtime, runtime
+from gpumod.ops.startplan import (
+    StartPlan,
+    StartRequest,
+    api_key_from_env,
+    mask,
+    plan_start,
+    validate_model,
+)
 from gpumod.ops.states import ServiceStatus
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 from gpumod.supervise.process import tail_argv
 
+__all__ = ["StartRequest", "StopResult", "logs", "plan_start", "prune", "services_on", "start",
+           "stop", "tunnel_plan", "validate_model"]
+
 Output = Callable[[str], None]
 
 DEFAULT_DEADLINE = {"vllm": 1200.0, "llamacpp": 300.0, "command": 300.0}
 STOP_TIMEOUT = 20.0
-
-# -- pre-flight: one round trip ------------------------------------------------
-PREFLIGHT_SCRIPT = r"""
-prefix=$1; binary=$2; kind=$3; model=$4; file=$5; hfhome=$6
-if [ -n "$prefix" ]; then PATH="$prefix:$PATH"; export PATH; fi
-echo "path=$PATH"
-echo "home=$HOME"
-if [ -n "$binary" ]; then
-  b=$(command -v -- "$binary" 2>/dev/null) && echo "binary=$b"
-fi
-h=${hfhome:-${HF_HOME:-$HOME/.cache/huggingface}}
-echo "hf_home=$h"
-if command -v hf >/dev/null 2>&1; then echo "hf=hf"
-elif command -v huggingface-cli >/dev/null 2>&1; then echo "hf=huggingface-cli"; fi
-case $kind in
-  path)
-    p=$model
-    case $p in "~/"*) p="$HOME/${p#"~/"}" ;; esac
-    if [ -e "$p" ]; then echo "model_path=$p"; fi ;;
-  hf)
-    d="$h/hub/models--$(printf '%s' "$model" | sed 's|/|--|g')"
-    for s in "$d"/snapshots/*/; do
-      [ -d "$s" ] || continue
-      if [ -n "$file" ]; then
-        if [ -e "$s$file" ]; then echo "model_path=$s$file"; break; fi
-      elif [ -n "$(ls -A "$s" 2>/dev/null)" ]; then echo "cached=$s"; break; fi
-    done ;;
-esac
-command -v curl >/dev/null 2>&1 && echo "probe=curl"
-command -v python3 >/dev/null 2>&1 && echo "probe=python3"
-if command -v nvidia-smi >/dev/null 2>&1 &&
-   g=$(nvidia-smi --query-gpu=""" + GPU_FIELDS + r""" --format=csv,noheader,nounits 2>/dev/null); then
-  echo "nvidia_smi=ok"; printf '%s\n' "$g" | sed 's/^/gpu=/'
-fi
-""" + probes.LISTEN_LINES
 
 DOWNLOAD_SCRIPT = r"""
 pidfile=$1; prefix=$2; hfhome=$3; envfile=$4; model=$5; file=$6
@@ -139,229 +112,6 @@ rm -f "$pidfile"
 
 
 @dataclass
-class Preflight:
-    path: str = ""
-    home: str = ""
-    binary: str | None = None
-    hf_home: str = ""
-    hf_cli: str | None = None
-    model_path: str | None = None
-    cached: str | None = None
-    probe: list[str] = field(default_factory=list)
-    listening: set[int] = field(default_factory=set)
-    usage: list[GPUUsage] | None = None     # live GPU figures; None without nvidia-smi
-
-
-# `key=value` lines of the preflight script -> the Preflight field they set.
-_PREFLIGHT_FIELDS = {"path": "path", "home": "home", "binary": "binary", "hf_home": "hf_home",
-                     "hf": "hf_cli", "model_path": "model_path", "cached": "cached"}
-
-
-def parse_preflight(stdout: str) -> Preflight:
-    pre = Preflight()
-    for line in stdout.splitlines():
-        key, _, value = line.partition("=")
-        if key in _PREFLIGHT_FIELDS:
-            setattr(pre, _PREFLIGHT_FIELDS[key], value)
-        elif key == "probe":
-            pre.probe.append(value)
-        elif key == "nvidia_smi":
-            pre.usage = []
-    if pre.usage is not None:
-        try:
-            pre.usage = parse_gpu_csv("\n".join(line[4:] for line in stdout.splitlines()
-                                                if line.startswith("gpu=")))
-        except ValueError:
-            pre.usage = None
-    pre.listening = probes.parse_listening(stdout)
-    return pre
-
-
-# -- helpers -----------------------------------------------------------------------
-
-
-def mask(secret: str) -> str:
-    """Never print a key: '********wxyz' for long keys, '********' for short ones."""
-    return "********" + (secret[-4:] if len(secret) >= 16 else "")
-
-
-def api_key_from_env() -> str:
-    key = os.environ.get("PI_API_KEY", "")
-    if not key.strip():
-        raise ConfigError("PI_API_KEY is not set",
-                          hint="export PI_API_KEY=<any secret string>; clients send it as "
-                               "their API key")
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
-        raise ConfigError("PI_API_KEY contains a newline or control character")
-    return key
-
-
-def model_kind(engine: str, model: str) -> str:
-    """'path' (on the host), 'hf' (a Hugging Face id), or 'none' (command engine)."""
-    if engine == "command":
-        return "none"
-    if model.startswith(("/", "~/")):
-        return "path"
-    return "hf"
-
-
-def split_gguf_ref(model: str, known: KnownModel | None) -> tuple[str, str | None]:
-    """'owner/repo:file.gguf' -> ('owner/repo', 'file.gguf'); catalog entries know their file."""
-    if ":" in model:
-        repo, _, file = model.partition(":")
-        if not file.lower().endswith(".gguf") or "/" in file or file.startswith("."):
-            raise UsageError(f"invalid GGUF reference {model!r}",
-                             hint="use OWNER/REPO:FILE.gguf, or a path to a .gguf on the host")
-        return repo, file
-    return model, known.gguf_file if known else None
-
-
-def validate_model(model: str) -> None:
-    validate.no_control_chars(model, "model")
-    if model.startswith(("./", "../")):
-        raise UsageError(f"relative model path {model!r} on a pod",
-                         hint="give an absolute path (or ~/...) on the pod")
-    if model.startswith(("/", "~/")):
-        return
-    repo = model.split(":", 1)[0]
-    if not validate.hf_id(repo):
-        raise UsageError(f"invalid model {model!r}",
-                         hint="give a Hugging Face id (owner/name) or an absolute path on the host")
-
-
-# -- start -------------------------------------------------------------------------
-
-
-@dataclass
-class StartRequest:
-    model: str
-    name: str
-    pod: str | None = None
-    engine: str | None = None
-    memory: str | None = None
-    context: str | None = None
-    gpus: int | None = None
-    port: int | None = None
-    custom_args: list[str] | None = None    # everything after --vllm, verbatim
-    deadline: float | None = None
-    health_path: str | None = None
-    download: bool = True
-    force: bool = False                     # start even where the planner says it won't fit
-    vllm_version: str | None = None         # plan for this vLLM version (default: the pod's)
-
-
-@dataclass
-class StartPlan:
-    """What start decided before touching the host (pure: unit-tested)."""
-
-    engine: Engine
-    model: str                  # as given (HF id or path)
-    hf_repo: str | None
-    gguf_file: str | None
-    args: list[str]
-    env: dict[str, str]
-    gpu_count: int
-    known: KnownModel | None
-    selection: Selection | None
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def support(self) -> str:
-        if self.known is None:
-            return "possibly works"
-        return "supported" if self.selection and self.selection.type_matched else \
-            "supported (config written for another GPU type)"
-
-
-def plan_start(req: StartRequest, host: Host) -> StartPlan:
-    """Engine, args, env and GPU count for a request on a host; raises UsageError."""
-    validate.name(req.name, "service name")
-    if host.is_local and req.model.startswith(("./", "../")):
-        req.model = os.path.abspath(req.model)  # local paths are relative to where you are
-    validate_model(req.model)
-    known = find_model(req.model.split(":", 1)[0]) if model_kind("vllm", req.model) == "hf" \
-        else None
-    engine_name = req.engine or (known.engine if known else None)
-    if engine_name is None:
-        engine_name = "llamacpp" if req.model.lower().endswith(".gguf") else "vllm"
-    engine = get_engine(engine_name)
-    if engine_name == "docker":
-        raise UsageError("the docker engine is started through `gpumod service`, not `pi start`")
-    if known is not None and known.engine != engine_name:
-        known = None  # the catalog entry is for another engine: treat as unknown
-    warnings: list[str] = []
-    selection: Selection | None = None
-    env: dict[str, str] = {}
-    custom = req.custom_args is not None and (len(req.custom_args) > 0 or engine_name ==
-                                               "command")
-    default_count = 1 if (engine_name == "vllm" or host.gpus) else 0
-
-    if custom:
-        args = list(req.custom_args or [])
-        ignored = [flag for flag, value in (("--memory", req.memory), ("--context", req.context))
-                   if value is not None]
-        if req.gpus is not None and engine_name != "command":
-            ignored.append("--gpus")
-        if ignored:
-            warnings.append(f"{', '.join(ignored)} ignored: the args after --vllm are passed "
-                            "verbatim")
-        if engine_name == "vllm":
-            gpu_count = engine.gpu_count(args)
-        elif engine_name == "command":
-            gpu_count = req.gpus if req.gpus is not None else (1 if host.gpus else 0)
-        else:
-            gpu_count = default_count
-        if known is not None:
-            warnings.append(f"custom args: the catalog configuration for {known.name} "
-                            "is not applied")
-    else:
-        if known is not None:
-            selection = require_selection(known, host.gpus, req.gpus)
-            args = list(selection.config.args)
-            env = dict(selection.config.env)
-            gpu_count = selection.config.gpus
-            if not selection.type_matched:
-                warnings.append(f"{known.name}: no configuration written for "
-                                f"{host.gpus[0].name if host.gpus else 'this host'}; using "
-                                f"the {selection.config.label()} one")
-        else:
-            args = []
-            gpu_count = req.gpus if req.gpus is not None else default_count
-            if engine_name == "vllm" and gpu_count > 1:
-                args = ["--tensor-parallel-size", str(gpu_count)]
-            if engine_name == "vllm" and gpu_count < 1:
-                raise UsageError("vLLM needs at least one GPU (--gpus 1 or more)")
-        if req.memory is not None:
-            args = engine.apply_memory(args, parse_memory(req.memory))
-        if req.context is not None:
-            args = engine.apply_context(args, parse_context(req.context))
-    if engine_name == "vllm" and engine.gpu_count(args) != gpu_count and not custom:
-        gpu_count = engine.gpu_count(args)
-    hf_repo: str | None = None
-    gguf_file: str | None = None
-    if model_kind(engine_name, req.model) == "hf":
-        if engine_name == "llamacpp":
-            hf_repo, gguf_file = split_gguf_ref(req.model, known)
-            if gguf_file is None:
-                raise UsageError(f"which GGUF file of {req.model} should llama.cpp serve?",
-                                 hint=f"use {req.model}:FILE.gguf, or a path to a .gguf file")
-        else:
-            if ":" in req.model:
-                raise UsageError(f"invalid model {req.model!r}",
-                                 hint="OWNER/REPO:FILE is for GGUF files with --engine llamacpp")
-            hf_repo = req.model
-    elif engine_name == "llamacpp" and not req.model.lower().endswith(".gguf"):
-        raise UsageError(f"llama.cpp serves a .gguf file, not {req.model!r}",
-                         hint="give the path of a .gguf file on the host, or --engine vllm")
-    spec = ServiceSpec(name=req.name, host=host.name, engine=engine_name, model=req.model,
-                       port=0, args=tuple(args))
-    engine.validate(spec)
-    return StartPlan(engine=engine, model=req.model, hf_repo=hf_repo, gguf_file=gguf_file,
-                     args=args, env=env, gpu_count=gpu_count, known=known,
-                     selection=selection, warnings=warnings)
-
-
-@dataclass
 class StartResult:
     spec: ServiceSpec
     url: str
@@ -376,47 +126,6 @@ class StartResult:
         return (f"export OPENAI_BASE_URL={shlex.quote(self.url)} "
                 f"OPENAI_MODEL={shlex.quote(self.served_model)}\n"
                 'export OPENAI_API_KEY="$PI_API_KEY"')
-
-
-def _engine_path_prefix(host: Host) -> str:
-    dirs = [str(d) for d in host.engine_env.get("bin_dirs") or []]
-    venv = host.engine_env.get("venv")
-    if venv and not dirs:
-        dirs = [posixpath.join(str(venv), "bin")]
-    return ":".join(dirs)
-
-
-def _hf_home(host: Host) -> str:
-    return str(host.engine_env.get("hf_cache") or host.models_path or "")
-
-
-def preflight(transport: Transport, host: Host, plan: StartPlan) -> Preflight:
-    binary = plan.engine.binary or (plan.args[0] if plan.args else "")
-    kind = model_kind(plan.engine.name, plan.model)
-    model = plan.hf_repo if kind == "hf" else plan.model
-    result = transport.run_script(
-        PREFLIGHT_SCRIPT,
-        [_engine_path_prefix(host), binary, kind, model or "", plan.gguf_file or "",
-         _hf_home(host)], timeout=60)
-    result.check(f"{transport.label}: pre-flight check")
-    pre = parse_preflight(result.stdout)
-    if binary and pre.binary is None:
-        where = "this machine" if host.is_local else f"pod {host.name}"
-        hint = {"vllm": f"run `pi pods setup {host.name} ...` to install vLLM",
-                "llamacpp": "install llama.cpp's llama-server and put it on PATH "
-                            "(scripts/build-llama-server.sh builds one)",
-                }.get(plan.engine.name, "install it on the host, or give its absolute path")
-        if host.is_local and plan.engine.name == "vllm":
-            hint = "install vLLM (pip install vllm) and put it on PATH"
-        raise EngineError(f"{binary} is not installed on {where}", hint=hint)
-    if kind == "path" and pre.model_path is None:
-        where = "this machine" if host.is_local else f"pod {host.name}"
-        raise NotFoundError(f"model path {plan.model} does not exist on {where}",
-                            hint="give an absolute path on the host, or a Hugging Face id")
-    if not pre.probe:
-        raise EngineError(f"{transport.label}: neither curl nor python3 is installed, so "
-                          "health cannot be checked", hint="install curl on the host")
-    return pre
 
 
 def download(transport: Transport, host: Host, plan: StartPlan, pre: Preflight,
@@ -510,16 +219,21 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
                                else None,
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                            time.gmtime())})
-    reserved = records.reserve(store, draft, host, gpu_count=plan.gpu_count,
-                               listening=pre.listening, port=req.port)
-    try:
-        rt = _runtime(store, host, transport, plan, pre, reserved, model_path, cached, api_key)
-    except BaseException:
-        records.drop(store, req.name)
-        raise
     deadline = req.deadline or DEFAULT_DEADLINE.get(plan.engine.name, 300.0)
-    done = launcher.launch(store, rt, timeout=deadline, new=True, force=req.force,
-                           usage=pre.usage, log=log, progress=out)
+    what = f"pi start {req.name}"
+    with locks.host_lock(host.name, shared=True, what=what, progress=out), \
+            lifecycle.held(req.name, what, progress=out):
+        # recorded 'starting' (port and GPUs taken) before anything runs on the host
+        reserved = records.reserve(store, draft, host, gpu_count=plan.gpu_count,
+                                   listening=pre.listening, port=req.port)
+        try:
+            rt = _runtime(store, host, transport, plan, pre, reserved, model_path, cached,
+                          api_key)
+        except BaseException:
+            machine.forget(store, req.name)
+            raise
+        done = launcher.launch(store, rt, timeout=deadline, new=True, force=req.force,
+                               log=log, progress=out)
     notes = plan.selection.notes if plan.selection else ""
     return StartResult(done, str(done.extra["url"]), str(done.extra["served_model"]),
                        mask(api_key), plan.support, notes, plan.warnings,
@@ -528,7 +242,7 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
 
 def _runtime(store: Store, host: Host, transport: Transport, plan: StartPlan, pre: Preflight,
              reserved: ServiceSpec, model_path: str | None, cached: bool, api_key: str
-             ) -> launcher.Runtime:
+             ) -> Runtime:
     """The reserved deployment's runtime: what the pre-flight found on the host added."""
     bind = launcher.bind_address(reserved, host)
     base_env = plan.engine.env(reserved)
@@ -552,57 +266,42 @@ def _runtime(store: Store, host: Host, transport: Transport, plan: StartPlan, pr
         binary=pre.binary if plan.engine.binary or plan.engine.name == "command" else None,
         model_path=model_path if plan.engine.name == "llamacpp" else None,
         env=env, manifest=manifest)
-    return launcher.runtime(store, spec, transport=transport, host=host, options=options,
-                            secrets=plan.engine.secret_env_for(api_key))
+    return runtime(store, spec, transport=transport, host=host, options=options,
+                   secrets=plan.engine.secret_env_for(api_key))
 
 
 # -- list ------------------------------------------------------------------------------
 
 
 def prune(store: Store, statuses: Sequence[ServiceStatus]) -> list[str]:
-    """Forget deployments whose process is gone (never definitions, unreachable or unknown)."""
+    """Forget deployments whose process is gone (never definitions, unreachable or unknown).
+
+    A deployment whose stop was not confirmed ('stopping', process gone) is finished too.
+    """
     removed = []
     for status in statuses:
         if status.state not in ("crashed", "stopped") or not records.is_deployment(status.spec):
             continue
+        name = status.spec.name
         try:
-            launcher.runtime(store, status.spec).stop(timeout=5, forget=True)
+            with lifecycle.changing(store, name, "pi list --prune", wait=0) as spec:
+                lifecycle.stop_held(store, spec, forget=True, timeout=5)
         except GpumodError:
             continue
-        records.drop(store, status.spec.name)
-        store.log_event("prune", host=status.spec.host, service=status.spec.name)
-        removed.append(status.spec.name)
+        store.log_event("prune", host=status.spec.host, service=name)
+        removed.append(name)
     return removed
 
 
 # -- stop ------------------------------------------------------------------------------
 
 
-@dataclass
-class StopResult:
-    name: str
-    host: str
-    outcome: str  # stopped | killed | not-running
-
-
-def stop(store: Store, name: str, *, timeout: float = STOP_TIMEOUT) -> StopResult:
-    """Stop one deployment; the record goes only once the process and its port are gone."""
-    spec = records.get_service(store, name)
-    rt = launcher.runtime(store, spec, secrets={})
-    deployment = records.is_deployment(spec)
-    outcome = rt.stop(timeout=timeout, forget=deployment)
-    end = time.monotonic() + 5
-    while outcome != "not-running" and spec.port in probes.listening_ports(rt.transport):
-        if time.monotonic() > end:
-            raise EngineError(f"{name} stopped but port {spec.port} on {rt.host.name} is still "
-                              "in use", hint="another program may hold it; the record is kept")
-        time.sleep(0.2)
-    if deployment:
-        records.drop(store, name)
-    else:  # a `gpumod service` definition stays defined
-        records.save_state(store, name, "stopped", None)
-    store.log_event("stop", host=rt.host.name, service=name, detail=outcome)
-    return StopResult(name, rt.host.name, outcome or "stopped")
+def stop(store: Store, name: str, *, timeout: float = STOP_TIMEOUT,
+         progress: Output = lambda s: None) -> StopResult:
+    """Stop one deployment (its dependents first); the record goes only once the process
+    and its port are gone (a `gpumod service` definition is kept, 'stopped')."""
+    results = lifecycle.stop(store, name, timeout=timeout, progress=progress)
+    return next(r for r in results if r.name == name)
 
 
 def services_on(store: Store, pod: str | None) -> tuple[Host, list[ServiceSpec]]:

@@ -16,7 +16,8 @@ from gpumod.engines.base import flag_value, get_engine, has_flag, replace_flag
 from gpumod.errors import UsageError
 from gpumod.export import kubernetes as k8s
 from gpumod.hosts.model import Host
-from gpumod.ops.launch import LaunchOptions, dev_mode, launch_plan
+from gpumod.ops.launch import dev_mode
+from gpumod.ops.runtime import LaunchOptions, launch_plan
 from gpumod.spec import ServiceSpec
 
 # Defaults (see docs/kubernetes.md for why).
@@ -192,7 +193,7 @@ def _hf_gguf_argv(spec: ServiceSpec, argv: list[str]) -> list[str]:
     if spec.engine != "llamacpp" or spec.sleep_mode == "router" or spec.model.startswith("/"):
         return argv
     from gpumod.catalog.models import find_model
-    from gpumod.ops.deploy import split_gguf_ref
+    from gpumod.ops.startplan import split_gguf_ref
 
     repo, file = split_gguf_ref(spec.model, find_model(spec.model.split(":", 1)[0]))
     if file is None:

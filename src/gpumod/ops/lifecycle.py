@@ -1,295 +1,279 @@
-"""Service lifecycle: define, start (dependencies first, each healthy), stop (dependents
-first), restart, remove, set the context; and the host lock that mode switches and
-service commands share.
+"""One lifecycle per service: the operations every front end drives.
 
-A service's runtime pieces (host, transport, engine, launch plan, supervisor,
-endpoint, sleep capability) are :class:`gpumod.ops.launch.Runtime`; every start
-goes through :func:`gpumod.ops.launch.launch` (planner admission, launch, health
-wait, record, calibration), the same path `pi start` uses. Records live in
-:mod:`gpumod.ops.services`; live states in :mod:`gpumod.ops.states`.
+`pi start/stop`, `gpumod service start/stop/restart/remove/sleep/wake`, mode switches,
+`gpumod watch` (and the gateway) all change services through this module, so there is
+one way a service starts, one way it stops, and one record of where it is (the states
+and moves of gpumod.ops.machine). The API is small on purpose, and each call decides
+inside the lifecycle, under the service's lock, what to do from the service's LIVE
+state (one status probe: process and health, checked on its host), so callers never
+inspect a state first and cannot race:
+
+``ensure_ready(store, name)``
+    returns once NAME answers health: ready -> at once; sleeping -> woken (verified);
+    stopped, failed or crashed -> started; its own engine alive but not answering yet ->
+    waits for its health (never killed); left over by an interrupted start or an
+    unconfirmed stop -> stopped (confirmed), then started; being changed by another
+    command -> waits for that command (up to ``wait``), then decides again. Not its
+    dependencies: ``start_service`` starts those first.
+``stop(store, name)``
+    stops NAME, and first the running services that depend on it. The record goes
+    'stopping' before any signal; once the engine is confirmed gone a deployment's
+    record is removed, a definition's says 'stopped'. Unconfirmed: the record stays
+    'stopping' with the reason, and the error says so.
+``sleep(store, name, level)`` / ``wake(store, name)``
+    a verified sleep (falls back L2 -> L1 -> stop) / wake (falls back to a restart),
+    reported attempt by attempt (the work is :mod:`gpumod.ops.sleep`).
+``restart_service``, ``remove_service``.
+
+Callers that already hold the host's lock (a mode switch holds it exclusively) drive
+one service at a time with ``with lifecycle.held(name, what):`` and
+:func:`ensure_ready_held` / :func:`stop_held`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import os
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from gpumod import paths, validate
-from gpumod.engines.base import MAX_CONTEXT, get_engine
-from gpumod.engines.sleep import canary, wait_healthy
-from gpumod.engines.vllm import DEV_MODE_ENV, check_dev_mode
-from gpumod.errors import ConfigError, ConflictError, EngineError, NotFoundError, UsageError
+from gpumod.errors import EngineError, GpumodError, TransportError
 from gpumod.hosts.transports.base import Transport
-from gpumod.ops import hosts as hosts_ops
-from gpumod.ops import services as records
-from gpumod.ops.launch import BINDS, Runtime, _quiet, launch, launch_plan, runtime
-from gpumod.ops.services import get_service, list_services, save_state
-from gpumod.spec import ENGINES, SLEEP_MODES, ServiceSpec
+from gpumod.ops import locks, machine
+from gpumod.ops import probe as probes
+from gpumod.ops.definitions import (
+    add_service,
+    dependency_order,
+    dependents,
+    set_context,
+)
+from gpumod.ops.launch import _quiet, launch
+from gpumod.ops.runtime import Runtime, launch_plan, runtime
+from gpumod.ops.services import get_service, is_deployment, list_services
+from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Never stored in a service definition (it would reach unit files, manifests and JSON).
-SECRET_ENV = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "PI_API_KEY", "VLLM_API_KEY",
-                        "LLAMA_API_KEY", "OPENAI_API_KEY"})
-
-__all__ = ["Runtime", "get_service", "launch_plan", "list_services", "runtime", "save_state"]
+__all__ = ["Runtime", "add_service", "dependency_order", "ensure_ready", "get_service",
+           "launch_plan", "list_services", "remove_service", "restart_service", "runtime",
+           "set_context", "sleep", "start_service", "stop", "stop_service", "wake"]
 
 Progress = Callable[[str], None]
-ACTIVE_STATES = {"running", "sleeping", "starting"}
 DEFAULT_HEALTH_TIMEOUT = 600.0
+LOCK_WAIT = 5.0          # how long a command waits for another one on the same service
+PORT_FREE_WAIT = 5.0     # after a stop, how long the port may take to close
 
 
-# ---------------------------------------------------------------------------- host lock
+@dataclass(frozen=True)
+class StopResult:
+    name: str
+    host: str
+    outcome: str          # stopped | killed | not-running
+    forgotten: bool       # the record was removed (a `pi start` deployment)
+
+
+# ---------------------------------------------------------------------------- locks
 
 
 @contextlib.contextmanager
-def host_lock(host: str, *, wait: float = 5.0, what: str = "a mode switch") -> Iterator[None]:
-    """Exclusive per-host lock (fcntl on $GPUMOD_HOME/locks/HOST.lock).
-
-    Waits up to `wait` seconds, then refuses with a clear ConflictError naming the holder.
-    """
-    folder = paths.ensure_home() / "locks"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / f"{validate.name(host, 'pod name')}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + max(0.0, wait)
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-                    raise ConflictError(
-                        f"another gpumod operation is changing services on {host} "
-                        f"({holder or 'unknown holder'})",
-                        hint=f"wait for it to finish, then retry {what}") from None
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {what}".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+def held(name: str, what: str, *, wait: float = LOCK_WAIT,
+         progress: Progress | None = None) -> Iterator[None]:
+    """The service's lock, for a caller that already holds its host's lock."""
+    with locks.service_lock(name, wait=wait, what=what, progress=progress):
+        yield
 
 
-# ---------------------------------------------------------------------------- definitions
-
-
-def add_service(store: Store, spec: ServiceSpec, *, listening: set[int] | None = None
-                ) -> ServiceSpec:
-    """Record a new service definition (state 'stopped').
-
-    The port (spec.port, or 0 for the first free one) and the name are checked and
-    taken in one transaction (:func:`gpumod.ops.services.reserve`, as `pi start` does);
-    `listening`: ports other programs hold on the host.
-    """
-    validate.name(spec.name, "service name")
-    if spec.port:
-        validate.port(spec.port)
-    if spec.engine not in ENGINES:
-        raise UsageError(f"unknown engine {spec.engine!r}", hint=f"use {', '.join(ENGINES)}")
-    if spec.engine in ("vllm", "llamacpp"):
-        from gpumod.ops.deploy import validate_model
-
-        if spec.model.lower().endswith(".gguf") and not spec.model.startswith(("/", "~/")) \
-                and ":" not in spec.model:
-            raise UsageError(f"model path {spec.model!r} must be absolute on the host",
-                             hint="give /path/to/model.gguf (or ~/...)")
-        validate_model(spec.model)
-    if spec.sleep_mode not in SLEEP_MODES:
-        raise UsageError(f"unknown sleep mode {spec.sleep_mode!r}",
-                         hint=f"use {', '.join(SLEEP_MODES)}")
-    if spec.sleep_mode in {"l1", "l2"} and spec.engine != "vllm":
-        raise UsageError(f"sleep {spec.sleep_mode} is vLLM's; {spec.engine} cannot use it",
-                         hint="use --sleep router for llama.cpp, or --sleep none")
-    if spec.sleep_mode == "router" and spec.engine != "llamacpp":
-        raise UsageError("--sleep router is llama.cpp's router mode")
-    for dep in spec.depends_on:
-        validate.name(dep, "dependency")
-        if dep == spec.name:
-            raise UsageError(f"{spec.name} cannot depend on itself")
-    for index in spec.gpus:
-        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-            raise UsageError(f"invalid GPU index {index!r}", hint="use indexes like 0 or 0,1")
-    if len(set(spec.gpus)) != len(spec.gpus):
-        raise UsageError(f"GPU index repeated in {list(spec.gpus)}", hint="name each GPU once")
-    if spec.vram_mib is not None and (isinstance(spec.vram_mib, bool) or spec.vram_mib < 1):
-        raise UsageError(f"invalid VRAM budget {spec.vram_mib!r} MiB",
-                         hint="give a positive number of MiB per GPU")
-    bind = spec.extra.get("bind")
-    if bind and bind not in BINDS:
-        raise UsageError(f"invalid bind address {bind!r}", hint=f"use {', '.join(BINDS)}")
-    for key, value in spec.env.items():
-        validate.no_control_chars(f"{key}={value}", "environment")
-        if not _ENV_KEY.fullmatch(key):
-            raise UsageError(f"invalid environment variable name {key!r}",
-                             hint="use letters, digits and '_', not starting with a digit")
-        if key.upper() in SECRET_ENV:
-            raise UsageError(f"{key} is a secret and is not stored with the service",
-                             hint="pass secrets only through PI_API_KEY / HF_TOKEN in your "
-                                  "environment; gpumod hands them over in a 0600 file")
-    for arg in spec.args:
-        validate.no_control_chars(arg, "argument")
-    check_dev_mode(spec.env.get(DEV_MODE_ENV))
-    validate.no_secret_in([spec.model, spec.args, spec.env, spec.extra], validate.env_secrets(),
-                          "service's arguments or environment")
-    engine = get_engine(spec.engine)
-    if spec.sleep_mode != "router":
-        engine.validate(spec)
-    host = hosts_ops.get_host(store, spec.host)
-    spec = records.reserve(store, spec, host, listening=set(listening or ()),
-                           port=spec.port or None, state="stopped",
-                           name_hint="pick another name, or remove it first")
-    try:
-        _check_cycles(list_services(store, spec.host))
-    except ConfigError:
-        records.drop(store, spec.name)
-        raise
-    return spec
-
-
-def set_context(store: Store, name: str, tokens: int) -> ServiceSpec:
-    """Replace the engine's context flag in the service's stored args (next start uses it)."""
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= MAX_CONTEXT:
-        raise UsageError(f"context {tokens!r} must be a number of tokens from 1 to {MAX_CONTEXT}")
+@contextlib.contextmanager
+def changing(store: Store, name: str, what: str, *, wait: float = LOCK_WAIT,
+             progress: Progress | None = None) -> Iterator[ServiceSpec]:
+    """Host lock (shared) then the service's lock; yields its record as it is now."""
     spec = get_service(store, name)
-    args = tuple(get_engine(spec.engine).apply_context(spec.args, tokens))
-    records.save_args(store, name, args)
-    store.log_event("context", host=spec.host, service=name, detail=f"{tokens} tokens")
-    return spec.with_(args=args)
+    with locks.host_lock(spec.host, shared=True, wait=wait, what=what, progress=progress), \
+            held(name, what, wait=wait, progress=progress):
+        yield get_service(store, name)
 
 
-# ---------------------------------------------------------------------------- ordering
+def live(store: Store, spec: ServiceSpec, transport: Transport | None = None):
+    """The service's live state: the one status probe (gpumod.ops.states)."""
+    from gpumod.ops.states import service_status
+
+    return service_status(store, spec.name, transport=transport)
 
 
-def _check_cycles(specs: Sequence[ServiceSpec]) -> None:
-    dependency_order(specs, list(specs))
+# ---------------------------------------------------------------------------- start
 
 
-def dependency_order(all_specs: Sequence[ServiceSpec],
-                     wanted: Iterable[ServiceSpec]) -> list[ServiceSpec]:
-    """wanted + their dependencies, dependencies first (stable by name)."""
-    by_name = {s.name: s for s in all_specs}
-    out: list[ServiceSpec] = []
-    state: dict[str, int] = {}
-
-    def visit(spec: ServiceSpec, chain: tuple[str, ...]) -> None:
-        mark = state.get(spec.name)
-        if mark == 2:
-            return
-        if mark == 1:
-            raise ConfigError("dependency cycle: " + " -> ".join((*chain, spec.name)))
-        state[spec.name] = 1
-        for dep in sorted(spec.depends_on):
-            if dep not in by_name:
-                raise NotFoundError(f"{spec.name} depends on {dep!r}, which is not a service "
-                                    f"on {spec.host}")
-            visit(by_name[dep], (*chain, spec.name))
-        state[spec.name] = 2
-        out.append(spec)
-
-    for spec in sorted(wanted, key=lambda s: s.name):
-        visit(spec, ())
-    return out
+def ensure_ready(store: Store, name: str, *, timeout: float = DEFAULT_HEALTH_TIMEOUT,
+                 progress: Progress = _quiet, force: bool = False,
+                 transport: Transport | None = None, wait: float | None = None,
+                 log: Progress = _quiet) -> ServiceSpec:
+    """Bring NAME to ready and return once it answers health (see the module docstring)."""
+    with changing(store, name, f"start {name}", progress=progress,
+                  wait=timeout if wait is None else wait) as spec:
+        return ensure_ready_held(store, spec, timeout=timeout, progress=progress,
+                                 force=force, transport=transport, log=log)[0]
 
 
-def dependents(all_specs: Sequence[ServiceSpec], name: str) -> list[ServiceSpec]:
-    """Services that (transitively) depend on `name`, dependents first (stop order)."""
-    found: dict[str, ServiceSpec] = {}
-    frontier = [name]
-    while frontier:
-        current = frontier.pop()
-        for spec in all_specs:
-            if current in spec.depends_on and spec.name not in found:
-                found[spec.name] = spec
-                frontier.append(spec.name)
-    return list(reversed(dependency_order(all_specs, found.values())))
+def ensure_ready_held(store: Store, spec: ServiceSpec, *,
+                      timeout: float = DEFAULT_HEALTH_TIMEOUT, progress: Progress = _quiet,
+                      force: bool = False, transport: Transport | None = None,
+                      log: Progress = _quiet) -> tuple[ServiceSpec, str]:
+    """ensure_ready for a caller holding the service's lock: (spec, 'ready' | 'woken' |
+    'started')."""
+    name = spec.name
+    status = live(store, spec, transport)
+    if status.state == "unreachable":
+        raise TransportError(f"{spec.host} cannot be reached, so whether {name} runs is "
+                             f"unknown: {status.detail}", hint="check the pod is up "
+                             f"(`pi ssh {spec.host} true`), then retry")
+    if status.state == "unknown":
+        raise EngineError(f"the state of {name} on {spec.host} is unknown: {status.detail}")
+    rt = runtime(store, spec, transport=transport)
+    if status.state == "running":
+        if spec.state != machine.Phase.READY.value:  # started outside gpumod: adopt it
+            if spec.state != machine.Phase.STARTING.value:
+                machine.move(store, name, machine.Phase.STARTING)
+            spec = machine.move(store, name, machine.Phase.READY, pid=rt.pid(),
+                                reserved_mib=None)
+        progress(f"{name}: already running")
+        return spec, "ready"
+    if status.state == "sleeping":
+        from gpumod.ops.sleep import wake_runtime
 
+        report = wake_runtime(store, rt, progress=progress, timeout=timeout)
+        if not report.ok:
+            raise EngineError(report.summary())
+        return get_service(store, name), "woken"
+    if status.process == "running" and spec.state == machine.Phase.READY.value:
+        # its own engine, alive but not answering (loading, busy): wait, never kill it
+        from gpumod.ops.launch import wait_healthy
 
-# ---------------------------------------------------------------------------- operations
-
-
-def start_one(store: Store, rt: Runtime, *, timeout: float = DEFAULT_HEALTH_TIMEOUT,
-              progress: Progress = _quiet, force: bool = False) -> ServiceSpec:
-    """Launch one defined service and wait until it is healthy (see ops.launch.launch)."""
-    spec = rt.spec
-    if rt.alive():
-        progress(f"{spec.name}: already running")
-        pid = rt.pid()
-        save_state(store, spec.name, "running", pid)
-        return spec.with_(state="running", pid=pid)
-    return launch(store, rt, timeout=timeout, force=force, progress=progress)
-
-
-def stop_one(store: Store, rt: Runtime, *, progress: Progress = _quiet) -> None:
-    progress(f"{rt.spec.name}: stopping")
-    rt.supervisor.stop(rt.plan)
-    save_state(store, rt.spec.name, "stopped", None)
-    store.log_event("stopped", host=rt.spec.host, service=rt.spec.name)
+        progress(f"{name}: {status.state} ({status.detail}); waiting for its health")
+        wait_healthy(rt, rt.pid(), timeout, log)
+        return spec, "ready"
+    if status.process == "running" or spec.state in machine.ACTIVE:
+        progress(f"{name}: {status.state} ({status.detail}); stopping it before the start")
+        stop_held(store, spec, forget=False, transport=transport, progress=progress)
+        rt = runtime(store, get_service(store, name), transport=transport)
+    machine.move(store, name, machine.Phase.STARTING, pid=None)
+    done = launch(store, rt, timeout=timeout, force=force, log=log, progress=progress)
+    return done, "started"
 
 
 def start_service(store: Store, name: str, *, timeout: float = DEFAULT_HEALTH_TIMEOUT,
-                  progress: Progress = _quiet, lock_wait: float = 5.0,
+                  progress: Progress = _quiet, lock_wait: float = LOCK_WAIT,
                   transport: Transport | None = None, force: bool = False) -> list[str]:
-    """Start a service and (first) its dependencies; returns the names started."""
+    """Start a service and (first) its dependencies; returns the names started or woken.
+
+    If one fails, the ones this call started are stopped again.
+    """
     spec = get_service(store, name)
     started: list[str] = []
-    with host_lock(spec.host, wait=lock_wait, what=f"service start {name}"):
-        order = dependency_order(list_services(store, spec.host), [spec])
-        for item in order:
-            rt = runtime(store, get_service(store, item.name), transport=transport)
-            if item.state == "sleeping" and rt.sleep is not None and rt.alive():
-                from gpumod.ops.sleep import wake_runtime
-
-                report = wake_runtime(store, rt, progress=progress)
-                if not report.ok:
-                    raise EngineError(report.summary())
-                continue
+    with locks.host_lock(spec.host, shared=True, wait=lock_wait,
+                         what=f"service start {name}", progress=progress):
+        for item in dependency_order(list_services(store, spec.host), [spec]):
             try:
-                start_one(store, rt, timeout=timeout, progress=progress, force=force)
+                with held(item.name, f"service start {name}", wait=lock_wait,
+                          progress=progress):
+                    _, what = ensure_ready_held(store, get_service(store, item.name),
+                                                timeout=timeout, progress=progress,
+                                                force=force, transport=transport)
             except Exception as exc:
                 for done in reversed(started):
-                    with contextlib.suppress(Exception):
-                        stop_one(store, runtime(store, get_service(store, done),
-                                                transport=transport))
-                raise EngineError(f"{item.name} did not start: {exc}",
-                                  hint=f"see `gpumod service logs {item.name}`") from exc
-            started.append(item.name)
+                    with contextlib.suppress(Exception), held(done, f"rollback of {name}"):
+                        stop_held(store, get_service(store, done), forget=False,
+                                  transport=transport, progress=progress)
+                if isinstance(exc, GpumodError):
+                    exc.message = f"{item.name} did not start: {exc.message}"
+                    exc.hint = exc.hint or f"see `gpumod service logs {item.name}`"
+                raise
+            if what != "ready":
+                started.append(item.name)
     return started
 
 
-def stop_service(store: Store, name: str, *, progress: Progress = _quiet,
-                 lock_wait: float = 5.0, transport: Transport | None = None) -> list[str]:
-    """Stop a service and, before it, every running service that depends on it."""
+# ---------------------------------------------------------------------------- stop
+
+
+def stop_held(store: Store, spec: ServiceSpec, *, forget: bool,
+              timeout: float = 20, transport: Transport | None = None,
+              progress: Progress = _quiet, failed: str = "") -> StopResult:
+    """Stop one service (caller holds its lock); see the module docstring.
+
+    failed: record it 'failed' with this reason instead of 'stopped' (watch gave up).
+    """
+    name = spec.name
+    rt = runtime(store, spec, transport=transport, secrets={})
+    progress(f"{name}: stopping")
+    machine.move(store, name, machine.Phase.STOPPING, note="stopping")
+    try:
+        if forget:
+            outcome = rt.supervisor.remove(rt.plan, timeout=timeout)
+        else:
+            outcome = rt.supervisor.stop(rt.plan, timeout=timeout)
+        if outcome != "not-running":
+            _wait_port_free(rt)
+    except (GpumodError, KeyboardInterrupt) as exc:
+        reason = exc.message if isinstance(exc, GpumodError) else "interrupted"
+        with contextlib.suppress(GpumodError):
+            machine.move(store, name, machine.Phase.STOPPING,
+                         note=f"stop not confirmed: {reason}")
+        if isinstance(exc, GpumodError):
+            exc.hint = ((exc.hint + "; ") if exc.hint else "") + (
+                f"{name}'s record is kept; `pi stop {name}` finishes the stop")
+        raise
+    if forget:
+        machine.forget(store, name)
+    else:
+        machine.move(store, name, machine.Phase.FAILED if failed else machine.Phase.STOPPED,
+                     pid=None, reserved_mib=None, note=failed)
+    store.log_event("stop", host=spec.host, service=name, detail=outcome)
+    return StopResult(name, spec.host, outcome, forget)
+
+
+def _wait_port_free(rt: Runtime) -> None:
+    end = time.monotonic() + PORT_FREE_WAIT
+    while rt.spec.port in probes.listening_ports(rt.transport):
+        if time.monotonic() > end:
+            raise EngineError(f"{rt.spec.name} stopped but port {rt.spec.port} on "
+                              f"{rt.host.name} is still in use",
+                              hint="a process it started may have left its group")
+        time.sleep(0.2)
+
+
+def stop(store: Store, name: str, *, timeout: float = 20, progress: Progress = _quiet,
+         transport: Transport | None = None, wait: float = LOCK_WAIT,
+         forget: bool | None = None) -> list[StopResult]:
+    """Stop NAME, its running dependents first. forget: remove the record once the engine
+    is confirmed gone (default: for `pi start` deployments, not for definitions)."""
     spec = get_service(store, name)
-    stopped: list[str] = []
-    with host_lock(spec.host, wait=lock_wait, what=f"service stop {name}"):
-        specs = list_services(store, spec.host)
-        for item in [*dependents(specs, name), spec]:
-            rt = runtime(store, get_service(store, item.name), transport=transport)
-            if item.name != name and not rt.alive():
-                continue
-            stop_one(store, rt, progress=progress)
-            stopped.append(item.name)
-    return stopped
+    results: list[StopResult] = []
+    with locks.host_lock(spec.host, shared=True, wait=wait, what=f"stop {name}",
+                         progress=progress):
+        for item in [*dependents(list_services(store, spec.host), name), spec]:
+            with held(item.name, f"stop {name}", wait=wait, progress=progress):
+                current = get_service(store, item.name)
+                if item.name != name and current.state not in machine.ACTIVE:
+                    continue
+                gone = is_deployment(current) if forget is None else forget
+                results.append(stop_held(store, current, forget=gone, timeout=timeout,
+                                         transport=transport, progress=progress))
+    return results
+
+
+def stop_service(store: Store, name: str, *, progress: Progress = _quiet,
+                 lock_wait: float = LOCK_WAIT, transport: Transport | None = None
+                 ) -> list[str]:
+    """`gpumod service stop`: the names stopped (dependents first)."""
+    return [r.name for r in stop(store, name, progress=progress, wait=lock_wait,
+                                 transport=transport)]
 
 
 def restart_service(store: Store, name: str, *, progress: Progress = _quiet,
                     timeout: float = DEFAULT_HEALTH_TIMEOUT,
                     transport: Transport | None = None) -> list[str]:
-    stopped = stop_service(store, name, progress=progress, transport=transport)
+    stopped = [r.name for r in stop(store, name, progress=progress, transport=transport,
+                                    forget=False)]
     started: list[str] = []
     for item in reversed(stopped):  # the service first, then its dependents again
         started += start_service(store, item, progress=progress, timeout=timeout,
@@ -298,20 +282,45 @@ def restart_service(store: Store, name: str, *, progress: Progress = _quiet,
 
 
 def remove_service(store: Store, name: str, *, transport: Transport | None = None) -> None:
-    spec = get_service(store, name)
-    users = [s.name for s in list_services(store, spec.host) if name in s.depends_on]
-    if users:
-        raise ConflictError(f"{', '.join(users)} depend(s) on {name}",
-                            hint="remove or change those services first")
-    with host_lock(spec.host, what=f"service remove {name}"):
-        rt = runtime(store, spec, transport=transport)
-        rt.stop(forget=True)
-        records.drop(store, name)
+    """Stop a service and delete its definition, folder and unit."""
+    from gpumod.errors import ConflictError
+
+    with changing(store, name, f"service remove {name}") as spec:
+        users = [s.name for s in list_services(store, spec.host) if name in s.depends_on]
+        if users:
+            raise ConflictError(f"{', '.join(users)} depend(s) on {name}",
+                                hint="remove or change those services first")
+        stop_held(store, spec, forget=True, transport=transport)
         store.log_event("removed", host=spec.host, service=name)
+
+
+# ---------------------------------------------------------------------------- sleep
+
+
+def sleep(store: Store, name: str, level: str | None = None, *, progress: Progress = _quiet,
+          transport: Transport | None = None, wait: float = LOCK_WAIT) -> Any:
+    """Put NAME to sleep, verified; returns the SleepReport (see gpumod.ops.sleep)."""
+    from gpumod.ops.sleep import sleep_service
+
+    return sleep_service(store, name, level, progress=progress, transport=transport,
+                         wait=wait)
+
+
+def wake(store: Store, name: str, *, progress: Progress = _quiet,
+         transport: Transport | None = None, wait: float = LOCK_WAIT) -> Any:
+    """Wake NAME, verified (health and a canary); returns the SleepReport."""
+    from gpumod.ops.sleep import wake_service
+
+    return wake_service(store, name, progress=progress, transport=transport, wait=wait)
+
+
+# ---------------------------------------------------------------------------- checks
 
 
 def check_ready(rt: Runtime, *, canary_check: bool = True) -> None:
     """Health 200 and (for OpenAI-style engines) a one-token canary answer."""
+    from gpumod.engines.checks import canary, wait_healthy
+
     wait_healthy(rt.endpoint, rt.health_path, timeout=60, alive=rt.alive, what=rt.spec.name)
     if canary_check and rt.spec.engine in {"vllm", "llamacpp"}:
         model = rt.sleep.canary_model(rt.endpoint) if rt.sleep else None

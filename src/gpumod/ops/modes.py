@@ -25,6 +25,7 @@ from typing import Any
 
 from gpumod import validate
 from gpumod.errors import (
+    Cancelled,
     CapacityError,
     ConflictError,
     EngineError,
@@ -33,11 +34,14 @@ from gpumod.errors import (
     UsageError,
 )
 from gpumod.ops import hosts as hosts_ops
-from gpumod.ops import lifecycle
-from gpumod.ops.lifecycle import Progress, _quiet
+from gpumod.ops import lifecycle, locks
+from gpumod.ops.launch import _quiet
+from gpumod.ops.lifecycle import Progress
 from gpumod.store.db import Store
 
 SWITCH_LOCK_WAIT = 3.0
+# live states (gpumod.ops.states) of a service that holds, or may hold, the host's GPUs
+LIVE_ACTIVE = frozenset({"running", "starting", "sleeping", "stopping", "unhealthy"})
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,16 @@ class SwitchPlan:
                 "fit": self.fit, "steps": self.steps()}
 
 
-def plan_switch(store: Store, name: str, *, keep_warm: bool = False) -> SwitchPlan:
+def plan_switch(store: Store, name: str, *, keep_warm: bool = False,
+                transport: Any = None) -> SwitchPlan:
+    """The steps from what runs NOW (one status probe of the host) to the mode.
+
+    A member that crashed, or whose cleanup was left unconfirmed, is started again; one
+    that is stopping or alive but unhealthy is handled by the lifecycle's ensure_ready.
+    """
+    from gpumod.errors import TransportError
+    from gpumod.ops.states import host_status
+
     mode = get_mode(store, name)
     specs = lifecycle.list_services(store, mode.host)
     by_name = {s.name: s for s in specs}
@@ -169,25 +182,36 @@ def plan_switch(store: Store, name: str, *, keep_warm: bool = False) -> SwitchPl
     # a mode's services and the dependencies started with them
     in_modes = {s.name for s in lifecycle.dependency_order(
         specs, [by_name[n] for n in listed if n in by_name])}
+    host = hosts_ops.get_host(store, mode.host)
+    live = {st.spec.name: st for st in host_status(store, host, specs, transport=transport)}
+    blind = sorted(n for n, st in live.items() if st.state in ("unreachable", "unknown")
+                   and (n in target or n in in_modes))
+    if blind:
+        detail = live[blind[0]].detail
+        raise TransportError(f"cannot tell what runs on {mode.host} ({detail}), so no switch "
+                             f"is planned", hint="check the pod is up, then retry")
     plan = SwitchPlan(mode.host, name, current_mode(store, mode.host))
     plan.implicit = [s.name for s in ordered if s.name not in mode.services]
-    active = [s for s in specs if s.state in lifecycle.ACTIVE_STATES]
+    active = [s for s in specs if live[s.name].state in LIVE_ACTIVE
+              or s.state in lifecycle.machine.ACTIVE]
     leaving = [s for s in active if s.name not in target and s.name in in_modes]
     plan.untouched = [s.name for s in active if s.name not in target and s.name not in in_modes]
     # reverse dependency order among the leaving ones
     for spec in reversed(lifecycle.dependency_order(specs, leaving)):
         if spec.name not in {s.name for s in leaving}:
             continue
-        if keep_warm and spec.sleep_mode != "none" and spec.state == "running":
+        state = live[spec.name].state
+        if keep_warm and spec.sleep_mode != "none" and state == "running":
             plan.sleep.append(spec.name)
-        elif spec.state == "sleeping" and keep_warm:
+        elif state == "sleeping" and keep_warm:
             plan.keep.append(spec.name)
         else:
             plan.stop.append(spec.name)
     for spec in ordered:
-        if spec.state == "running":
+        state = live[spec.name].state
+        if state == "running":
             plan.keep.append(spec.name)
-        elif spec.state == "sleeping":
+        elif state == "sleeping":
             plan.wake.append(spec.name)
         else:
             plan.start.append(spec.name)
@@ -253,177 +277,142 @@ def switch_mode(store: Store, name: str, *, dry_run: bool = False, keep_warm: bo
     host = hosts_ops.get_host(store, mode.host)
     transport = transport or hosts_ops.transport_for(host)
     if dry_run:
-        plan = plan_switch(store, name, keep_warm=keep_warm)
+        plan = plan_switch(store, name, keep_warm=keep_warm, transport=transport)
         if check_capacity:
             try:
                 plan.fit = check_fit(store, plan, transport)
             except CapacityError as exc:
                 plan.fit = f"does not fit: {exc.message}"
         return SwitchResult(plan, ok=True)
-    with lifecycle.host_lock(mode.host, wait=lock_wait, what=f"mode switch {name}"):
-        plan = plan_switch(store, name, keep_warm=keep_warm)
+    with locks.host_lock(mode.host, wait=lock_wait, what=f"mode switch {name}"):
+        plan = plan_switch(store, name, keep_warm=keep_warm, transport=transport)
         if check_capacity:
             plan.fit = check_fit(store, plan, transport)
         store.log_event("mode-switch", host=mode.host,
                         detail=f"{plan.previous or '-'} -> {name}: {', '.join(plan.steps())}")
+        steps = _Steps(store, name, transport, progress, timeout)
         result = SwitchResult(plan, ok=False)
-        stopped: list[str] = []
-        slept: list[str] = []
-        started: list[str] = []
-        woken: list[str] = []
-
-        def rt(service: str) -> lifecycle.Runtime:
-            return lifecycle.runtime(store, lifecycle.get_service(store, service),
-                                     transport=transport)
-
-        from gpumod.ops.sleep import sleep_runtime, wake_runtime
-
         try:
             for service in plan.sleep:
-                report = sleep_runtime(store, rt(service), progress=progress)
+                report = steps.sleep(service)
                 if not report.ok:
                     raise EngineError(f"could not put {service} to sleep: {report.summary()}")
-                (slept if report.result.startswith(("asleep", "already")) else stopped
-                 ).append(service)
+                (steps.slept if report.result.startswith(("asleep", "already"))
+                 else steps.stopped).append(service)
                 result.done.append(f"sleep {service}: {report.result}")
             for service in plan.stop:
-                lifecycle.stop_one(store, rt(service), progress=progress)
-                stopped.append(service)
+                if steps.stop(service).outcome != "not-running":
+                    steps.stopped.append(service)
                 result.done.append(f"stop {service}")
             for service in [*plan.wake, *plan.start]:
-                runtime = rt(service)
                 if service in plan.wake:
-                    report = wake_runtime(store, runtime, progress=progress, timeout=timeout)
+                    report = steps.wake(service)
                     if not report.ok:
                         raise EngineError(f"{service} did not wake: {report.summary()}")
-                    woken.append(service)
+                    steps.woken.append(service)
                     result.done.append(f"wake {service}: {report.result}")
                 else:
-                    started.append(service)  # counted before: a failed start is cleaned too
-                    lifecycle.start_one(store, runtime, timeout=timeout, progress=progress)
+                    steps.started.append(service)  # counted before: a failed start is cleaned
+                    steps.start(service)
                     result.done.append(f"start {service}")
             _record_current(store, mode.host, name)
             store.log_event("mode-switched", host=mode.host, detail=f"now {name}")
             result.ok = True
             return result
         except BaseException as exc:
+            cancelled = isinstance(exc, KeyboardInterrupt | Cancelled)
             message = exc.message if isinstance(exc, GpumodError) else (
                 "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{exc}")
             result.error = message
-            progress(f"switch to {name} failed: {message}; rolling back")
-            _rollback(store, plan, stopped, slept, started, woken, result, rt, progress,
-                      timeout)
-            store.log_event("mode-switch-failed", host=mode.host,
-                            detail=f"{name}: {message}; rolled back to "
-                                   f"{plan.previous or 'the previous services'}"
-                                   + (f"; problems: {'; '.join(result.rollback_problems)}"
-                                      if result.rollback_problems else ""))
-            if not isinstance(exc, Exception):
-                raise
+            progress(f"switch to {name} {'cancelled' if cancelled else 'failed'}: {message}; "
+                     "rolling back")
+            _rollback(store, plan, steps, result)
             back = plan.previous or "the previous services"
             problems = (f"; rollback problems: {'; '.join(result.rollback_problems)}"
                         if result.rollback_problems else "")
+            store.log_event("mode-switch-failed", host=mode.host,
+                            detail=f"{name}: {message}; rolled back to {back}{problems}")
+            if cancelled:
+                raise Cancelled(f"switch to {name} cancelled; rolled back to {back}{problems}"
+                                ) from None
+            if not isinstance(exc, Exception):
+                raise
             raise EngineError(f"switch to {name} failed: {message}; rolled back to {back}"
                               f"{problems}",
                               hint="`gpumod service logs NAME` shows the failing service's log"
                               ) from exc
 
 
-def _rollback(store: Store, plan: SwitchPlan, stopped: list[str], slept: list[str],
-              started: list[str], woken: list[str], result: SwitchResult, rt: Any,
-              progress: Progress, timeout: float) -> None:
-    from gpumod.ops.sleep import sleep_runtime, wake_runtime
+class _Steps:
+    """One switch's steps, each through the lifecycle under the service's lock (the
+    switch holds the host's lock exclusively), and what each step did (for rollback)."""
 
+    def __init__(self, store: Store, mode: str, transport: Any, progress: Progress,
+                 timeout: float) -> None:
+        self.store, self.what, self.transport = store, f"mode switch {mode}", transport
+        self.progress, self.timeout = progress, timeout
+        self.stopped: list[str] = []
+        self.slept: list[str] = []
+        self.started: list[str] = []
+        self.woken: list[str] = []
+
+    def _rt(self, service: str) -> lifecycle.Runtime:
+        return lifecycle.runtime(self.store, lifecycle.get_service(self.store, service),
+                                 transport=self.transport)
+
+    def sleep(self, service: str) -> Any:
+        from gpumod.ops.sleep import sleep_runtime
+
+        with lifecycle.held(service, self.what):
+            return sleep_runtime(self.store, self._rt(service), progress=self.progress)
+
+    def wake(self, service: str) -> Any:
+        from gpumod.ops.sleep import wake_runtime
+
+        with lifecycle.held(service, self.what):
+            return wake_runtime(self.store, self._rt(service), progress=self.progress,
+                                timeout=self.timeout)
+
+    def stop(self, service: str) -> lifecycle.StopResult:
+        with lifecycle.held(service, self.what):
+            return lifecycle.stop_held(self.store, lifecycle.get_service(self.store, service),
+                                       forget=False, transport=self.transport,
+                                       progress=self.progress)
+
+    def start(self, service: str) -> None:
+        with lifecycle.held(service, self.what):
+            lifecycle.ensure_ready_held(self.store, lifecycle.get_service(self.store, service),
+                                        timeout=self.timeout, progress=self.progress,
+                                        transport=self.transport)
+
+
+def _rollback(store: Store, plan: SwitchPlan, steps: _Steps, result: SwitchResult) -> None:
     result.rolled_back = True
-    for service in reversed(started):
+    for service in reversed(steps.started):
+        if lifecycle.get_service(store, service).state not in lifecycle.machine.ACTIVE:
+            continue  # its failed start was cleaned up and recorded already
         try:
-            runtime = rt(service)
-            lifecycle.stop_one(store, runtime, progress=progress)
+            steps.stop(service)
         except GpumodError as exc:
             result.rollback_problems.append(f"stop {service}: {exc.message}")
-    for service in reversed(woken):
+    for service in reversed(steps.woken):
         try:
-            report = sleep_runtime(store, rt(service), progress=progress)
+            report = steps.sleep(service)
             if not report.ok:
                 result.rollback_problems.append(f"sleep {service}: {report.summary()}")
         except GpumodError as exc:
             result.rollback_problems.append(f"sleep {service}: {exc.message}")
     specs = lifecycle.list_services(store, plan.host)
-    back = [s for s in specs if s.name in set(stopped) | set(slept)]
-    for spec in lifecycle.dependency_order(specs, back):
-        if spec.name not in set(stopped) | set(slept):
+    again = set(steps.stopped) | set(steps.slept)
+    for spec in lifecycle.dependency_order(specs, [s for s in specs if s.name in again]):
+        if spec.name not in again:
             continue
         try:
-            runtime = rt(spec.name)
-            if spec.name in slept:
-                report = wake_runtime(store, runtime, progress=progress, timeout=timeout)
+            if spec.name in steps.slept:
+                report = steps.wake(spec.name)
                 if not report.ok:
                     result.rollback_problems.append(f"wake {spec.name}: {report.summary()}")
             else:
-                lifecycle.start_one(store, runtime, timeout=timeout, progress=progress)
+                steps.start(spec.name)
         except GpumodError as exc:
             result.rollback_problems.append(f"start {spec.name}: {exc.message}")
-
-
-def _live(store: Store, mode: Mode, transport: Any = None) -> dict[str, Any]:
-    """{service: ServiceStatus or GpumodError} for a mode's services (one round trip)."""
-    from gpumod.ops.states import host_status
-
-    found: dict[str, Any] = {}
-    specs = []
-    for service in mode.services:
-        try:
-            specs.append(lifecycle.get_service(store, service))
-        except GpumodError as exc:
-            found[service] = exc
-    if specs:
-        host = hosts_ops.get_host(store, mode.host)
-        for status in host_status(store, host, specs, transport=transport):
-            found[status.spec.name] = status
-    return found
-
-
-def mode_status(store: Store, host: str, *, transport: Any = None) -> dict[str, Any]:
-    name = current_mode(store, host)
-    out: dict[str, Any] = {"host": host, "current_mode": name, "services": []}
-    if not name:
-        return out
-    live = _live(store, get_mode(store, name), transport)
-    for service in get_mode(store, name).services:
-        status = live[service]
-        if isinstance(status, GpumodError):
-            out["services"].append({"name": service, "state": "unknown",
-                                    "error": status.message})
-            continue
-        out["services"].append({"name": service, "state": status.state,
-                                "recorded_state": status.spec.state,
-                                "process": status.process, "health": status.health,
-                                "sleeping": status.sleeping})
-    return out
-
-
-def verify_mode(store: Store, name: str, *, transport: Any = None) -> dict[str, Any]:
-    """Is every service of the mode running and healthy? Lists those that are not.
-
-    A service the mode lets sleep when idle (sleep_on_idle) may be asleep.
-    """
-    mode = get_mode(store, name)
-    live = _live(store, mode, transport)
-    services, problems = [], []
-    for service in mode.services:
-        status = live[service]
-        if isinstance(status, GpumodError):
-            row = {"name": service, "state": "unknown", "process": "unknown",
-                   "health": f"unknown ({status.message})", "sleeping": None, "detail": ""}
-        else:
-            row = {"name": service, "state": status.state, "process": status.process,
-                   "health": status.health, "sleeping": status.sleeping,
-                   "detail": status.detail}
-        row["ok"] = row["state"] == "running" or (
-            row["state"] == "sleeping" and service in mode.sleep_on_idle)
-        services.append(row)
-        if not row["ok"]:
-            problems.append(f"{service}: process {row['process']}, health {row['health']}"
-                            + (f" ({row['state']}: {row['detail']})" if row["detail"] else ""))
-    return {"mode": name, "host": mode.host, "current": current_mode(store, mode.host) == name,
-            "healthy": not problems, "services": services, "problems": problems}

@@ -15,19 +15,21 @@ from gpumod.hosts.transports.base import Transport
 from gpumod.supervise.process import SH_FUNCTIONS
 
 # An HTTP status code for a URL, from the host itself: curl, else python3, else 000.
+# probe URL [SECONDS]: at most SECONDS (default 3) for the whole answer.
 PROBE_FUNCTION = r"""
 probe() {
   if command -v curl >/dev/null 2>&1; then
-    curl -s -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time 3 "$1" 2>/dev/null || true
+    curl -s -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time "${2:-3}" "$1" \
+      2>/dev/null || true
   elif command -v python3 >/dev/null 2>&1; then
     python3 -c '
 import sys, urllib.request, urllib.error
 try:
-    print(urllib.request.urlopen(sys.argv[1], timeout=3).status, end="")
+    print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).status, end="")
 except urllib.error.HTTPError as e:
     print(e.code, end="")
 except Exception:
-    print("000", end="")' "$1" 2>/dev/null || printf 000
+    print("000", end="")' "$1" "${2:-3}" 2>/dev/null || printf 000
   else
     printf 000
   fi
@@ -65,32 +67,6 @@ unit_state() {
 }
 """
 
-# One service per 6 args: folder, port, health path, host to probe, systemd scope and unit
-# ("" for the process supervisor: its pid file says). One line each (any order).
-STATUS_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + UNIT_FUNCTION + r"""
-while [ $# -ge 6 ]; do
-  dir=$1; port=$2; path=$3; phost=$4; scope=$5; unit=$6; shift 6
-  (
-    if [ -n "$unit" ]; then
-      set -- $(unit_state "$scope" "$unit"); p=$1; pid=$2; [ "$pid" = - ] && pid=
-    else
-      pid=$(cat "$dir/service.pid" 2>/dev/null || true)
-      start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
-      if [ -z "$pid" ]; then
-        if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then p=gone
-        elif [ -d "$dir" ]; then p=stopped
-        else p=missing; fi
-      elif pid_alive "$pid" "$start"; then p=alive
-      else p=dead; fi
-    fi
-    code=$(probe "http://$phost:$port$path")
-    printf '%s\t%s\t%s\t%s\n' "$dir" "${pid:--}" "$p" "${code:-000}"
-  ) &
-done
-wait
-echo "%%gpumod-status-done%%"
-"""
-
 # Does a process of group/session $1 hold the listening socket of port $2? (Linux /proc;
 # elsewhere assume yes.) Guards against another program answering on "our" port.
 OWNER_FUNCTION = r"""
@@ -107,6 +83,39 @@ owns_port() {
   done
   return 1
 }
+"""
+
+# One service per 7 args: folder, port, health path, host to probe, systemd scope and unit
+# ("" for the process supervisor: its pid file says), owner check (1: when something
+# answers, does the service's own process group hold the port?). One line each (any
+# order): folder, pid, process word, HTTP code, owner (yes | no | -).
+STATUS_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + UNIT_FUNCTION + OWNER_FUNCTION + r"""
+wait_s=$1; shift
+while [ $# -ge 7 ]; do
+  dir=$1; port=$2; path=$3; phost=$4; scope=$5; unit=$6; owner=$7; shift 7
+  (
+    if [ -n "$unit" ]; then
+      set -- $(unit_state "$scope" "$unit"); p=$1; pid=$2; [ "$pid" = - ] && pid=
+    else
+      pid=$(cat "$dir/service.pid" 2>/dev/null || true)
+      start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
+      if [ -z "$pid" ]; then
+        if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then p=gone
+        elif [ -d "$dir" ]; then p=stopped
+        else p=missing; fi
+      elif pid_alive "$pid" "$start"; then p=alive
+      else p=dead; fi
+    fi
+    code=$(probe "http://$phost:$port$path" "$wait_s")
+    o=-
+    if [ "$owner" = 1 ] && [ "$p" = alive ] && [ -n "$pid" ] && [ "${code:-000}" != 000 ]; then
+      if owns_port "$pid" "$port"; then o=yes; else o=no; fi
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$dir" "${pid:--}" "$p" "${code:-000}" "$o"
+  ) &
+done
+wait
+echo "%%gpumod-status-done%%"
 """
 
 # Wait for health while the log streams on stdout. Exit 0 healthy, 3 process exited,
@@ -143,32 +152,36 @@ class Probe:
     pid: int | None
     process: str  # alive | dead | gone | stopped | missing
     http: int     # 0 when nothing answered
+    owner: bool | None = None  # the answer came from the service's own group (None: unchecked)
 
 
-def probe_host(transport: Transport, items: Sequence[tuple[str, int, str, str]
-                                                    | tuple[str, int, str, str, str, str]],
-               *, timeout: float = 30) -> dict[str, Probe]:
-    """Process and HTTP state of services on one host, in ONE round trip.
+def probe_host(transport: Transport, items: Sequence[tuple], *, timeout: float = 30,
+               health_timeout: float = 3) -> dict[str, Probe]:
+    """Process, HTTP and port-owner state of services on one host, in ONE round trip.
 
-    items: (service_dir, port, health_path, probe_host[, systemd scope, unit]). Raises
-    TransportError when the host cannot be reached; returns {service_dir: Probe} for every
-    line the host sent.
+    items: (service_dir, port, health_path, probe_host[, systemd scope, unit[, owner
+    check]]); health_timeout: seconds each health answer may take (listings keep it
+    short; the watcher, which restarts on failures, is more patient). Raises
+    TransportError when the host cannot be reached; returns {service_dir: Probe} for
+    every line the host sent.
     """
-    args: list[str] = []
+    args: list[str] = [str(max(1, int(health_timeout)))]
     for item in items:
         service_dir, port, path, phost = item[:4]
-        scope, unit = (item[4], item[5]) if len(item) == 6 else ("", "")
-        args += [service_dir, str(port), path, phost, scope, unit]
-    result = transport.run_script(STATUS_SCRIPT, args, timeout=timeout)
+        scope, unit = (item[4], item[5]) if len(item) >= 6 else ("", "")
+        owner = item[6] if len(item) >= 7 else True
+        args += [service_dir, str(port), path, phost, scope, unit, "1" if owner else "0"]
+    result = transport.run_script(STATUS_SCRIPT, args, timeout=timeout + health_timeout)
     result.check(f"{transport.label}: status check")
     probes: dict[str, Probe] = {}
     for line in result.stdout.splitlines():
         parts = line.split("\t")
-        if len(parts) != 4:
+        if len(parts) != 5:
             continue
-        service_dir, pid, process, code = parts
+        service_dir, pid, process, code, owner = parts
         probes[service_dir] = Probe(service_dir, int(pid) if pid.isdigit() else None, process,
-                                    int(code) if code.isdigit() else 0)
+                                    int(code) if code.isdigit() else 0,
+                                    {"yes": True, "no": False}.get(owner))
     return probes
 
 

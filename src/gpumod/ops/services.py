@@ -5,8 +5,10 @@ definition, is inserted by :func:`reserve` inside one BEGIN IMMEDIATE
 transaction that also checks the name, picks (or checks) the port and the
 GPUs and checks the dependencies, so two commands at the same moment
 serialise on SQLite's write lock and can never take the same port or GPUs.
-A `pi start` reservation is state 'starting' until its launch is healthy
-(then 'running'); a failed start removes it. A definition is state 'stopped'.
+A `pi start` reservation is state 'starting' from the moment it is inserted: the
+record exists before anything runs on the host. Its moves from there (running,
+stopping, removed) are the lifecycle's (gpumod.ops.machine). A definition is
+state 'stopped'.
 """
 
 from __future__ import annotations
@@ -113,28 +115,6 @@ def reserve(store: Store, spec: ServiceSpec, host: Host, *, listening: set[int],
         db.execute(f"INSERT INTO services ({', '.join(values)}) "  # noqa: S608
                    f"VALUES ({', '.join('?' for _ in values)})", tuple(values.values()))
     return reserved
-
-
-def finish(store: Store, spec: ServiceSpec) -> ServiceSpec:
-    """Turn a reservation into a running record (pid, args, env, extra as launched)."""
-    done = spec.with_(state="running")
-    values = done.row_values()
-    with store.transaction() as db:
-        db.execute(f"UPDATE services SET {', '.join(f'{k} = ?' for k in values)}, "  # noqa: S608
-                   "updated_at = datetime('now') WHERE name = ?",
-                   (*values.values(), spec.name))
-    return done
-
-
-def save_state(store: Store, name: str, state: str, pid: int | None = None,
-               *, keep_pid: bool = False) -> None:
-    with store.transaction() as db:
-        if keep_pid:
-            db.execute("UPDATE services SET state = ?, updated_at = datetime('now') "
-                       "WHERE name = ?", (state, name))
-        else:
-            db.execute("UPDATE services SET state = ?, pid = ?, updated_at = datetime('now') "
-                       "WHERE name = ?", (state, pid, name))
 
 
 def save_args(store: Store, name: str, args: Sequence[str]) -> None:

@@ -148,6 +148,7 @@ def live_usage(store: Store, host: str, names: list[str], transport: Transport, 
     None when the host has no nvidia-smi; transport and nvidia-smi failures raise.
     """
     from gpumod.hosts.gpus import snapshot
+    from gpumod.hosts.processes import owners
     from gpumod.planner.simulate import live_usage as plan_usage
 
     snap = snapshot(transport, timeout=timeout)
@@ -157,39 +158,8 @@ def live_usage(store: Store, host: str, names: list[str], transport: Transport, 
                        "WHERE host = ? AND pid IS NOT NULL AND pid > 0", (host,))
     roots = {r["name"]: int(r["pid"]) for r in rows}
     sleep_modes = {r["name"]: r["sleep_mode"] for r in rows}
-    owner, tree_note = _process_trees(transport, roots) if snap.processes else ({}, "")
+    owner, tree_note = owners(transport, roots) if snap.processes else ({}, "")
     return plan_usage(snap, names, owner, sleep_modes, tree_note, leaving=leaving)
-
-
-def _process_trees(transport: Transport, roots: dict[str, int]) -> tuple[dict[int, str], str]:
-    """pid -> service for every process in each service's tree (one `ps` for all).
-
-    Falls back to the recorded pids alone when `ps` fails; the second value says so.
-    """
-    owner = {pid: name for name, pid in roots.items()}
-    if not roots:
-        return owner, ""
-    from gpumod.engines.sleep import PS_ARGV
-
-    try:
-        result = transport.run(PS_ARGV, timeout=20)
-    except GpumodError as exc:
-        return owner, f"process trees unknown ({exc.message}); matched by pid only"
-    if not result.ok:
-        return owner, "process trees unknown (`ps` failed); matched by pid only"
-    children: dict[int, list[int]] = {}
-    for line in result.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-            children.setdefault(int(parts[1]), []).append(int(parts[0]))
-    for name, root in roots.items():
-        stack = [root]
-        while stack:
-            for child in children.get(stack.pop(), []):
-                if child not in owner:
-                    owner[child] = name
-                    stack.append(child)
-    return owner, ""
 
 
 def _observe(store: Any, host: str, names: list[str], transport: Transport | None,

@@ -10,21 +10,69 @@ Wake: ask the engine (level 2 wake reloads the weights), then check ``/is_sleepi
 is false, ``/health`` answers 200 and a one-token canary request answers. If that
 fails: restart (stop, start, health, canary). Engines without sleep are started.
 
-Every step is logged in the events table and returned in a SleepReport.
+Every step is logged in the events table and returned in a SleepReport. The record
+moves through the lifecycle's states (gpumod.ops.machine): 'sleeping' is written before
+the sleep request it announces, 'running' once a wake is verified; a fallback stop is
+the lifecycle's own stop. Callers hold the service's lock (``sleep_service`` /
+``wake_service`` take it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
-from gpumod.engines.sleep import Attempt, SleepReport, memory_dropped, tree_gpu_mib
+from gpumod.engines.checks import memory_dropped
 from gpumod.errors import EngineError, GpumodError, UsageError
-from gpumod.ops import lifecycle
-from gpumod.ops.lifecycle import Progress, Runtime, _quiet
+from gpumod.hosts.processes import tree_gpu_mib
+from gpumod.ops import lifecycle, machine
+from gpumod.ops.launch import _quiet
+from gpumod.ops.lifecycle import Progress, Runtime
 from gpumod.store.db import Store
 
 LEVELS = {"1": "l1", "2": "l2", "l1": "l1", "l2": "l2", "router": "router"}
+
+
+@dataclass
+class Attempt:
+    step: str            # "l2", "l1", "stop", "router", "wake l1", "restart", ...
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class SleepReport:
+    service: str
+    action: str                      # "sleep" | "wake"
+    requested: str
+    result: str = "failed"           # "asleep l1", "stopped", "awake", "restarted", "failed"
+    ok: bool = False
+    attempts: list[Attempt] = field(default_factory=list)
+    memory_before_mib: int | None = None
+    memory_after_mib: int | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        tried = "; ".join(f"{a.step}: {'ok' if a.ok else 'failed'}"
+                          + (f" ({a.detail})" if a.detail else "") for a in self.attempts)
+        mem = ""
+        if self.memory_before_mib is not None or self.memory_after_mib is not None:
+            mem = (f", GPU memory {_mib(self.memory_before_mib)} -> "
+                   f"{_mib(self.memory_after_mib)}")
+        return f"{self.service}: {self.action} {self.requested} -> {self.result}{mem} [{tried}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"service": self.service, "action": self.action, "requested": self.requested,
+                "result": self.result, "ok": self.ok,
+                "memory_before_mib": self.memory_before_mib,
+                "memory_after_mib": self.memory_after_mib, "seconds": round(self.seconds, 3),
+                "attempts": [a.__dict__ for a in self.attempts]}
+
+
+def _mib(value: int | None) -> str:
+    return "unknown" if value is None else f"{value} MiB"
 
 
 def _memory(rt: Runtime) -> int | None:
@@ -68,7 +116,8 @@ def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
     for step in steps:
         if step == "stop":
             try:
-                lifecycle.stop_one(store, rt, progress=progress)
+                lifecycle.stop_held(store, lifecycle.get_service(store, spec.name), forget=False,
+                                    transport=rt.transport, progress=progress)
                 report.attempts.append(Attempt("stop", True, "stopped to free the memory"))
                 report.result, report.ok = "stopped", True
                 report.memory_after_mib = 0 if report.memory_before_mib is not None else None
@@ -81,8 +130,9 @@ def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
             if step != "router" and rt.sleep.is_sleeping(rt.endpoint):
                 report.attempts.append(Attempt(step, True, "already asleep"))
                 report.result, report.ok = "already asleep", True
-                lifecycle.save_state(store, spec.name, "sleeping", keep_pid=True)
+                machine.move(store, spec.name, machine.Phase.SLEEPING)
                 break
+            machine.move(store, spec.name, machine.Phase.SLEEPING, note=f"going to sleep ({step})")
             rt.sleep.sleep(rt.endpoint, step)
             if not rt.sleep.is_sleeping(rt.endpoint):
                 raise EngineError("the engine answered but does not report sleeping")
@@ -96,7 +146,7 @@ def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
                 f"freed {report.memory_before_mib - after} MiB"  # type: ignore[operator]
             report.attempts.append(Attempt(step, True, detail))
             report.result, report.ok = f"asleep {step}", True
-            lifecycle.save_state(store, spec.name, "sleeping", keep_pid=True)
+            machine.move(store, spec.name, machine.Phase.SLEEPING)
             break
         except GpumodError as exc:
             report.attempts.append(Attempt(step, False, exc.message))
@@ -105,6 +155,8 @@ def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
             with contextlib.suppress(GpumodError):
                 if rt.sleep.is_sleeping(rt.endpoint):
                     rt.sleep.wake(rt.endpoint, step if step in ("l1", "l2") else "router")
+                if not rt.sleep.is_sleeping(rt.endpoint):
+                    machine.move(store, spec.name, machine.Phase.READY)
     report.seconds = time.monotonic() - t0
     store.log_event("sleep" if report.ok else "sleep-failed", host=spec.host, service=spec.name,
                     detail=report.summary())
@@ -120,7 +172,9 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
     if not rt.alive():
         # stopped (no sleep support, or a sleep that fell back to stop): start it
         try:
-            lifecycle.start_one(store, rt, timeout=timeout, progress=progress)
+            lifecycle.ensure_ready_held(store, lifecycle.get_service(store, spec.name),
+                                        timeout=timeout, progress=progress,
+                                        transport=rt.transport)
             lifecycle.check_ready(rt)
             report.attempts.append(Attempt("start", True))
             report.result, report.ok = "started", True
@@ -154,8 +208,11 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
             report.attempts.append(Attempt("check", False, exc.message))
     if not report.ok:
         try:
-            lifecycle.stop_one(store, rt, progress=progress)
-            lifecycle.start_one(store, rt, timeout=timeout, progress=progress)
+            lifecycle.stop_held(store, lifecycle.get_service(store, spec.name), forget=False,
+                                transport=rt.transport, progress=progress)
+            lifecycle.ensure_ready_held(store, lifecycle.get_service(store, spec.name),
+                                        timeout=timeout, progress=progress,
+                                        transport=rt.transport)
             lifecycle.check_ready(rt)
             report.attempts.append(Attempt("restart", True))
             report.result, report.ok = "restarted", True
@@ -163,7 +220,8 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
             report.attempts.append(Attempt("restart", False, exc.message))
             report.result = "failed"
     if report.ok:
-        lifecycle.save_state(store, spec.name, "running", rt.pid())
+        if lifecycle.get_service(store, spec.name).state != machine.Phase.READY.value:
+            machine.move(store, spec.name, machine.Phase.READY, pid=rt.pid())
         report.memory_after_mib = _memory(rt)
     report.seconds = time.monotonic() - t0
     store.log_event("wake" if report.ok else "wake-failed", host=spec.host, service=spec.name,
@@ -172,16 +230,19 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
 
 
 def sleep_service(store: Store, name: str, level: str | None = None, *,
-                  progress: Progress = _quiet, transport=None) -> SleepReport:
-    spec = lifecycle.get_service(store, name)
-    with lifecycle.host_lock(spec.host, what=f"service sleep {name}"):
+                  progress: Progress = _quiet, transport=None,
+                  wait: float = lifecycle.LOCK_WAIT) -> SleepReport:
+    """Put NAME to sleep, verified, with fallbacks (the lifecycle's sleep)."""
+    with lifecycle.changing(store, name, f"service sleep {name}", wait=wait,
+                            progress=progress) as spec:
         rt = lifecycle.runtime(store, spec, transport=transport)
         return sleep_runtime(store, rt, level, progress=progress)
 
 
 def wake_service(store: Store, name: str, *, progress: Progress = _quiet,
-                 transport=None) -> SleepReport:
-    spec = lifecycle.get_service(store, name)
-    with lifecycle.host_lock(spec.host, what=f"service wake {name}"):
+                 transport=None, wait: float = lifecycle.LOCK_WAIT) -> SleepReport:
+    """Wake NAME, verified (health and a canary), restarting it if that fails."""
+    with lifecycle.changing(store, name, f"service wake {name}", wait=wait,
+                            progress=progress) as spec:
         rt = lifecycle.runtime(store, spec, transport=transport)
         return wake_runtime(store, rt, progress=progress)

@@ -3,12 +3,16 @@
 `pi list`, `gpumod service list/status`, `gpumod mode status/verify`, the MCP
 tools and the TUI all show the states of :func:`classify`:
 
-- running      the process is alive and its health check answers
-- starting     alive, recorded as starting or its health says "loading"
+- running      the process is alive and its health check answers, from the service's
+               own process group (the port's owner is checked, as the start does)
+- starting     alive, recorded as starting or its health says "loading"; or a start
+               in progress (another gpumod command holds the service)
 - sleeping     recorded as asleep and the process is alive (a sleeping vLLM still
                answers /health, so the record tells)
-- unhealthy    alive, but the health check fails
-- crashed      supposed to run (or its last start failed) and no process
+- stopping     a stop in progress, or one that could not be confirmed while the
+               process still runs (`pi stop NAME` finishes it)
+- unhealthy    alive, but the health check fails, or another program answers on its port
+- crashed      supposed to run (or its last start failed or was interrupted), no process
 - stopped      defined but not running, never started, or stopped outside gpumod
 - unreachable  the host could not be reached (its records are kept)
 - unknown      the host answered nothing usable for this service
@@ -34,9 +38,10 @@ from gpumod.ops.endpoints import endpoint_url
 from gpumod.ops.launch import bind_address, probe_address, service_dir
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
+from gpumod.supervise.base import LaunchPlan, ProcessState
 
-STATES = ("running", "starting", "sleeping", "unhealthy", "crashed", "stopped", "unreachable",
-          "unknown")
+STATES = ("running", "starting", "sleeping", "stopping", "unhealthy", "crashed", "stopped",
+          "unreachable", "unknown")
 # recorded states of a service gpumod did not start, or stopped itself
 NOT_STARTED = ("defined", "stopped")
 # the host-side process word -> the supervisor's word (shown as "process")
@@ -66,42 +71,64 @@ class ServiceStatus:
                 "health": self.health, "sleeping": self.sleeping, "pid": s.pid,
                 "recorded_state": s.state, "supervisor": s.supervisor,
                 "sleep_mode": s.sleep_mode, "args": list(s.args),
-                "depends_on": list(s.depends_on),
+                "depends_on": list(s.depends_on), "note": s.note,
                 "served_model": s.extra.get("served_model", s.model)}
 
 
-def classify(spec: ServiceSpec, probe: probes.Probe | None, engine: Engine | None
-             ) -> tuple[str, str]:
-    """(state, detail) of a service from its record and what its host said."""
+def classify(spec: ServiceSpec, probe: probes.Probe | None, engine: Engine | None,
+             holder: str | None = None) -> tuple[str, str]:
+    """(state, detail) of a service from its record and what its host said.
+
+    holder: the gpumod command changing the service right now, if any.
+    """
     if probe is None or probe.process == "unknown":
         return "unknown", "the host sent no answer for this service"
     ok = engine.health.ok_codes if engine else (200,)
     loading = engine.health.loading_codes if engine else ()
-    if probe.process == "alive":
+    alive = probe.process == "alive"
+    if spec.state == "stopping":
+        if holder:
+            return "stopping", f"being stopped ({holder})"
+        why = spec.note or "a stop was not confirmed"
+        if alive:
+            return "stopping", f"pid {probe.pid} still runs: {why}; `pi stop {spec.name}` " \
+                               "finishes the stop"
+        return "stopped", f"{why}; the process is gone: `pi stop {spec.name}` (or `pi list " \
+                          "--prune` for a deployment) forgets it"
+    if alive:
         if spec.state == "sleeping":
             return "sleeping", f"pid {probe.pid}, asleep ({spec.sleep_mode})"
+        if probe.http in ok and probe.owner is False:
+            return "unhealthy", (f"pid {probe.pid} alive, but another program answers on "
+                                 f"port {spec.port}")
         if probe.http in ok:
             return "running", f"pid {probe.pid}, health {probe.http}"
         if spec.state == "starting" or probe.http in loading:
             return "starting", f"pid {probe.pid}, health {probe.http or 'no answer'}"
         return "unhealthy", f"pid {probe.pid} alive, health {probe.http or 'no answer'}"
+    if spec.state == "starting":
+        if holder:
+            return "starting", f"being started ({holder})"
+        return "crashed", "its start was interrupted and no process runs"
     if spec.state in NOT_STARTED:
         return "stopped", "never started" if spec.state == "defined" else "stopped"
     if probe.process == "stopped":
         return "stopped", "stopped outside gpumod"
     if spec.state == "failed":
-        return "crashed", "its last start failed (see its log)"
+        return "crashed", spec.note or "its last start failed (see its log)"
     if probe.process == "missing":
         return "crashed", "service folder missing on the host"
     return "crashed", f"process {probe.pid or ''} is gone".replace("  ", " ")
 
 
-def _health(probe: probes.Probe | None, engine: Engine | None) -> str:
+def _health(probe: probes.Probe | None, engine: Engine | None, port: int) -> str:
     if probe is None or probe.process == "unknown":
         return "unknown"
     if probe.process != "alive":
         return "-"
     if probe.http in (engine.health.ok_codes if engine else (200,)):
+        if probe.owner is False:
+            return f"failing (another program answers on port {port})"
         return "ok"
     answer = f"HTTP {probe.http}" if probe.http else "no answer"
     if engine and probe.http in engine.health.loading_codes:
@@ -109,38 +136,48 @@ def _health(probe: probes.Probe | None, engine: Engine | None) -> str:
     return f"failing ({answer})"
 
 
-def _probe_item(spec: ServiceSpec, host: Host) -> tuple[str, int, str, str, str, str]:
+def _probe_item(spec: ServiceSpec, host: Host, transport: Transport, engine: Engine | None
+                ) -> tuple[tuple, Any]:
+    """(the host script's item, the supervisor when only it can tell the state)."""
+    from gpumod.ops.runtime import supervisor_for
+
     try:
         bind = bind_address(spec, host)
     except UsageError:
         bind = ""
-    scope = unit = ""
-    if spec.supervisor == "systemd":
-        from gpumod.supervise.systemd import unit_name
-
-        scope, unit = str(spec.extra.get("systemd_scope") or "user"), unit_name(spec.name)
-    return (service_dir(host, spec.name), spec.port, spec.health_path or "/health",
-            probe_address(bind), scope, unit)
-
-
-def _docker_probe(spec: ServiceSpec, host: Host, found: probes.Probe | None) -> probes.Probe:
-    """The Docker SDK supervisor's containers: process state from the Docker engine."""
-    from gpumod.engines.docker import DockerSupervisor
-    from gpumod.supervise.base import LaunchPlan, ProcessState
-
+    folder = service_dir(host, spec.name)
     try:
-        state = DockerSupervisor(spec).state(LaunchPlan(spec.name, ()))
+        supervisor = supervisor_for(spec, host, transport)
+    except UsageError:
+        supervisor = None
+    plan = LaunchPlan(spec.name, (), service_dir=folder)
+    source = supervisor.status_source(plan) if supervisor else ("", "")
+    owner = bool(supervisor and supervisor.owns_port and (engine is None or
+                                                          engine.serves_port_itself))
+    scope, unit = source or ("", "")
+    item = (folder, spec.port, spec.health_path or "/health", probe_address(bind), scope, unit,
+            owner)
+    return item, (supervisor if source is None else None)
+
+
+def _supervisor_probe(supervisor: Any, spec: ServiceSpec, item: tuple,
+                      found: probes.Probe | None) -> probes.Probe:
+    """A supervisor whose processes the host script cannot see (Docker's engine) says."""
+    plan = LaunchPlan(spec.name, (), service_dir=item[0])
+    try:
+        state = supervisor.state(plan)
+        pid = supervisor.pid(plan) if state == ProcessState.RUNNING else None
     except (GpumodError, ImportError):
-        state = ProcessState.UNKNOWN
+        state, pid = ProcessState.UNKNOWN, None
     word = {ProcessState.RUNNING: "alive", ProcessState.STOPPED: "stopped",
             ProcessState.CRASHED: "dead"}.get(state, "unknown")
-    return probes.Probe(found.service_dir if found else "", spec.pid, word,
-                        found.http if found else 0)
+    return probes.Probe(item[0], pid, word, found.http if found else 0)
 
 
 def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec], *,
-                transport: Transport | None = None) -> list[ServiceStatus]:
-    """One round trip for every service of a host."""
+                transport: Transport | None = None, health_timeout: float = 3
+                ) -> list[ServiceStatus]:
+    """One round trip for every service of a host (health_timeout: per health answer)."""
     if not specs:
         return []
 
@@ -150,27 +187,35 @@ def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec], *,
         except GpumodError:
             return ""
 
-    items = [_probe_item(spec, host) for spec in specs]
+    from gpumod.ops.locks import service_holder
+
+    transport = transport or hosts_ops.transport_for(host)
+    engines: list[Engine | None] = []
+    for spec in specs:
+        try:
+            engines.append(get_engine(spec.engine))
+        except UsageError:
+            engines.append(None)
+    items = [_probe_item(spec, host, transport, engine)
+             for spec, engine in zip(specs, engines, strict=True)]
     try:
-        found = probes.probe_host(transport or hosts_ops.transport_for(host), items)
+        found = probes.probe_host(transport, [item for item, _ in items],
+                                  health_timeout=health_timeout)
     except TransportError as exc:
         return [ServiceStatus(s, "unreachable", exc.message, url(s)) for s in specs]
     except GpumodError as exc:
         return [ServiceStatus(s, "unknown", exc.message, url(s)) for s in specs]
     statuses = []
-    for spec, item in zip(specs, items, strict=True):
+    for spec, engine, (item, own) in zip(specs, engines, items, strict=True):
         probe = found.get(item[0])
-        if spec.supervisor == "docker":
-            probe = _docker_probe(spec, host, probe)
-        try:
-            engine: Engine | None = get_engine(spec.engine)
-        except UsageError:
-            engine = None
-        state, detail = classify(spec, probe, engine)
+        if own is not None:
+            probe = _supervisor_probe(own, spec, item, probe)
+        holder = service_holder(spec.name) if spec.state in ("starting", "stopping") else None
+        state, detail = classify(spec, probe, engine, holder)
         statuses.append(ServiceStatus(
             spec, state, detail, url(spec), probe.http if probe else 0,
             PROCESS_WORDS.get(probe.process, "unknown") if probe else "unknown",
-            _health(probe, engine)))
+            _health(probe, engine, spec.port)))
     return statuses
 
 

@@ -5,13 +5,18 @@ Each round, for every service recorded as running or sleeping:
 - **health**: a service whose process is gone, or whose ``/health`` fails
   ``fail_threshold`` rounds in a row, is restarted by policy (``Restart`` on: at most
   ``max_restarts`` within ``restart_window`` seconds, with exponential backoff between
-  attempts); past that it is marked failed and left alone (and logged);
+  attempts); past that it is stopped, recorded failed and left alone (and logged);
 - **idle sleep**: a running service with a sleep mode and an idle TTL (``extra.idle_ttl``,
   or ``sleep_on_idle`` in the current mode with the default TTL) whose ``/metrics`` show no
   running or waiting requests and no change of the token counters for longer than the TTL
   is put to sleep (verified, with fallbacks; see ops.sleep).
 
-Every action goes to the events table and to the log callback.
+Each round asks the host once (the one status probe, which also checks who answers on a
+service's port), and every action is the lifecycle's own (gpumod.ops.lifecycle): a
+restart stops (confirmed) and starts, a give-up stops and records 'failed', an idle
+sleep is a verified sleep; each takes the service's lock without waiting, so a service
+another command is changing is left alone this round. Every action goes to the events
+table and to the log callback.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from dataclasses import dataclass, field
 from gpumod.errors import ConfigError, GpumodError, UsageError
 from gpumod.ops import lifecycle
 from gpumod.ops.lifecycle import Runtime
+from gpumod.ops.states import ServiceStatus
+from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
-from gpumod.supervise.base import ProcessState
 
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)")
 BUSY = ("vllm:num_requests_running", "vllm:num_requests_waiting",
         "llamacpp:requests_processing", "llamacpp:requests_deferred")
+HEALTH_TIMEOUT = 10.0  # seconds a health answer may take before it counts as a failure
 COUNTERS = ("vllm:generation_tokens_total", "vllm:prompt_tokens_total",
             "llamacpp:tokens_predicted_total", "llamacpp:prompt_tokens_total")
 
@@ -99,7 +106,9 @@ class Watcher:
         return None
 
     def round(self) -> None:
+        from gpumod.ops import hosts as hosts_ops
         from gpumod.ops.modes import current_mode, get_mode
+        from gpumod.ops.states import host_status
 
         sleepy: set[str] = set()
         mode = current_mode(self.store, self.host)
@@ -108,70 +117,72 @@ class Watcher:
                 sleepy = set(get_mode(self.store, mode).sleep_on_idle)
             except GpumodError:
                 sleepy = set()
-        for spec in lifecycle.list_services(self.store, self.host):
-            if spec.state not in {"running", "sleeping"}:
-                continue
-            track = self.tracks.setdefault(spec.name, Track())
-            try:
-                rt = lifecycle.runtime(self.store, spec, transport=self.transport)
-                self.check(rt, track, sleepy)
-            except GpumodError as exc:
-                self.action(spec.name, "error", exc.message)
-
-    def check(self, rt: Runtime, track: Track, sleepy: set[str]) -> None:
-        now = self.clock()
-        state = rt.supervisor.state(rt.plan)
-        if state == ProcessState.UNKNOWN:
-            self.log(f"{rt.spec.name}: state unknown (host unreachable?)")
+        specs = [s for s in lifecycle.list_services(self.store, self.host)
+                 if s.state in {"running", "sleeping"}]
+        if not specs:
             return
-        healthy = False
-        if state == ProcessState.RUNNING:
-            answer = rt.endpoint.request("GET", rt.health_path, timeout=10)
-            healthy = answer.status == 200
-            if not healthy:
-                track.failures += 1
-                self.log(f"{rt.spec.name}: health failing ({answer.describe()}), "
-                         f"{track.failures}/{self.policy.fail_threshold}")
-        else:
-            track.failures = self.policy.fail_threshold  # crashed: act now
-            self.action(rt.spec.name, "crashed", f"process {state.value}")
-        if healthy:
+        host = hosts_ops.get_host(self.store, self.host)
+        for status in host_status(self.store, host, specs, transport=self.transport,
+                                  health_timeout=HEALTH_TIMEOUT):
+            track = self.tracks.setdefault(status.spec.name, Track())
+            try:
+                self.check(status, track, sleepy)
+            except GpumodError as exc:
+                self.action(status.spec.name, "error", exc.message)
+
+    def check(self, status: ServiceStatus, track: Track, sleepy: set[str]) -> None:
+        """One service's live state (the one status probe) -> nothing, idle sleep, restart."""
+        now = self.clock()
+        spec = status.spec
+        if status.state in ("unreachable", "unknown"):
+            self.log(f"{spec.name}: state unknown ({status.detail})")
+            return
+        if status.state in ("running", "sleeping"):
             track.failures = 0
             track.gave_up = False
-            if rt.spec.state == "running":
-                self.idle(rt, track, sleepy, now)
+            if status.state == "running":
+                self.idle(spec, track, sleepy, now)
             return
+        if status.process == "running":
+            track.failures += 1
+            self.log(f"{spec.name}: health {status.health} ({status.detail}), "
+                     f"{track.failures}/{self.policy.fail_threshold}")
+        else:
+            track.failures = self.policy.fail_threshold  # crashed: act now
+            self.action(spec.name, "crashed", status.detail)
         if track.failures < self.policy.fail_threshold or not self.policy.restart:
             return
-        self.restart(rt, track, now)
+        self.restart(spec, track, now)
 
-    def restart(self, rt: Runtime, track: Track, now: float) -> None:
+    def restart(self, spec: ServiceSpec, track: Track, now: float) -> None:
         if track.gave_up or now < track.next_restart:
             return
         track.restarts = [t for t in track.restarts if now - t < self.policy.restart_window]
         if len(track.restarts) >= self.policy.max_restarts:
             track.gave_up = True
-            lifecycle.save_state(self.store, rt.spec.name, "failed")
-            self.action(rt.spec.name, "gave-up",
-                        f"{len(track.restarts)} restarts in {self.policy.restart_window:g}s")
+            why = f"{len(track.restarts)} restarts in {self.policy.restart_window:g}s"
+            with lifecycle.changing(self.store, spec.name, "watch: give up", wait=0) as cur:
+                lifecycle.stop_held(self.store, cur, forget=False, transport=self.transport,
+                                    failed=f"watch gave up: {why}")
+            self.action(spec.name, "gave-up", why)
             return
         track.restarts.append(now)
         delay = min(self.policy.backoff_max,
                     self.policy.backoff_base * 2 ** (len(track.restarts) - 1))
         track.next_restart = now + delay
         try:
-            from contextlib import suppress
-
-            with suppress(GpumodError):
-                rt.supervisor.stop(rt.plan)
-            lifecycle.start_one(self.store, rt, progress=lambda _m: None)
+            with lifecycle.changing(self.store, spec.name, "watch: restart", wait=0) as cur:
+                lifecycle.stop_held(self.store, cur, forget=False, transport=self.transport)
+                lifecycle.ensure_ready_held(self.store, lifecycle.get_service(
+                    self.store, spec.name), transport=self.transport)
             track.failures = 0
-            self.action(rt.spec.name, "restarted", f"attempt {len(track.restarts)}")
+            self.action(spec.name, "restarted", f"attempt {len(track.restarts)}")
         except GpumodError as exc:
-            self.action(rt.spec.name, "restart-failed",
+            self.action(spec.name, "restart-failed",
                         f"{exc.message}; next try in {delay:g}s")
 
-    def idle(self, rt: Runtime, track: Track, sleepy: set[str], now: float) -> None:
+    def idle(self, spec: ServiceSpec, track: Track, sleepy: set[str], now: float) -> None:
+        rt = lifecycle.runtime(self.store, spec, transport=self.transport)
         ttl = self.idle_ttl(rt, sleepy)
         if not self.policy.idle_sleep or ttl is None or rt.sleep is None:
             return
@@ -192,9 +203,11 @@ class Watcher:
             return
         from gpumod.ops.sleep import sleep_runtime
 
-        report = sleep_runtime(self.store, rt, progress=lambda _m: None)
+        with lifecycle.changing(self.store, spec.name, "watch: idle sleep", wait=0) as cur:
+            report = sleep_runtime(self.store, lifecycle.runtime(
+                self.store, cur, transport=self.transport), progress=lambda _m: None)
         track.idle_since = None
-        self.action(rt.spec.name, "idle-sleep" if report.ok else "idle-sleep-failed",
+        self.action(spec.name, "idle-sleep" if report.ok else "idle-sleep-failed",
                     report.summary())
 
 
@@ -270,7 +283,7 @@ def watch_unit(host: str, policy: Policy, *, scope: str, home: str | None = None
     import os
 
     from gpumod.paths import home as gpumod_home
-    from gpumod.supervise.systemd import render_watch_unit, watch_unit_name
+    from gpumod.supervise.units import render_watch_unit, watch_unit_name
 
     exe = executable or gpumod_executable()
     home_dir = os.path.abspath(os.path.expanduser(str(home or gpumod_home())))

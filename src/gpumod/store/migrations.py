@@ -139,6 +139,23 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
+def m002_lifecycle(db: sqlite3.Connection) -> None:
+    """The lifecycle's own columns on services.
+
+    reserved_mib: GPU memory (MiB per GPU) admitted for a start whose engine does not
+    hold it yet; counted by the next admission on the host, cleared once it is ready.
+    note: why the service is in its recorded state (e.g. a stop that could not be
+    confirmed), shown by `pi list`.
+    """
+    run_statements(db,
+        """
+        ALTER TABLE services ADD COLUMN reserved_mib INTEGER;
+        ALTER TABLE services ADD COLUMN note TEXT NOT NULL DEFAULT '';
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     m001_initial,
+    m002_lifecycle,
 ]

@@ -4,14 +4,20 @@ Everything on the host happens through fixed shell scripts shipped here, run
 with their inputs as positional parameters (never interpolated), so a
 service name, model id or argument can never become shell code.
 
-Start (one round trip): the service folder ``<root>/services/NAME/`` is made
-0700; stdin carries three sections, the non-secret environment, the secrets
-and the manifest, which land in ``service.env``, ``secrets.env`` (0600) and
-``manifest.json``; then the launcher runs
-``setsid sh -c '. service.env; . secrets.env; echo $$ > service.pid; exec ARGV'``
-in the background with its output in ``service.log``. The engine therefore
-is the leader of its own session and process group, its pid is the group id,
-its argv holds no secret (``ps`` shows only the engine's argv) and its
+Start, in two round trips:
+
+1. prepare: the service folder ``<root>/services/NAME/`` is made 0700; stdin carries
+   three counted sections, the non-secret environment, the secrets and the manifest,
+   which land in ``service.env``, ``secrets.env`` (0600) and ``manifest.json``; then
+   ``setsid sh -c '. service.env; . secrets.env; echo $$ > service.pid; <wait>; exec ARGV'``
+   runs in the background in the engine's own empty ``work`` folder, its output in
+   ``service.log``, and waits. Every write is checked: after a failed one the script
+   exits non-zero and nothing of the engine runs (it fails closed).
+2. release: the caller has recorded the pid; SIGUSR1 lets the launcher exec the engine.
+   A launcher never released exits by itself after HOLD_SECONDS.
+
+The engine therefore is the leader of its own session and process group, its pid is
+the group id, its argv holds no secret (``ps`` shows only the engine's argv) and its
 environment is readable only by its owner.
 
 Stop: TERM to every process of the group and session, KILL after the
@@ -27,7 +33,7 @@ import shlex
 from collections.abc import Mapping
 
 from gpumod import validate
-from gpumod.errors import EngineError, RemoteCommandError, UsageError
+from gpumod.errors import EngineError, GpumodError, UsageError
 from gpumod.hosts.transports.base import Transport
 from gpumod.supervise.base import LaunchPlan, ProcessState, Supervisor
 
@@ -59,52 +65,98 @@ members() {
 }
 """
 
+# Prepare (the first half of a start). Fails closed: every write is checked and the
+# engine is never exec'd after a failed one. stdin: three sections, each opened by a
+# marker line with the number of lines that follow ("%%gpumod-env%% 3"), so a short
+# write is caught as well as a failed one. The launcher is left HELD: it has written its
+# pid and waits (at most HOLD_SECONDS) for SIGUSR1 before exec'ing the engine, so the
+# caller records the pid before anything of the engine runs; never released, it exits.
 START_SCRIPT = SH_FUNCTIONS + r"""
 set -u
-dir=$1; workdir=$2; shift 2
+dir=$1; workdir=$2; hold=$3; shift 3
 umask 077
-mkdir -p "$dir" || exit 20
-chmod 700 "$dir"
+fail() { printf '%s\n' "$1" >&2; exit "${2:-25}"; }
+mkdir -p "$dir" || fail "cannot create $dir" 20
+chmod 700 "$dir" || fail "cannot protect $dir" 20
 old=$(cat "$dir/service.pid" 2>/dev/null || true)
 if [ -n "$old" ] && pid_alive "$old" "$(cat "$dir/service.pidstart" 2>/dev/null)"; then
-  echo "a process of this service is already running (pid $(cat "$dir/service.pid"))" >&2
-  exit 21
+  fail "a process of this service is already running (pid $old)" 21
 fi
-rm -f "$dir/service.pid" "$dir/service.pidstart" "$dir/stopped"
-: > "$dir/service.env.tmp"; : > "$dir/secrets.env.tmp"; : > "$dir/manifest.json.tmp"
-target=/dev/null
+kept="$(dirname "$dir")/.failed/$(basename "$dir").log"
+rm -f "$dir/service.pid" "$dir/service.pidstart" "$dir/stopped" "$kept" ||
+  fail "cannot remove the old pid files in $dir" 20
+for f in service.env secrets.env manifest.json; do
+  : > "$dir/$f.tmp" || fail "cannot write $dir/$f.tmp (disk full or read-only?)" 25
+done
+target=/dev/null; env_n=-1; sec_n=-1; man_n=-1
 while IFS= read -r line || [ -n "$line" ]; do
   case "$line" in
-    '%%gpumod-env%%') target="$dir/service.env.tmp"; continue ;;
-    '%%gpumod-secrets%%') target="$dir/secrets.env.tmp"; continue ;;
-    '%%gpumod-manifest%%') target="$dir/manifest.json.tmp"; continue ;;
+    '%%gpumod-env%% '*) target="$dir/service.env.tmp"; env_n=${line#* }; continue ;;
+    '%%gpumod-secrets%% '*) target="$dir/secrets.env.tmp"; sec_n=${line#* }; continue ;;
+    '%%gpumod-manifest%% '*) target="$dir/manifest.json.tmp"; man_n=${line#* }; continue ;;
   esac
-  printf '%s\n' "$line" >> "$target"
+  printf '%s\n' "$line" >> "$target" || fail "cannot write $target (disk full or read-only?)" 25
 done
-mv "$dir/service.env.tmp" "$dir/service.env"
-mv "$dir/secrets.env.tmp" "$dir/secrets.env"
-mv "$dir/manifest.json.tmp" "$dir/manifest.json"
-command -v setsid >/dev/null 2>&1 || { echo "setsid: not found (install util-linux)" >&2; exit 22; }
-[ -d "$workdir" ] || workdir=$dir
-: > "$dir/service.log"
-cd "$workdir" || exit 23
+whole() { [ "$(wc -l < "$dir/$1.tmp")" -eq "$2" ] || fail "cannot write $dir/$1 (short write)" 25; }
+whole service.env "$env_n"; whole secrets.env "$sec_n"; whole manifest.json "$man_n"
+for f in service.env secrets.env manifest.json; do
+  mv -f "$dir/$f.tmp" "$dir/$f" || fail "cannot write $dir/$f" 25
+done
+command -v setsid >/dev/null 2>&1 || fail "setsid: not found (install util-linux)" 22
+if [ -z "$workdir" ]; then
+  workdir="$dir/work"
+  if ! mkdir -p "$workdir" || ! chmod 700 "$workdir"; then fail "cannot create $workdir" 23; fi
+fi
+[ -d "$workdir" ] || fail "the working directory $workdir does not exist" 23
+: > "$dir/service.log" || fail "cannot write $dir/service.log" 25
+cd "$workdir" || fail "cannot enter $workdir" 23
 nohup setsid sh -c '
-  set -a; . "$1"; . "$2"; set +a
-  echo $$ > "$3.tmp" && mv "$3.tmp" "$3"
-  shift 3
-  exec "$@"' gpumod-launch "$dir/service.env" "$dir/secrets.env" "$dir/service.pid" "$@" \
-  >> "$dir/service.log" 2>&1 < /dev/null &
+  set -a; . "$1" || exit 97; . "$2" || exit 97; set +a
+  echo $$ > "$3.tmp" || exit 98
+  mv -f "$3.tmp" "$3" || exit 98
+  go=; trap "go=1" USR1
+  i=0
+  while [ -z "$go" ] && [ "$i" -lt "$4" ]; do sleep 0.1; i=$((i+1)); done
+  [ -n "$go" ] || { echo "gpumod: never released; the engine was not started" >&2; exit 99; }
+  trap - USR1
+  shift 4
+  exec "$@"' gpumod-launch "$dir/service.env" "$dir/secrets.env" "$dir/service.pid" \
+  "$hold" "$@" >> "$dir/service.log" 2>&1 < /dev/null &
+launcher=$!
 i=0
-while [ ! -s "$dir/service.pid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-[ -s "$dir/service.pid" ] || { echo "the launcher did not start" >&2; exit 24; }
+while [ ! -s "$dir/service.pid" ] && [ $i -lt 200 ]; do
+  kill -0 "$launcher" 2>/dev/null || break
+  sleep 0.05; i=$((i+1))
+done
+if [ ! -s "$dir/service.pid" ]; then
+  kill -KILL "$launcher" 2>/dev/null
+  why=$(grep -v '^nohup:' "$dir/service.log" 2>/dev/null | tail -n 1)
+  fail "the launcher could not write its pid file${why:+: $why}" 24
+fi
 pid=$(cat "$dir/service.pid")
-starttime "$pid" > "$dir/service.pidstart" 2>/dev/null || true
+start=$(starttime "$pid")
+if [ -z "$start" ] || ! printf '%s\n' "$start" > "$dir/service.pidstart"; then
+  kill -KILL "$pid" 2>/dev/null
+  fail "cannot write $dir/service.pidstart" 25
+fi
 echo "$pid"
 """
 
+# Release (the second half): the held launcher, checked to be ours, may exec the engine.
+RELEASE_SCRIPT = SH_FUNCTIONS + r"""
+dir=$1; pid=$2
+if ! pid_alive "$pid" "$(cat "$dir/service.pidstart" 2>/dev/null)"; then
+  why=$(tail -n 1 "$dir/service.log" 2>/dev/null)
+  echo "the held launcher is gone${why:+: $why}" >&2; exit 3
+fi
+kill -USR1 "$pid" || exit 3
+"""
+
+# Stop: TERM the group and session, KILL after the timeout; exit 3 if anything survives.
+# forget=1 removes the folder (keep=1 first moves the log aside for a failed start).
 STOP_SCRIPT = SH_FUNCTIONS + r"""
 set -u
-dir=$1; timeout=$2; forget=$3
+dir=$1; timeout=$2; forget=$3; keep=${4:-0}
 pid=$(cat "$dir/service.pid" 2>/dev/null || true)
 start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
 result=not-running
@@ -125,8 +177,20 @@ if [ -n "$pid" ] && pid_alive "$pid" "$start"; then
   if [ -n "$left" ]; then echo "processes survived KILL: $left" >&2; exit 3; fi
 fi
 rm -f "$dir/service.pid" "$dir/service.pidstart" "$dir/secrets.env"
-if [ "$forget" = 1 ]; then rm -rf "$dir"; elif [ -d "$dir" ]; then : > "$dir/stopped"; fi
+if [ "$forget" = 1 ]; then
+  if [ "$keep" = 1 ] && [ -s "$dir/service.log" ]; then
+    failed="$(dirname "$dir")/.failed"
+    mkdir -p "$failed" && mv -f "$dir/service.log" "$failed/$(basename "$dir").log" ||
+      echo "could not keep the log of $(basename "$dir")" >&2
+  fi
+  rm -rf "$dir"
+elif [ -d "$dir" ]; then : > "$dir/stopped" 2>/dev/null || true; fi
 echo "$result"
+"""
+
+PID_SCRIPT = SH_FUNCTIONS + r"""
+pid=$(cat "$1/service.pid" 2>/dev/null || true)
+if pid_alive "$pid" "$(cat "$1/service.pidstart" 2>/dev/null)"; then echo "$pid"; fi
 """
 
 STATE_SCRIPT = SH_FUNCTIONS + r"""
@@ -161,6 +225,14 @@ def env_file_body(values: Mapping[str, str]) -> str:
     return "".join(lines)
 
 
+HOLD_SECONDS = 120  # a held launcher never released in this time exits (engine never run)
+
+
+def section(mark: str, body: str) -> str:
+    """One stdin section of the start script: its marker with its line count, then its lines."""
+    return f"{mark} {body.count(chr(10))}\n{body}"
+
+
 class ProcessSupervisor(Supervisor):
     name = "process"
 
@@ -168,7 +240,7 @@ class ProcessSupervisor(Supervisor):
         self.transport = transport
         self.manifest = dict(manifest or {})
 
-    def start(self, plan: LaunchPlan, secrets: dict[str, str]) -> int | None:
+    def prepare(self, plan: LaunchPlan, secrets: dict[str, str]) -> int | None:
         if not plan.service_dir or not plan.argv:
             raise UsageError("a launch plan needs a service folder and an argv")
         manifest = {**self.manifest, "service": plan.service, "argv": list(plan.argv),
@@ -176,56 +248,77 @@ class ProcessSupervisor(Supervisor):
                     "log": plan.log_path, "pid_file": plan.pid_path}
         # the manifest and argv are not secret stores (raw values: a key may hold '"')
         validate.no_secret_in([manifest], secrets.values(), "service's argv or environment")
-        stdin = (f"{ENV_MARK}\n{env_file_body(plan.env)}{SECRETS_MARK}\n"
-                 f"{env_file_body(secrets)}{MANIFEST_MARK}\n"
-                 f"{json.dumps(manifest, sort_keys=True)}\n")
+        stdin = (section(ENV_MARK, env_file_body(plan.env))
+                 + section(SECRETS_MARK, env_file_body(secrets))
+                 + section(MANIFEST_MARK, json.dumps(manifest, sort_keys=True) + "\n"))
         result = self.transport.run_script(
-            START_SCRIPT, [plan.service_dir, plan.workdir or plan.service_dir, *plan.argv],
-            input=stdin, timeout=60)
+            START_SCRIPT, [plan.service_dir, plan.workdir or "", str(HOLD_SECONDS * 10),
+                           *plan.argv], input=stdin, timeout=60)
         if not result.ok:
             detail = result.stderr.strip().splitlines()[-1:] or [f"exit {result.returncode}"]
             raise EngineError(f"{self.transport.label}: could not launch {plan.service}: "
-                              f"{detail[0]}")
+                              f"{detail[0]}", hint="nothing of the engine was started")
         try:
             return int(result.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             raise EngineError(f"{self.transport.label}: the launcher printed no pid "
                               f"for {plan.service}") from None
 
-    def stop(self, plan: LaunchPlan, *, timeout: float = 20, forget: bool = False) -> str:
-        """TERM the group, KILL after `timeout`; 'stopped', 'killed' or 'not-running'.
+    def release(self, plan: LaunchPlan, held: int | None) -> int | None:
+        if held is None:
+            raise EngineError(f"{plan.service}: no held launcher to release")
+        result = self.transport.run_script(RELEASE_SCRIPT, [plan.service_dir, str(held)],
+                                           timeout=30)
+        if not result.ok:
+            detail = result.stderr.strip().splitlines()[-1:] or [f"exit {result.returncode}"]
+            raise EngineError(f"{self.transport.label}: could not launch {plan.service}: "
+                              f"{detail[0]}")
+        return held
 
-        With ``forget`` the service folder (manifest, log) goes too.
-        """
+    def _stop(self, plan: LaunchPlan, timeout: float, forget: bool, keep_log: bool) -> str:
         result = self.transport.run_script(
-            STOP_SCRIPT, [plan.service_dir, str(max(1, int(timeout))), "1" if forget else "0"],
-            timeout=timeout + 30)
+            STOP_SCRIPT, [plan.service_dir, str(max(1, int(timeout))), "1" if forget else "0",
+                          "1" if keep_log else "0"], timeout=timeout + 30)
         if result.returncode == 3:
             raise EngineError(f"{self.transport.label}: {plan.service} did not stop: "
                               f"{result.stderr.strip()}")
         result.check(f"{self.transport.label}: stopping {plan.service}")
         return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "stopped"
 
+    def stop(self, plan: LaunchPlan, *, timeout: float = 20) -> str:
+        return self._stop(plan, timeout, False, False)
+
+    def remove(self, plan: LaunchPlan, *, timeout: float = 20, keep_log: bool = False) -> str:
+        return self._stop(plan, timeout, True, keep_log)
+
     def state(self, plan: LaunchPlan) -> ProcessState:
-        result = self.transport.run_script(STATE_SCRIPT, [plan.service_dir], timeout=30)
+        try:
+            result = self.transport.run_script(STATE_SCRIPT, [plan.service_dir], timeout=30)
+        except GpumodError:
+            return ProcessState.UNKNOWN
         if not result.ok:
             return ProcessState.UNKNOWN
-        word = result.stdout.strip()
         try:
-            return ProcessState(word)
+            return ProcessState(result.stdout.strip())
         except ValueError:
             return ProcessState.UNKNOWN
 
+    def pid(self, plan: LaunchPlan) -> int | None:
+        result = self.transport.run_script(PID_SCRIPT, [plan.service_dir], timeout=30)
+        text = result.stdout.strip()
+        return int(text) if result.ok and text.isdigit() else None
+
     def read_log(self, plan: LaunchPlan, lines: int = 200) -> str:
-        result = self.transport.run_script(TAIL_SCRIPT, [plan.log_path, str(lines), "0"],
-                                           timeout=30)
-        if result.returncode == 3:
-            return ""
-        try:
-            result.check(f"{self.transport.label}: reading the log of {plan.service}")
-        except RemoteCommandError:
-            return ""
-        return result.stdout
+        return read_log_file(self.transport, plan.log_path, lines)
+
+
+def read_log_file(transport: Transport, path: str, lines: int) -> str:
+    """The last lines of a log file on the host ('' when missing or unreadable)."""
+    try:
+        result = transport.run_script(TAIL_SCRIPT, [path, str(lines), "0"], timeout=30)
+    except GpumodError:
+        return ""
+    return result.stdout if result.ok else ""
 
 
 def tail_argv(log_path: str, lines: int, follow: bool) -> list[str]:

@@ -50,7 +50,7 @@ def test_health_from_another_program_on_the_port_is_not_ours(tmp_path, foreign_s
         assert code == 4  # deadline, never "healthy"
         assert time.monotonic() - began >= 0.9  # the deadline has one-second granularity
     finally:
-        sup.stop(p, timeout=2, forget=True)
+        sup.remove(p, timeout=2)
 
 
 def test_health_of_our_own_server_is_seen(tmp_path):
@@ -66,7 +66,7 @@ def test_health_of_our_own_server_is_seen(tmp_path):
         assert found[p.service_dir].http == 200
         assert port in probe.listening_ports(LocalTransport())
     finally:
-        assert sup.stop(p, timeout=5, forget=True) in ("stopped", "killed")
+        assert sup.remove(p, timeout=5) in ("stopped", "killed")
     assert port not in probe.listening_ports(LocalTransport())
 
 

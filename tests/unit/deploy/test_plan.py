@@ -6,8 +6,9 @@ import pytest
 
 from gpumod.errors import CapacityError, UsageError
 from gpumod.hosts.model import GPU, Host
-from gpumod.ops.deploy import StartRequest, endpoint_url, mask, plan_start
+from gpumod.ops.endpoints import endpoint_url
 from gpumod.ops.services import pick_gpus
+from gpumod.ops.startplan import StartRequest, mask, plan_start
 
 
 def host(n: int = 2, name: str = "NVIDIA H100 80GB HBM3", **kw) -> Host:

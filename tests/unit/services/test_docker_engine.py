@@ -11,10 +11,11 @@ import typing
 import docker
 import pytest
 
-from gpumod.engines.docker import DockerEngine, DockerSupervisor, parse_config
+from gpumod.engines.docker import DockerEngine, parse_config
 from gpumod.errors import EngineError, UsageError
 from gpumod.spec import ServiceSpec
 from gpumod.supervise.base import LaunchPlan
+from gpumod.supervise.docker import DockerSupervisor
 
 GOOD = {"image": "ollama/ollama:0.6.8", "port": 11434, "env": {"OLLAMA_KEEP_ALIVE": "5m"},
         "volumes": ["/srv/models:/models:ro", "ollama-data:/root/.ollama"],
@@ -35,6 +36,10 @@ class FakeContainer:
     def reload(self):
         pass
 
+    def start(self):
+        self.status = "running"
+        self.attrs["State"]["Status"] = "running"
+
     def stop(self, timeout=10):
         self.stopped = True
         self.attrs["State"]["Status"] = "exited"
@@ -49,11 +54,11 @@ class FakeClient:
         self.runs, self.pulls, self.by_name = [], [], {}
 
         class Containers:
-            def run(self, **kw):
+            def create(self, **kw):  # the SDK's create: the container exists, not running
                 if run_error:
                     raise run_error
                 outer.runs.append(kw)
-                c = FakeContainer(kw["name"])
+                c = FakeContainer(kw["name"], status="created")
                 outer.by_name[kw["name"]] = c
                 return c
 

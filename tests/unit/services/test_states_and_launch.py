@@ -13,7 +13,7 @@ from gpumod.engines.base import get_engine
 from gpumod.errors import CapacityError, ConflictError, UsageError
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.local import LocalTransport
-from gpumod.ops import launch, lifecycle, probe, services
+from gpumod.ops import launch, lifecycle, probe, runtime, services
 from gpumod.ops.probe import Probe
 from gpumod.ops.states import classify, host_status, service_status
 from gpumod.spec import ServiceSpec
@@ -73,7 +73,7 @@ def test_one_bind_rule():
 
 
 def test_launch_plan_of_a_sleeping_vllm_on_a_pod_binds_loopback():
-    plan = launch.launch_plan(spec(sleep_mode="l2", extra={"bind": "0.0.0.0"}), POD)
+    plan = runtime.launch_plan(spec(sleep_mode="l2", extra={"bind": "0.0.0.0"}), POD)
     argv = list(plan.argv)
     assert argv.count("--host") == 1 and argv[argv.index("--host") + 1] == "127.0.0.1"
     assert plan.env["VLLM_SERVER_DEV_MODE"] == "1" and "--enable-sleep-mode" in argv
@@ -154,7 +154,7 @@ def test_systemd_units_are_checked_in_the_same_round_trip(tmp_path, monkeypatch)
 
 
 def test_supervisor_for_builds_the_real_systemd_supervisor():
-    sup = launch.supervisor_for(spec(supervisor="systemd", extra={"systemd_scope": "system"}),
+    sup = runtime.supervisor_for(spec(supervisor="systemd", extra={"systemd_scope": "system"}),
                                 LOCAL, LocalTransport())
     assert isinstance(sup, SystemdSupervisor)
     assert sup.scope == "system" and sup.options.engine == "vllm"
@@ -183,13 +183,13 @@ def fake_admission(monkeypatch):
 
 def test_admission_sets_the_launch_args_and_refuses_what_does_not_fit(fake_admission):
     store = open_store()
-    rt = launch.runtime(store, spec("defined", gpus=(0,)), secrets={})
+    rt = runtime.runtime(store, spec("defined", gpus=(0,)), secrets={})
     notes: list[str] = []
     admitted, estimate = launch.admit(store, rt, [], force=False, progress=notes.append)
     assert admitted.plan.argv[-2:] == ("--gpu-memory-utilization", "0.42")
     assert estimate == {"kv": 1} and notes == ["s: computed 0.42"]
     assert fake_admission == [("local", (0,), [], False)]
-    huge = launch.runtime(store, spec("defined", name="huge"), secrets={})
+    huge = runtime.runtime(store, spec("defined", name="huge"), secrets={})
     with pytest.raises(CapacityError, match="does not fit"):
         launch.admit(store, huge, None, force=False, progress=notes.append)
     assert launch.admit(store, huge, None, force=True, progress=notes.append)[0].spec.args
@@ -198,7 +198,7 @@ def test_admission_sets_the_launch_args_and_refuses_what_does_not_fit(fake_admis
 def test_a_refused_pi_start_reservation_is_removed(fake_admission):
     store = open_store()
     reserved = services.reserve(store, spec("starting", name="huge"), LOCAL, listening=set())
-    rt = launch.runtime(store, reserved, secrets={})
+    rt = runtime.runtime(store, reserved, secrets={})
     with pytest.raises(CapacityError):
-        launch.launch(store, rt, timeout=5, new=True, usage=None)
+        launch.launch(store, rt, timeout=5, new=True)
     assert services.list_services(store) == []

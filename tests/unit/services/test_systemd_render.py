@@ -7,14 +7,13 @@ import pytest
 from gpumod.errors import UsageError
 from gpumod.hosts.transports.mock import MockTransport
 from gpumod.supervise.base import LaunchPlan
-from gpumod.supervise.systemd import (
+from gpumod.supervise.systemd import SystemdSupervisor, state_from_properties
+from gpumod.supervise.units import (
     ENGINE_TEMPLATES,
-    SystemdSupervisor,
     UnitOptions,
     env_file_line,
     quote_exec_arg,
     render_unit,
-    state_from_properties,
 )
 
 

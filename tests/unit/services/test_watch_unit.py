@@ -11,7 +11,7 @@ import pytest
 from gpumod.errors import ConfigError, EngineError, RemoteCommandError, UsageError
 from gpumod.hosts.transports.mock import MockTransport
 from gpumod.ops.watch import Policy, install_watch_unit, policy_flags, watch_unit
-from gpumod.supervise.systemd import render_watch_unit, watch_unit_name
+from gpumod.supervise.units import render_watch_unit, watch_unit_name
 from tests.support.cli import run_main
 
 EXE = "/opt/gpumod/bin/gpumod"

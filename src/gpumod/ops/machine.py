@@ -1,0 +1,122 @@
+"""The recorded states of a service and the moves between them (the lifecycle's state machine).
+
+::
+
+      stopped ──start──> starting ──healthy──> ready ──sleep──> sleeping
+         ^  ^                │                   │  ^             │
+         │  └──confirmed──┐  └─failed/cancelled┐ │  └────wake─────┘
+         │                │                    v v
+       failed <─confirmed─┴──────────────── stopping <──stop── (any)
+
+- every move is written to the store in one transaction BEFORE the action it announces
+  (`starting` before anything of the engine runs, `stopping` before a signal is sent);
+- a start's process identity (its pid, or the unit or container name its supervisor
+  derives from the service's name) is recorded before the engine may run;
+- `stopped` / `failed` (or, for a `pi start` deployment, the removal of the record)
+  are written only once the engine is confirmed gone; a cleanup that cannot confirm
+  leaves the record `stopping` with a note saying why, shown by `pi list`, and
+  `pi stop NAME` or `pi list --prune` finishes it;
+- `unknown` is never recorded: it is what `pi list` shows while a host is unreachable.
+
+The ready state is recorded as ``running``, the word `pi list` and the store have always
+used; a definition never started may still read ``defined`` (treated as stopped).
+Moves happen only under the service's lock (gpumod.ops.locks); the allowed-from check
+in :func:`move` is the safety net that refuses a move from a state nobody expected.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from gpumod.errors import ConflictError
+from gpumod.spec import ServiceSpec
+from gpumod.store.db import Store
+
+
+class Phase(str, Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "running"
+    SLEEPING = "sleeping"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+NEVER_STARTED = "defined"
+#: where each state may be entered from
+ALLOWED: dict[Phase, frozenset[str]] = {
+    Phase.STARTING: frozenset({"stopped", "defined", "failed"}),
+    Phase.READY: frozenset({"starting", "sleeping", "running"}),
+    Phase.SLEEPING: frozenset({"running", "sleeping"}),
+    Phase.STOPPING: frozenset({"starting", "running", "sleeping", "stopping", "failed",
+                               "stopped", "defined"}),
+    Phase.STOPPED: frozenset({"stopping"}),
+    Phase.FAILED: frozenset({"stopping"}),
+}
+#: states in which an engine may be running (or its cleanup is unconfirmed)
+ACTIVE = frozenset({"starting", "running", "sleeping", "stopping"})
+KEEP: Any = object()
+
+
+def move(store: Store, name: str, to: Phase, *, pid: Any = KEEP,
+         note: str = "", reserved_mib: Any = KEEP) -> ServiceSpec:
+    """Record `name` as `to` (with pid / reserved memory / note) in one transaction.
+
+    Raises ConflictError when the recorded state does not allow the move.
+    """
+    with store.transaction() as db:
+        row = db.execute("SELECT state FROM services WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise ConflictError(f"{name} was removed while it was being changed")
+        if row["state"] not in ALLOWED[to]:
+            raise ConflictError(f"{name} is {row['state']}; it cannot become {to.value} now",
+                                hint="another gpumod command changed it; look at `pi list`")
+        sets, values = ["state = ?", "note = ?"], [to.value, note]
+        if pid is not KEEP:
+            sets.append("pid = ?")
+            values.append(pid)
+        if reserved_mib is not KEEP:
+            sets.append("reserved_mib = ?")
+            values.append(reserved_mib)
+        db.execute(f"UPDATE services SET {', '.join(sets)}, "  # noqa: S608 - fixed columns
+                   "updated_at = datetime('now') WHERE name = ?", (*values, name))
+        found = db.execute("SELECT * FROM services WHERE name = ?", (name,)).fetchone()
+    return ServiceSpec.from_row(found)
+
+
+def ready(store: Store, launched: ServiceSpec) -> ServiceSpec:
+    """A `pi start` deployment became healthy: record it as launched (args, env, pid)."""
+    done = launched.with_(state=Phase.READY.value, reserved_mib=None, note="")
+    values = done.row_values()
+    with store.transaction() as db:
+        row = db.execute("SELECT state FROM services WHERE name = ?", (done.name,)).fetchone()
+        if row is None or row["state"] not in ALLOWED[Phase.READY]:
+            raise ConflictError(f"{done.name} is no longer starting",
+                                hint="another gpumod command changed it; look at `pi list`")
+        # Column names come from ServiceSpec.row_values(), never from input.
+        db.execute(f"UPDATE services SET {', '.join(f'{k} = ?' for k in values)}, "  # noqa: S608
+                   "updated_at = datetime('now') WHERE name = ?", (*values.values(), done.name))
+    return done
+
+
+def record_identity(store: Store, name: str, pid: int | None) -> None:
+    """The start's process identity, recorded while the record says starting."""
+    with store.transaction() as db:
+        row = db.execute("SELECT state FROM services WHERE name = ?", (name,)).fetchone()
+        if row is None or row["state"] != Phase.STARTING.value:
+            raise ConflictError(f"{name} is no longer starting; its engine is not run")
+        db.execute("UPDATE services SET pid = ?, updated_at = datetime('now') WHERE name = ?",
+                   (pid, name))
+
+
+def reserve_memory(store: Store, name: str, mib: int | None) -> None:
+    """Memory admitted for a start, counted for other starts until it is ready."""
+    with store.transaction() as db:
+        db.execute("UPDATE services SET reserved_mib = ? WHERE name = ?", (mib, name))
+
+
+def forget(store: Store, name: str) -> None:
+    """Drop a record (a `pi start` deployment whose engine is confirmed gone)."""
+    with store.transaction() as db:
+        db.execute("DELETE FROM services WHERE name = ?", (name,))
