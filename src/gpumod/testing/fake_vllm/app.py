@@ -75,6 +75,8 @@ def build_app(engine: Engine) -> Any:
 
     # -- open endpoints
     async def health(request: Request) -> Response:
+        if engine.workers is not None and await asyncio.to_thread(engine.workers.check):
+            return Response(status_code=500)  # a Ray worker died: the engine is dead
         return Response(status_code=200)
 
     async def metrics(request: Request) -> Response:
@@ -461,6 +463,12 @@ def build_app(engine: Engine) -> Any:
             if not authorised(Req(scope)):
                 await JSONResponse({"error": "Unauthorized"}, status_code=401)(
                     scope, receive, send)
+                return
+            if engine.workers is not None and engine.workers.dead \
+                    and scope["path"].startswith("/v1"):
+                await error_response("EngineCore encountered an issue. See stack trace "
+                                     "(above) for the root cause.", 500,
+                                     "EngineDeadError")(scope, receive, send)
                 return
         await app(scope, receive, send)
 

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     s.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
     s.add_argument("--data-parallel-size", "-dp", type=int, default=1)
+    s.add_argument("--distributed-executor-backend", default=None,
+                   choices=["ray", "mp", "uni", "external_launcher"])
     s.add_argument("--kv-cache-dtype", default="auto",
                    choices=["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc",
                             "fp8_ds_mla"])

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpumod.testing import fake_nvidia_smi as smi
 from gpumod.testing.fake_vllm.args import build_defaults
@@ -26,6 +26,9 @@ from gpumod.testing.fake_vllm.common import (
     log,
     version,
 )
+
+if TYPE_CHECKING:
+    from gpumod.testing.fake_vllm.ray_cluster import RayWorkers
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Engine:
     max_model_len: int
     kv_tokens: int
     script: list[dict[str, Any]] = field(default_factory=list)
+    workers: RayWorkers | None = None     # --distributed-executor-backend ray
     # runtime
     sleeping: bool = False
     sleep_level: int = 0
@@ -57,7 +61,9 @@ class Engine:
 
     # -- memory as nvidia-smi shows it
     def _set_memory(self, mib: int) -> None:
-        if self.state_path and self.gpu_uuids:
+        if self.workers is not None:
+            self.workers.set_memory(mib)
+        elif self.state_path and self.gpu_uuids:
             smi.update_process(self.state_path, os.getpid(), mib, self.gpu_uuids)
 
     def current_mib(self) -> int:
@@ -149,7 +155,8 @@ def start_engine(args: argparse.Namespace) -> Engine:
         raise StartupError("RuntimeError: Failed to infer device type, please set the "
                            "environment variable `VLLM_LOGGING_LEVEL=DEBUG` to turn on "
                            "verbose logging to help debug the issue.")
-    if world * dp > len(visible):
+    ray_backend = args.distributed_executor_backend == "ray"
+    if world * dp > len(visible) and not ray_backend:
         raise StartupError(
             f"ValueError: World size ({world * dp}) is larger than the number of available "
             f"GPUs ({len(visible)}) in this node. If this is intentional and you are using:\n"
@@ -166,6 +173,12 @@ def start_engine(args: argparse.Namespace) -> Engine:
          f"served_model_name={served[0]}, enable_prefix_caching="
          f"{args.enable_prefix_caching is not False}", "core.py:77")
 
+    workers: RayWorkers | None = None
+    if ray_backend:  # the workers check their own devices, wherever Ray placed them
+        from gpumod.testing.fake_vllm.ray_cluster import start_workers
+
+        workers = start_workers(world * dp, util)
+        used = []
     # The startup check, per device: util × total must be free now.
     usage = {g["uuid"]: g for g in smi.gpu_memory(state)}
     for local, g in enumerate(used):
@@ -179,7 +192,7 @@ def start_engine(args: argparse.Namespace) -> Engine:
                 f"({util}, {util * total_gib:.2f} GiB). Decrease GPU memory utilization or "
                 "reduce GPU memory used by other processes.")
 
-    total_mib = min(int(g["memory_total_mib"]) for g in used)
+    total_mib = workers.total_mib if workers else min(int(g["memory_total_mib"]) for g in used)
     total_gib = total_mib / 1024
     weights_gib = env_float("FAKE_VLLM_WEIGHTS_GIB", 1.0) / world
     overhead_gib = env_float("FAKE_VLLM_OVERHEAD_GIB", 1.0)
@@ -193,16 +206,25 @@ def start_engine(args: argparse.Namespace) -> Engine:
     residual = int(env_float("FAKE_VLLM_SLEEP_RESIDUAL_MIB", 512))
 
     uuids = [g["uuid"] for g in used]
-    smi.register_process(state_path, os.getpid(), PROCESS_NAME, uuids,
-                         min(residual, per_gpu_mib))
+
+    def hold(mib: int) -> None:  # what nvidia-smi shows per GPU, wherever the GPUs are
+        if workers is not None:
+            workers.set_memory(mib)
+        else:
+            smi.update_process(state_path, os.getpid(), mib, uuids)
+
+    if workers is None:
+        smi.register_process(state_path, os.getpid(), PROCESS_NAME, uuids,
+                             min(residual, per_gpu_mib))
+    else:
+        hold(min(residual, per_gpu_mib))
     t0 = time.monotonic()
     elog(f"Starting to load model {model}...", "gpu_model_runner.py:2338")
     time.sleep(max(env_float("FAKE_VLLM_STARTUP_SECONDS", 0.5), 0))
     fail = os.environ.get("FAKE_VLLM_FAIL")
     if fail:
         raise StartupError(exception_line(fail))
-    smi.update_process(state_path, os.getpid(), int(min(residual + weights_gib * 1024,
-                                                        per_gpu_mib)), uuids)
+    hold(int(min(residual + weights_gib * 1024, per_gpu_mib)))
     load_s = time.monotonic() - t0
     elog(f"Model loading took {weights_gib:.4f} GiB and {load_s:.6f} seconds",
          "gpu_model_runner.py:2370")
@@ -232,7 +254,7 @@ def start_engine(args: argparse.Namespace) -> Engine:
     if not args.enforce_eager:
         elog(f"Graph capturing finished in {max(1, round(load_s))} secs, took "
              f"{graph_gib:.2f} GiB", "gpu_model_runner.py:3480")
-    smi.update_process(state_path, os.getpid(), per_gpu_mib, uuids)
+    hold(per_gpu_mib)
     elog(f"init engine (profile, create kv cache, warmup model) took "
          f"{time.monotonic() - t0:.2f} seconds", "core.py:210")
 
@@ -253,4 +275,4 @@ def start_engine(args: argparse.Namespace) -> Engine:
                   dev_mode=dev_mode, state_path=state_path, gpu_uuids=uuids,
                   per_gpu_mib=per_gpu_mib, weights_mib=int(weights_gib * 1024),
                   residual_mib=min(residual, per_gpu_mib), max_model_len=max_len,
-                  kv_tokens=kv_tokens, script=script)
+                  kv_tokens=kv_tokens, script=script, workers=workers)
