@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chat-template", default=None)
     s.add_argument("--generation-config", default="auto")
     s.add_argument("--async-scheduling", action=b, default=False)
+    s.add_argument("--enable-chunked-prefill", action=b, default=None)
     s.add_argument("--enable-expert-parallel", action=b, default=False)
     s.add_argument("--limit-mm-per-prompt", type=json.loads, default=None)
     s.add_argument("--swap-space", type=float, default=4)
