@@ -578,7 +578,12 @@ def prune(store: Store, statuses: Sequence[ServiceStatus]) -> list[str]:
         if status.state not in ("crashed", "stopped") or not records.is_deployment(status.spec):
             continue
         try:
-            launcher.runtime(store, status.spec).stop(timeout=5, forget=True)
+            from gpumod.ops import multinode
+
+            if multinode.is_multinode(status.spec):  # its Ray nodes go too (drops the record)
+                multinode.stop(store, status.spec, timeout=5)
+            else:
+                launcher.runtime(store, status.spec).stop(timeout=5, forget=True)
         except GpumodError:
             continue
         records.drop(store, status.spec.name)
@@ -600,6 +605,10 @@ class StopResult:
 def stop(store: Store, name: str, *, timeout: float = STOP_TIMEOUT) -> StopResult:
     """Stop one deployment; the record goes only once the process and its port are gone."""
     spec = records.get_service(store, name)
+    from gpumod.ops import multinode
+
+    if multinode.is_multinode(spec):  # vLLM and the Ray node on every pod
+        return StopResult(name, spec.host, multinode.stop(store, spec, timeout=timeout))
     rt = launcher.runtime(store, spec, secrets={})
     deployment = records.is_deployment(spec)
     outcome = rt.stop(timeout=timeout, forget=deployment)
@@ -626,14 +635,22 @@ def services_on(store: Store, pod: str | None) -> tuple[Host, list[ServiceSpec]]
 
 
 def logs(store: Store, name: str, *, lines: int = 100, follow: bool = False,
-         write: Callable[[bytes], None]) -> int:
-    """Print (and follow) a deployment's log; Ctrl+C stops following, not the service."""
+         write: Callable[[bytes], None], node: str | None = None) -> int:
+    """Print (and follow) a deployment's log; Ctrl+C stops following, not the service.
+
+    node: a pod of a multi-node deployment: that pod's Ray node log instead of vLLM's.
+    """
     if lines < 0:
         raise UsageError("-n must be 0 or more")
     spec = records.get_service(store, name)
-    host = hostops.get_host(store, spec.host)
+    if node is not None:
+        from gpumod.ops import multinode
+
+        host, log_path = multinode.log_target(store, spec, node)
+    else:
+        host = hostops.get_host(store, spec.host)
+        log_path = posixpath.join(service_dir(host, name), "service.log")
     transport = hostops.transport_for(host)
-    log_path = posixpath.join(service_dir(host, name), "service.log")
     proc = transport.popen(tail_argv(log_path, lines, follow))
     assert proc.stdout is not None
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpumod.errors import CapacityError, RemoteCommandError, TransportError
@@ -159,14 +159,17 @@ def choose_addresses(nets: Mapping[str, PodNet], head: str) -> dict[str, str]:
 
 
 def probe_reachability(transports: Mapping[str, Transport], addresses: Mapping[str, str],
-                       *, python: Mapping[str, str] | None = None) -> None:
-    """Every node reaches every other node at its chosen address (TCP), or CapacityError."""
+                       *, python: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Every node reaches every other node at its chosen address (TCP), or CapacityError.
+
+    python: per pod, the argv that runs python3 there (e.g. with the engine's PATH).
+    """
     python = python or {}
     listeners: dict[str, subprocess.Popen[bytes]] = {}
     ports: dict[str, int] = {}
     try:
         for pod, transport in transports.items():
-            proc = transport.popen([python.get(pod, "python3"), "-c", LISTEN_SCRIPT, "30",
+            proc = transport.popen([*python.get(pod, ["python3"]), "-c", LISTEN_SCRIPT, "30",
                                     addresses[pod]], stdin=subprocess.PIPE, merge_stderr=True)
             listeners[pod] = proc
             assert proc.stdout is not None
@@ -184,7 +187,7 @@ def probe_reachability(transports: Mapping[str, Transport], addresses: Mapping[s
         failures: list[str] = []
         for pod, transport in transports.items():
             targets = [f"{_host(addresses[o])}:{ports[o]}" for o in transports if o != pod]
-            result = transport.run([python.get(pod, "python3"), "-c", CONNECT_SCRIPT, *targets],
+            result = transport.run([*python.get(pod, ["python3"]), "-c", CONNECT_SCRIPT, *targets],
                                    timeout=60)
             if result.returncode == 255:
                 raise TransportError(f"{transport.label}: the connection dropped during the "

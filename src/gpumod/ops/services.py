@@ -137,6 +137,14 @@ def save_state(store: Store, name: str, state: str, pid: int | None = None,
                        "WHERE name = ?", (state, pid, name))
 
 
+def save_extra(store: Store, name: str, extra: dict, *, state: str | None = None) -> None:
+    """Replace a record's engine-specific data (and, given, its state)."""
+    with store.transaction() as db:
+        db.execute("UPDATE services SET spec = ?, state = COALESCE(?, state), "
+                   "updated_at = datetime('now') WHERE name = ?",
+                   (json.dumps(extra, sort_keys=True), state, name))
+
+
 def save_args(store: Store, name: str, args: Sequence[str]) -> None:
     with store.transaction() as db:
         db.execute("UPDATE services SET args = ?, updated_at = datetime('now') WHERE name = ?",
