@@ -65,6 +65,17 @@ def ray_node(spec: ServiceSpec, pod: str) -> ray_nodes.RayNode:
         dashboard_port=int(mn.get("dashboard_port") or ray_nodes.DEFAULT_DASHBOARD_PORT))
 
 
+def _hosts(store: Store, pods: Sequence[str]) -> dict[str, Host]:
+    """The pods still known (a removed pod is left out)."""
+    out = {}
+    for pod in pods:
+        try:
+            out[pod] = hosts_ops.get_host(store, pod)
+        except NotFoundError:
+            continue
+    return out
+
+
 # ----------------------------------------------------------------------------- list
 
 
@@ -73,18 +84,20 @@ def node_states(store: Store, spec: ServiceSpec) -> list[dict[str, Any]]:
     mn = record(spec)
     pods: list[str] = list(mn.get("pods") or [])
 
+    hosts = _hosts(store, pods)  # the store is read here: threads only talk to pods
+
     def one(pod: str) -> dict[str, Any]:
         node = (mn.get("nodes") or {}).get(pod) or {}
         row = {"pod": pod, "role": node.get("role", "?"), "ip": node.get("ip", "")}
+        host = hosts.get(pod)
+        if host is None:
+            return {**row, "state": "unknown", "detail": f"pod {pod} is no longer known"}
         try:
-            host = hosts_ops.get_host(store, pod)
             sup = ray_nodes.supervisor(hosts_ops.transport_for(host), ray_node(spec, pod))
             plan = ray_nodes.launch_plan(ray_node(spec, pod), host, {})
             row["state"] = NODE_WORDS[sup.state(plan)]
         except TransportError as exc:
             row["state"], row["detail"] = "unreachable", exc.message
-        except NotFoundError:
-            row["state"], row["detail"] = "unknown", f"pod {pod} is no longer known"
         except GpumodError as exc:
             row["state"], row["detail"] = "unknown", exc.message
         return row
@@ -116,10 +129,11 @@ def stop_nodes(store: Store, spec: ServiceSpec, pods: Sequence[str], *,
                timeout: float = ray_nodes.STOP_TIMEOUT) -> tuple[list[str], dict[str, str]]:
     """Stop the Ray nodes of `pods` in parallel: (confirmed stopped, {pod: why not})."""
 
+    hosts = _hosts(store, pods)
+
     def one(pod: str) -> tuple[str, str]:
-        try:
-            host = hosts_ops.get_host(store, pod)
-        except NotFoundError:
+        host = hosts.get(pod)
+        if host is None:
             return pod, ""  # the pod was removed: nothing of ours can be asked or left there
         try:
             ray_nodes.stop(hosts_ops.transport_for(host), host, ray_node(spec, pod),

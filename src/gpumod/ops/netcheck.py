@@ -6,8 +6,10 @@ Tailscale's, IPv6 ULA) and refuses pods that only share a public network.
 
 1. :data:`DISCOVER_SCRIPT` (one round trip per pod): machine and boot id, the address
    sshd answered on, and every IPv4 address with its interface.
-2. :func:`choose_addresses` picks one address per pod: pods that are one machine (a test
-   rig) use the distinct loopback addresses their sshd listens on; otherwise each pod's
+2. :func:`choose_addresses` picks one address per pod: pods that share one network
+   namespace (same boot and the same addresses: one machine, e.g. a test rig with sshd on
+   127.0.0.2 and 127.0.0.3) use the distinct loopback addresses their sshd answered on,
+   and nothing else is ever contacted; otherwise each pod's
    private addresses, the head's first, the workers' on the head's subnet first.
 3. :func:`probe_reachability`: every node listens on its address for a moment and every
    other node connects to it (TCP, both directions), so "reachable" is measured, not
@@ -121,8 +123,9 @@ def _usable(net: PodNet) -> list[tuple[str, str, int]]:
 
 
 def one_machine(nets: Mapping[str, PodNet]) -> bool:
-    ids = {(n.machine, n.boot) for n in nets.values()}
-    return len(ids) == 1 and all(ids.pop())
+    """The pods are one network namespace: same boot, same machine id, same addresses."""
+    ids = {(n.machine, n.boot, tuple(sorted(n.addresses))) for n in nets.values()}
+    return len(ids) == 1 and bool(next(iter(ids))[1])
 
 
 def choose_addresses(nets: Mapping[str, PodNet], head: str) -> dict[str, str]:
