@@ -75,7 +75,10 @@ for target in sys.argv[1:]:
 """
 
 SKIP_IFACES = ("lo", "docker", "br-", "veth", "virbr", "cni", "flannel", "cali", "kube")
-CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# Private networks: RFC 1918, shared address space (CGNAT: Tailscale and other tunnels),
+# IPv6 unique local. (Python's is_private also says yes to documentation ranges.)
+PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
 
 
 @dataclass
@@ -112,9 +115,7 @@ def parse_discovery(stdout: str) -> PodNet:
 def is_private(ip: str) -> bool:
     """A private-network address: RFC 1918, shared/CGNAT (WireGuard, Tailscale), IPv6 ULA."""
     addr = ipaddress.ip_address(ip)
-    if addr.is_loopback or addr.is_link_local or addr.is_unspecified or addr.is_multicast:
-        return False
-    return bool(addr.is_private) or (addr.version == 4 and addr in CGNAT)
+    return any(addr.version == net.version and addr in net for net in PRIVATE_NETS)
 
 
 def _usable(net: PodNet) -> list[tuple[str, str, int]]:
