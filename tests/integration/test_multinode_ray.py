@@ -242,3 +242,19 @@ def test_failed_start_cleans_up_then_dead_worker_degrades_and_down_pod_keeps_rec
     assert again.code == 0, again.output
     assert pods.store.query_one("SELECT 1 FROM services WHERE name = ?", (name,)) is None
     assert marked(name) == []
+
+
+def test_a_pod_without_ray_is_refused_before_anything_starts(pods):
+    (pods.sshds[1].bin_dir / "ray").unlink()
+    result = run_cli("start", MODEL, "--name", pods.name, "--pods", "dc1,dc2")
+    assert result.code == 7, result.output
+    assert "error: Ray is not installed on dc2" in result.stderr
+    assert "--ray` (installs ray[cgraph]>=2.48.0, the Ray vLLM pins)" in result.stderr
+    assert pods.store.query_one("SELECT 1 FROM services") is None
+    assert marked(pods.name) == []
+    for bad, why in ((["--pods", "dc1"], "--pods needs two or more pods"),
+                     (["--pods", "dc1,dc1"], "--pods names a pod twice"),
+                     (["--pods", "dc1,dc2", "--gpus", "2"], "--gpus does not apply with --pods"),
+                     (["--pods", "dc1,local"], "multi-node runs on pods")):
+        refused = run_cli("start", MODEL, "--name", pods.name, *bad)
+        assert refused.code == 2 and why in refused.stderr, refused.output
