@@ -126,27 +126,27 @@ def refine(store: Store, statuses: Sequence[Any]) -> None:
 
 
 def stop_nodes(store: Store, spec: ServiceSpec, pods: Sequence[str], *,
-               timeout: float = ray_nodes.STOP_TIMEOUT) -> tuple[list[str], dict[str, str]]:
-    """Stop the Ray nodes of `pods` in parallel: (confirmed stopped, {pod: why not})."""
-
+               timeout: float = ray_nodes.STOP_TIMEOUT
+               ) -> tuple[list[str], dict[str, GpumodError]]:
+    """Stop the Ray nodes of `pods` in parallel: (confirmed stopped, {pod: the error})."""
     hosts = _hosts(store, pods)
 
-    def one(pod: str) -> tuple[str, str]:
+    def one(pod: str) -> tuple[str, GpumodError | None]:
         host = hosts.get(pod)
         if host is None:
-            return pod, ""  # the pod was removed: nothing of ours can be asked or left there
+            return pod, None  # the pod was removed: nothing of ours can be asked or left there
         try:
             ray_nodes.stop(hosts_ops.transport_for(host), host, ray_node(spec, pod),
                            timeout=timeout)
         except GpumodError as exc:
-            return pod, exc.message
-        return pod, ""
+            return pod, exc
+        return pod, None
 
     if not pods:
         return [], {}
     with ThreadPoolExecutor(max_workers=min(8, len(pods))) as pool:
         results = list(pool.map(one, pods))
-    return [p for p, why in results if not why], {p: why for p, why in results if why}
+    return [p for p, exc in results if exc is None], {p: e for p, e in results if e is not None}
 
 
 def stop(store: Store, spec: ServiceSpec, *, timeout: float = 20) -> str:
@@ -156,7 +156,7 @@ def stop(store: Store, spec: ServiceSpec, *, timeout: float = 20) -> str:
     mn = record(spec)
     head = mn["pods"][0]
     done = set(mn.get("stopped") or [])
-    failed: dict[str, str] = {}
+    failed: dict[str, GpumodError] = {}
     outcome = "not-running"
     if head not in done:
         try:
@@ -164,18 +164,17 @@ def stop(store: Store, spec: ServiceSpec, *, timeout: float = 20) -> str:
             outcome = rt.stop(timeout=timeout)
             _wait_port_free(rt, spec)
         except GpumodError as exc:
-            failed[head] = exc.message
+            failed[head] = exc
     pending = [p for p in mn["pods"] if p not in done and p not in failed]
     stopped, why = stop_nodes(store, spec, pending)
     failed.update(why)
     done.update(stopped)
     if failed:
         _save_progress(store, spec, sorted(done))
-        kind = TransportError if any("unreachable" in w or "ssh" in w.lower() or
-                                     "connection" in w.lower() for w in failed.values()) \
+        kind = TransportError if any(isinstance(e, TransportError) for e in failed.values()) \
             else EngineError
         raise kind(f"{spec.name}: could not stop on {', '.join(sorted(failed))}: "
-                   + "; ".join(f"{p}: {w}" for p, w in sorted(failed.items())),
+                   + "; ".join(f"{p}: {e.message}" for p, e in sorted(failed.items())),
                    hint=f"the record is kept (stopped on: {', '.join(sorted(done)) or 'none'}); "
                         f"run `pi stop {spec.name}` again when the pod is back, or "
                         "`pi pods remove POD` if it is gone for good")

@@ -192,6 +192,9 @@ def _size(store: Store, req: deploy.StartRequest, shape: Shape, checks: list[Pod
     except GpumodError as exc:
         out(f"{req.name}: no VRAM check: no facts for {req.model}: {exc.message}")
         return shape.args
+    except Exception as exc:  # facts are a help, never a reason not to start (as admission)
+        out(f"{req.name}: no VRAM check: no facts for {req.model}: {type(exc).__name__}: {exc}")
+        return shape.args
     nodes = [sizing.NodeGPUs(c.host.name,
                              [u.gpu.memory_mib for u in c.pre.usage or []],
                              [u.free_mib if u.free_mib is not None else u.gpu.memory_mib
@@ -246,8 +249,9 @@ def start(store: Store, req: deploy.StartRequest, pods: list[str], *,
     if req.port is not None:
         validate.port(req.port)
     deploy.validate_model(req.model)
-    if deploy.model_kind("vllm", req.model) != "hf" and ":" in req.model:
-        raise UsageError(f"invalid model {req.model!r}")
+    if deploy.model_kind("vllm", req.model) == "hf" and ":" in req.model:
+        raise UsageError(f"invalid model {req.model!r}",
+                         hint="OWNER/REPO:FILE is for GGUF files with llama.cpp, on one pod")
     hosts = _check_pods(store, req, pods)
     if store.query_one("SELECT 1 FROM services WHERE name = ?", (req.name,)):
         existing = records.get_service(store, req.name)
@@ -264,6 +268,12 @@ def start(store: Store, req: deploy.StartRequest, pods: list[str], *,
                             selection=shape.selection)
     out(f"checking {', '.join(pods)} (vLLM, Ray, the model, GPUs, network)")
     checks: list[PodCheck] = _parallel(lambda h: _pod_check(h, plan), hosts)
+    for c in checks:  # Ray is told the GPUs nvidia-smi shows, never more
+        if c.pre.usage is not None and len(c.pre.usage) < shape.gpus_per_node:
+            raise CapacityError(f"pod {c.host.name}: nvidia-smi shows {len(c.pre.usage)} "
+                                f"GPU(s), {shape.gpus_per_node} are needed per pod",
+                                hint=f"re-run `pi pods setup {c.host.name} ...` to record its "
+                                     "GPUs")
     missing_ray = [c.host.name for c in checks if not c.ray]
     if missing_ray:
         raise EngineError(f"Ray is not installed on {', '.join(missing_ray)}",
@@ -403,6 +413,6 @@ def _undo(store: Store, spec: ServiceSpec, started: list[str]) -> str:
     except GpumodError as exc:
         problems.append(f"vLLM: {exc.message}")
     _, failed = mn_ops.stop_nodes(store, spec, started)
-    problems += [f"{pod}: {why}" for pod, why in failed.items()]
+    problems += [f"{pod}: {exc.message}" for pod, exc in failed.items()]
     return "; ".join(problems)
 
