@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpumod import validate
@@ -342,9 +342,8 @@ def _launch(store: Store, spec: ServiceSpec, checks: list[PodCheck], api_key: st
             log: Output) -> ServiceSpec:
     """Ray head, workers, cluster check, vLLM on the head, health; the finished record."""
     head = checks[0]
-    nodes = {c.host.name: mn_ops.ray_node(spec, c.host.name) for c in checks}
-    for c in checks:
-        nodes[c.host.name] = _with_binary(nodes[c.host.name], c.ray or "ray")
+    nodes = {c.host.name: replace(mn_ops.ray_node(spec, c.host.name), binary=c.ray or "ray")
+             for c in checks}
     out(f"{spec.name}: starting the Ray head on {head.host.name} "
         f"({nodes[head.host.name].ip}:{nodes[head.host.name].ray_port})")
     started.append(head.host.name)
@@ -397,12 +396,6 @@ def _launch(store: Store, spec: ServiceSpec, checks: list[PodCheck], api_key: st
                            f"pp {mn['pp']}), port {spec.port}, healthy after {took:.1f}s")
     out(f"{spec.name}: healthy after {took:.1f}s")
     return done
-
-
-def _with_binary(node: ray_nodes.RayNode, binary: str) -> ray_nodes.RayNode:
-    from dataclasses import replace
-
-    return replace(node, binary=binary)
 
 
 def _undo(store: Store, spec: ServiceSpec, started: list[str]) -> str:

@@ -213,8 +213,8 @@ def parse_status(text: str) -> ClusterView:
 def cluster(transport: Transport, binary: str, head_ip: str, port: int,
             env: dict[str, str]) -> ClusterView:
     """The running cluster as the head sees it (`ray status`)."""
-    argv = ["env", *(f"{k}={v}" for k, v in sorted(env.items()) if k == "PATH"),
-            binary, "status", f"--address={head_ip}:{port}"]
+    path = [f"PATH={env['PATH']}"] if env.get("PATH") else []
+    argv = ["env", *path, binary, "status", f"--address={head_ip}:{port}"]
     result = transport.run(argv, timeout=90)
     result.check(f"{transport.label}: ray status")
     return parse_status(result.stdout)
