@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -116,6 +117,11 @@ def pods(tmp_path, monkeypatch):
         for row in store.query("SELECT name FROM services"):
             run_cli("stop", row["name"], "--timeout", "2")
         kill_marked(env.name)
+        from gpumod.ops.ray_nodes import temp_dir
+
+        for host in hostops.list_hosts(store):  # Ray's temp dirs, even after a failed test
+            if not host.is_local:
+                shutil.rmtree(temp_dir(host, env.name), ignore_errors=True)
         for sshd in sshds:
             sshd.stop()
 
