@@ -23,7 +23,8 @@ import pytest
 
 from gpumod.hosts.model import GPU, Host
 from gpumod.ops import hosts as hostops
-from gpumod.planner.facts import facts_from_config, save_cached
+from gpumod.ops.facts import remember
+from gpumod.planner.facts import facts_from_config
 from gpumod.store.db import open_store
 from gpumod.testing.fake_nvidia_smi import read_state, write_state
 from gpumod.testing.harness import FakeVLLM
@@ -84,7 +85,7 @@ def pods(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PI_API_KEY", KEY)
     store = open_store()
-    save_cached(store, facts_from_config(json.loads(
+    remember(store, facts_from_config(json.loads(
         (CONFIGS / "meta-llama__Llama-3.1-8B-Instruct.json").read_text()), key=MODEL))
     sshds, states = [], []
     for i, address in enumerate(("127.0.0.2", "127.0.0.3")):

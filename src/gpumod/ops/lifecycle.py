@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gpumod.errors import EngineError, GpumodError, TransportError
+from gpumod.errors import EngineError, GpumodError, TransportError, UsageError
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import locks, machine
 from gpumod.ops import probe as probes
@@ -50,7 +50,7 @@ from gpumod.ops.definitions import (
 )
 from gpumod.ops.launch import _quiet, launch
 from gpumod.ops.runtime import Runtime, launch_plan, runtime
-from gpumod.ops.services import get_service, is_deployment, list_services
+from gpumod.ops.services import get_service, is_deployment, is_multinode, list_services
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 
@@ -121,6 +121,10 @@ def ensure_ready_held(store: Store, spec: ServiceSpec, *,
     """ensure_ready for a caller holding the service's lock: (spec, 'ready' | 'woken' |
     'started')."""
     name = spec.name
+    if is_multinode(spec):
+        raise UsageError(f"{name} spans pods ({', '.join(spec.extra['multinode']['pods'])}): "
+                         "it is started only by `pi start ... --pods`",
+                         hint=f"`pi stop {name}`, then start it again with --pods")
     status = live(store, spec, transport)
     if status.state == "unreachable":
         raise TransportError(f"{spec.host} cannot be reached, so whether {name} runs is "
@@ -202,6 +206,11 @@ def stop_held(store: Store, spec: ServiceSpec, *, forget: bool,
 
     failed: record it 'failed' with this reason instead of 'stopped' (watch gave up).
     """
+    if is_multinode(spec):  # vLLM on the head and a Ray node on every pod
+        from gpumod.ops import multinode
+
+        return multinode.stop_held(store, spec, forget=forget, timeout=timeout,
+                                   progress=progress, failed=failed)
     name = spec.name
     rt = runtime(store, spec, transport=transport, secrets={})
     progress(f"{name}: stopping")

@@ -18,12 +18,12 @@ Tailscale's, IPv6 ULA) and refuses pods that only share a public network.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gpumod.errors import CapacityError, RemoteCommandError, TransportError
+from gpumod.errors import CapacityError, RemoteCommandError
 from gpumod.hosts.transports.base import Transport
 
 DISCOVER_SCRIPT = r"""
@@ -38,26 +38,23 @@ elif command -v hostname >/dev/null 2>&1; then
 fi
 """
 
-# Listen on each given address (port 0: any free one), print "port=ADDR PORT", accept
-# connections until stdin closes or `seconds` pass.
+# Listen on each given address (port 0: any free one), print "port=ADDR PORT" and
+# "ready", accept connections until `expected` came or `seconds` passed, then exit (its
+# own end: a stream's stdin is closed at once, and ssh may not pass a hang-up on).
 LISTEN_SCRIPT = r"""
 import select, socket, sys, time
-seconds = float(sys.argv[1]); socks = []
-for addr in sys.argv[2:]:
+seconds, expected = float(sys.argv[1]), int(sys.argv[2]); socks = []
+for addr in sys.argv[3:]:
     s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
     s.bind((addr, 0)); s.listen(16); s.setblocking(False); socks.append(s)
     print("port=%s %d" % (addr, s.getsockname()[1]), flush=True)
 print("ready", flush=True)
-end = time.monotonic() + seconds
-while time.monotonic() < end:
-    r, _, _ = select.select(socks + [sys.stdin], [], [], 0.2)
+end = time.monotonic() + seconds; accepted = 0
+while time.monotonic() < end and accepted < expected:
+    r, _, _ = select.select(socks, [], [], 0.2)
     for s in r:
-        if s is sys.stdin:
-            if not sys.stdin.readline():
-                sys.exit(0)
-            continue
         try:
-            c, _ = s.accept(); c.close()
+            c, _ = s.accept(); c.close(); accepted += 1
         except OSError:
             pass
 """
@@ -74,6 +71,7 @@ for target in sys.argv[1:]:
         print("fail %s %s" % (target, exc.strerror or exc))
 """
 
+LISTEN_SECONDS = 30
 SKIP_IFACES = ("lo", "docker", "br-", "veth", "virbr", "cni", "flannel", "cali", "kube")
 # Private networks: RFC 1918, shared address space (CGNAT: Tailscale and other tunnels),
 # IPv6 unique local. (Python's is_private also says yes to documentation ranges.)
@@ -167,19 +165,19 @@ def probe_reachability(transports: Mapping[str, Transport], addresses: Mapping[s
     """Every node reaches every other node at its chosen address (TCP), or CapacityError.
 
     python: per pod, the argv that runs python3 there (e.g. with the engine's PATH).
+    Each pod's listener runs as a stream (open while the others connect) and exits once
+    every other pod connected, or after LISTEN_SECONDS.
     """
     python = python or {}
-    listeners: dict[str, subprocess.Popen[bytes]] = {}
     ports: dict[str, int] = {}
-    try:
+    with contextlib.ExitStack() as listeners:
         for pod, transport in transports.items():
-            proc = transport.popen([*python.get(pod, ["python3"]), "-c", LISTEN_SCRIPT, "30",
-                                    addresses[pod]], stdin=subprocess.PIPE, merge_stderr=True)
-            listeners[pod] = proc
-            assert proc.stdout is not None
-            lines = []
-            for raw in proc.stdout:
-                line = raw.decode(errors="replace").strip()
+            out = listeners.enter_context(transport.stream(
+                [*python.get(pod, ["python3"]), "-c", LISTEN_SCRIPT, str(LISTEN_SECONDS),
+                 str(len(transports) - 1), addresses[pod]]))
+            lines: list[str] = []
+            for raw in out.iter_lines():
+                line = raw.strip()
                 lines.append(line)
                 if line.startswith("port="):
                     ports[pod] = int(line.rsplit(" ", 1)[1])
@@ -191,30 +189,18 @@ def probe_reachability(transports: Mapping[str, Transport], addresses: Mapping[s
         failures: list[str] = []
         for pod, transport in transports.items():
             targets = [f"{_host(addresses[o])}:{ports[o]}" for o in transports if o != pod]
-            result = transport.run([*python.get(pod, ["python3"]), "-c", CONNECT_SCRIPT, *targets],
-                                   timeout=60)
-            if result.returncode == 255:
-                raise TransportError(f"{transport.label}: the connection dropped during the "
-                                     "network check")
+            result = transport.run([*python.get(pod, ["python3"]), "-c", CONNECT_SCRIPT,
+                                    *targets], timeout=60)
             for line in result.stdout.splitlines():
                 if line.startswith("fail "):
                     failures.append(f"{pod} cannot reach {line[5:]}")
             if not result.ok and not failures:
                 failures.append(f"{pod}: {result.stderr.strip() or result.returncode}")
-        if failures:
-            raise CapacityError("the pods cannot reach each other on their private addresses: "
-                                + "; ".join(failures),
-                                hint="open TCP between the pods on the private network "
-                                     "(firewall/security group), then start again")
-    finally:
-        for proc in listeners.values():
-            try:
-                if proc.stdin:
-                    proc.stdin.close()
-                proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                proc.kill()
-                proc.wait()
+    if failures:
+        raise CapacityError("the pods cannot reach each other on their private addresses: "
+                            + "; ".join(failures),
+                            hint="open TCP between the pods on the private network "
+                                 "(firewall/security group), then start again")
 
 
 def _host(ip: str) -> str:

@@ -14,6 +14,11 @@ short ``--temp-dir`` per node (Ray's unix sockets live there; their paths must s
 108 bytes). Every Ray process inherits ``GPUMOD_RAY_NODE=<marker>``: stopping a node kills
 its process group, then any process still carrying the marker (Ray's own workers rename
 themselves ``ray::...``), so a stop never touches another user's or deployment's Ray.
+
+A node starts in two halves, as an engine does (:mod:`gpumod.supervise.base`): the
+launcher is prepared and held, the caller records its pid in the deployment's record,
+then it is released to exec ``ray start`` (:func:`launch`); :func:`wait_started` then
+waits for Ray's own "Ray runtime started".
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from gpumod.errors import EngineError, GpumodError
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
-from gpumod.supervise.base import LaunchPlan, ProcessState
+from gpumod.supervise.base import BeforeRun, LaunchPlan, ProcessState
 from gpumod.supervise.process import ProcessSupervisor
 
 # The Ray that vLLM pinned while it shipped Ray (requirements/cuda.txt up to 0.18:
@@ -148,15 +153,24 @@ def supervisor(transport: Transport, node: RayNode) -> ProcessSupervisor:
         "gpumod": "ray-node"})
 
 
-def start(transport: Transport, host: Host, node: RayNode, base_env: dict[str, str], *,
-          timeout: float = 120) -> int | None:
-    """Launch the node and wait until Ray says it runs; EngineError with its log if not."""
-    plan = launch_plan(node, host, base_env)
-    pid = supervisor(transport, node).start(plan, {})
+def launch(transport: Transport, host: Host, node: RayNode, base_env: dict[str, str], *,
+           before_run: BeforeRun | None = None) -> int | None:
+    """Prepare the node held, let `before_run(pid)` record it, then release it.
+
+    If before_run raises, the held launcher is stopped and Ray never runs.
+    """
+    return supervisor(transport, node).start(launch_plan(node, host, base_env), {},
+                                             before_run=before_run)
+
+
+def wait_started(transport: Transport, host: Host, node: RayNode, *,
+                 timeout: float = 120) -> None:
+    """Wait until Ray says the node runs; EngineError with its log's last error if not."""
+    plan = launch_plan(node, host, {})
     result = transport.run_script(WAIT_SCRIPT, [plan.service_dir, str(int(timeout))],
                                   timeout=timeout + 30)
     if result.ok:
-        return pid
+        return
     lines = [line.strip() for line in supervisor(transport, node).read_log(plan, 30)
              .splitlines() if line.strip()]
     errors = [line for line in lines if re.search(r"Error|error|failed", line)]
@@ -168,10 +182,11 @@ def start(transport: Transport, host: Host, node: RayNode, base_env: dict[str, s
 
 
 def stop(transport: Transport, host: Host, node: RayNode, *,
-         timeout: float = STOP_TIMEOUT) -> str:
-    """TERM/KILL the node's process group, sweep what carries its marker, drop its folder."""
+         timeout: float = STOP_TIMEOUT, keep_log: bool = False) -> str:
+    """TERM/KILL the node's process group, sweep what carries its marker, drop its folder
+    (keep_log: its log goes to ``ray/.failed/NAME.log``, as a failed start's does)."""
     plan = launch_plan(node, host, {})
-    outcome = supervisor(transport, node).stop(plan, timeout=timeout, forget=True)
+    outcome = supervisor(transport, node).remove(plan, timeout=timeout, keep_log=keep_log)
     result = transport.run_script(SWEEP_SCRIPT, [node.marker,
                                                  temp_dir(host, node.deployment)], timeout=60)
     result.check(f"{transport.label}: cleaning up the Ray {node.role}")

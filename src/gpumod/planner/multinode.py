@@ -1,19 +1,21 @@
 """Sizing one model across several nodes: tensor parallel inside a node, pipeline across.
 
 vLLM splits the layers into ``pp`` stages (one per node) and each stage's weights and KV
-cache over ``tp`` GPUs. The planner's one-GPU estimate (:func:`estimate.vllm_estimate`,
-which knows tp) is run on the worst pipeline stage: ``ceil(layers / pp)`` layers, their
-share of the transformer weights plus a whole embedding (the first and last stages hold
-the embedding and the LM head), and that stage's KV layers. Every GPU of every node must
-hold it, so the check uses the smallest card and the least free memory of all of them.
+cache over ``tp`` GPUs. The planner's estimate knows both (:func:`estimate.vllm_estimate`
+with ``VLLMArgs(tp=.., pp=..)``: the per-GPU figures of the tightest stage, the first
+holding the embedding and the last the LM head). Every GPU of every node must hold it,
+so the check uses the smallest card and the least free memory of all of them (free
+memory as seen now, less what other starts on those pods were admitted but do not hold
+yet: :mod:`gpumod.ops.admission`).
 
 :func:`size` picks ``--gpu-memory-utilization`` (vLLM's default share, lowered to what is
 free now, never below what one full-length sequence needs) or checks the user's, and when
 nothing fits raises :class:`CapacityError` with ranked alternatives: more pods, a shorter
 context, an fp8 KV cache, a quantized variant from the catalog.
 
-When the planner's estimate learns ``pp`` itself, :func:`stage_facts` becomes a call with
-``pp=`` and the rest stays.
+The one-host admission (``ops.sizing.check_start``) models pp on ONE host's GPUs (its
+placement pins tp x pp GPUs of that host and offers one-host alternatives), so a
+deployment across pods is sized here, with the same estimate.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from typing import Any
 
 from gpumod.errors import CapacityError, UsageError
 from gpumod.planner import estimate as est
-from gpumod.planner.facts import DTYPE_BYTES, ModelFacts
-from gpumod.planner.gputable import cuda_total_mib
+from gpumod.planner.facts import ModelFacts
 
 MARGIN_MIB = 512                   # kept free on every GPU, as the one-node admission does
 MAX_PODS = 8
@@ -38,7 +39,16 @@ class NodeGPUs:
 
     pod: str
     total_mib: list[int]            # nvidia-smi memory.total per GPU
-    free_mib: list[int]             # memory.free per GPU, now
+    free_mib: list[int]             # memory.free per GPU, now (less other starts' reservations)
+    names: list[str] = field(default_factory=list)   # nvidia-smi name per GPU
+
+
+@dataclass(frozen=True)
+class Card:
+    """The card that sizes the deployment: the smallest of all nodes."""
+
+    mib: int
+    name: str | None = None
 
 
 @dataclass
@@ -48,31 +58,11 @@ class Sizing:
     estimate: dict[str, Any] | None = None
 
 
-def stage_facts(facts: ModelFacts, pp: int) -> ModelFacts:
-    """The worst pipeline stage of `facts` split into `pp` stages, as a model of its own."""
-    if pp <= 1:
-        return facts
-    layers = math.ceil(facts.num_layers / pp)
-    embed = facts.vocab_size * facts.hidden_size * (1 if facts.tie_embeddings else 2)
-    # one embedding matrix per stage at most (input on the first, LM head on the last)
-    stage_embed = facts.vocab_size * facts.hidden_size
-    params = facts.param_count
-    new_params = int((max(params - embed, 0)) / pp + stage_embed) if params else 0
-    weight_bytes = 0
-    if facts.weight_bytes:
-        elem = DTYPE_BYTES.get(facts.dtype, 2.0)
-        rest = max(facts.weight_bytes - embed * elem, 0)
-        weight_bytes = int(rest / pp + stage_embed * elem)
-    types = facts.attention_layer_types()
-    return replace(facts, num_layers=layers, layer_types=types[:layers] if facts.layer_types
-                   else [], param_count=new_params, weight_bytes=weight_bytes,
-                   tie_embeddings=True, first_dense_layers=0)
-
-
-def _estimate(facts: ModelFacts, tp: int, pp: int, gpu_mib: int, args: est.VLLMArgs,
+def _estimate(facts: ModelFacts, tp: int, pp: int, gpu: Card, args: est.VLLMArgs,
               util: float | None) -> est.VLLMEstimate:
-    a = replace(args, tp=tp, gpu_memory_utilization=util)
-    return est.vllm_estimate(stage_facts(facts, pp), gpu_mib=gpu_mib, args=a)
+    """Per GPU of the tightest pipeline stage (the planner's own tp x pp estimate)."""
+    return est.vllm_estimate(facts, gpu_mib=gpu.mib, gpu_name=gpu.name,
+                             args=replace(args, tp=tp, pp=pp, gpu_memory_utilization=util))
 
 
 def _outside_mib(e: est.VLLMEstimate) -> float:
@@ -80,23 +70,30 @@ def _outside_mib(e: est.VLLMEstimate) -> float:
     return (e.cuda_context_gib + graphs) * 1024
 
 
-def _max_util(e: est.VLLMEstimate, free_mib: int, gpu_mib: int) -> float:
-    usable = cuda_total_mib(gpu_mib)
+def _max_util(e: est.VLLMEstimate, free_mib: int) -> float:
+    """The largest share of the card that fits `free_mib` (with the margin)."""
+    usable = e.gpu_usable_gib * 1024
     return math.floor((free_mib - MARGIN_MIB - _outside_mib(e)) / usable * 100) / 100
 
 
-def _fits(facts: ModelFacts, tp: int, pp: int, gpu_mib: int, free_mib: int,
+def _fits(facts: ModelFacts, tp: int, pp: int, gpu: Card, free_mib: int,
           args: est.VLLMArgs) -> est.VLLMEstimate | None:
     """The estimate at the largest share that fits free memory, if it serves a sequence."""
     try:
-        probe = _estimate(facts, tp, pp, gpu_mib, args, 1.0)
+        probe = _estimate(facts, tp, pp, gpu, args, 1.0)
     except UsageError:
         return None
-    util = min(_max_util(probe, free_mib, gpu_mib), 1.0)
+    util = min(_max_util(probe, free_mib), 1.0)
     if util <= 0:
         return None
-    e = _estimate(facts, tp, pp, gpu_mib, args, util)
+    e = _estimate(facts, tp, pp, gpu, args, util)
     return None if e.problems else e
+
+
+def _card(nodes: list[NodeGPUs]) -> Card:
+    smallest = min((m, n.names[i] if i < len(n.names) else None)
+                   for n in nodes for i, m in enumerate(n.total_mib))
+    return Card(smallest[0], smallest[1] or None)
 
 
 def size(facts: ModelFacts, *, model: str, tp: int, pp: int, nodes: list[NodeGPUs],
@@ -105,16 +102,21 @@ def size(facts: ModelFacts, *, model: str, tp: int, pp: int, nodes: list[NodeGPU
     """Engine args for `model` on `nodes` with tp x pp, or CapacityError with alternatives."""
     args = est.parse_vllm_args(list(engine_args))
     args.version = version or args.version
-    gpu_mib = min(m for n in nodes for m in n.total_mib)
+    gpu = _card(nodes)
     free_mib = min(m for n in nodes for m in n.free_mib)
     tight = min(((n.pod, i, f) for n in nodes for i, f in enumerate(n.free_mib)),
                 key=lambda x: x[2])
     where = (f"the tightest GPU (GPU {tight[1]} on {tight[0]}) has {free_mib / 1024:.1f} "
-             f"of {gpu_mib / 1024:.1f} GiB free")
+             f"of {gpu.mib / 1024:.1f} GiB free")
     shape = f"tp={tp} x pp={pp}"
+
+    def alternatives(fallback: str) -> str:
+        return "; ".join(_alternatives(facts, tp, pp, gpu, free_mib, args, variants)
+                         or [fallback])
+
     user_util = args.gpu_memory_utilization
     if user_util is not None or args.kv_cache_memory_bytes:
-        e = _estimate(facts, tp, pp, gpu_mib, args, user_util)
+        e = _estimate(facts, tp, pp, gpu, args, user_util)
         free_ok = e.free_needed_gib * 1024 + MARGIN_MIB <= free_mib
         if not e.problems and free_ok:
             return Sizing(tuple(engine_args), [f"your memory settings fit ({shape}): "
@@ -122,28 +124,24 @@ def size(facts: ModelFacts, *, model: str, tp: int, pp: int, nodes: list[NodeGPU
         why = e.problems[0] if e.problems else (f"it needs {e.free_needed_gib:.1f} GiB free "
                                                 f"per GPU but {where}")
         raise CapacityError(f"{model} does not fit with your memory settings ({shape}): {why}",
-                            hint="; ".join(_alternatives(facts, tp, pp, gpu_mib, free_mib,
-                                                         args, variants)
-                                           or ["leave --gpu-memory-utilization out"]))
+                            hint=alternatives("leave --gpu-memory-utilization out"))
     try:
-        probe = _estimate(facts, tp, pp, gpu_mib, args, 1.0)
+        probe = _estimate(facts, tp, pp, gpu, args, 1.0)
     except UsageError as exc:
         raise UsageError(f"{model} cannot run with {shape}: {exc.message}",
                          hint=exc.hint) from None
-    best = min(est.default_utilization(args.version),
-               _max_util(probe, free_mib, gpu_mib))
-    e = _estimate(facts, tp, pp, gpu_mib, args, best) if best > 0 else probe
+    best = min(est.default_utilization(args.version), _max_util(probe, free_mib))
+    e = _estimate(facts, tp, pp, gpu, args, best) if best > 0 else probe
     if best > 0 and e.problems:
-        best = min(_max_util(probe, free_mib, gpu_mib), 1.0)
-        e = _estimate(facts, tp, pp, gpu_mib, args, best)
+        best = min(_max_util(probe, free_mib), 1.0)
+        e = _estimate(facts, tp, pp, gpu, args, best)
     if best <= 0 or e.problems:
         per_seq = probe.weights_gib + probe.activation_gib + probe.non_torch_gib
         raise CapacityError(
             f"{model} does not fit {len(nodes)} pod(s) with {shape}: each GPU needs "
             f"{per_seq:.1f} GiB for its share of the weights and activations plus the KV "
             f"cache of one {probe.max_model_len:,}-token sequence, but {where}",
-            hint="; ".join(_alternatives(facts, tp, pp, gpu_mib, free_mib, args, variants)
-                           or ["use pods with bigger GPUs"]))
+            hint=alternatives("use pods with bigger GPUs"))
     out = (*engine_args, "--gpu-memory-utilization", f"{best:.2f}")
     return Sizing(out, [f"--gpu-memory-utilization {best:.2f} (computed for {shape}; "
                         f"{where}): " + _shape(e)], e.to_json())
@@ -155,22 +153,22 @@ def _shape(e: est.VLLMEstimate) -> str:
             f"sequences), {e.total_gib:.1f} GiB in all")
 
 
-def _alternatives(facts: ModelFacts, tp: int, pp: int, gpu_mib: int, free_mib: int,
+def _alternatives(facts: ModelFacts, tp: int, pp: int, gpu: Card, free_mib: int,
                   args: est.VLLMArgs, variants: tuple[str, ...]) -> list[str]:
     out: list[str] = []
     for more in range(pp + 1, MAX_PODS + 1):
-        if _fits(facts, tp, more, gpu_mib, free_mib, args):
+        if _fits(facts, tp, more, gpu, free_mib, args):
             out.append(f"{more} pods of the same kind (--pods with {more} names: pipeline "
                        f"parallel {more})")
             break
     current = args.max_model_len or facts.max_position or 0
     for ctx in CONTEXT_STEPS:
-        if ctx < current and _fits(facts, tp, pp, gpu_mib, free_mib,
+        if ctx < current and _fits(facts, tp, pp, gpu, free_mib,
                                    replace(args, max_model_len=ctx)):
             out.append(f"a shorter context: --context {ctx // 1024}k")
             break
     if args.kv_cache_dtype in ("auto", "", None) and _fits(
-            facts, tp, pp, gpu_mib, free_mib, replace(args, kv_cache_dtype="fp8")):
+            facts, tp, pp, gpu, free_mib, replace(args, kv_cache_dtype="fp8")):
         out.append("an fp8 KV cache: --vllm ... --kv-cache-dtype fp8")
     out += [f"a quantized variant: {v}" for v in variants[:2]]
     return [f"[{n}] {text}" for n, text in enumerate(out, start=1)]

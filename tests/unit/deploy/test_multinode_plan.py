@@ -20,7 +20,8 @@ from gpumod.ops import netcheck, ray_nodes
 from gpumod.ops.deploy import StartRequest
 from gpumod.ops.multinode_start import plan_shape
 from gpumod.planner.facts import facts_from_config
-from gpumod.planner.multinode import NodeGPUs, size, stage_facts
+from gpumod.planner import estimate as est
+from gpumod.planner.multinode import NodeGPUs, size
 
 CONFIGS = Path(__file__).resolve().parents[2] / "fixtures" / "planner" / "configs"
 H100, H100_NAME = 81559, "NVIDIA H100 80GB HBM3"
@@ -155,11 +156,18 @@ def test_a_users_share_beyond_free_memory_is_refused():
              engine_args=("--gpu-memory-utilization", "0.95"))
 
 
-def test_a_pipeline_stage_holds_its_share_of_the_layers():
-    llama = facts("meta-llama__Llama-3.1-8B-Instruct", "m")
-    half = stage_facts(llama, 2)
-    assert half.num_layers == 16
-    assert half.param_count < llama.param_count * 0.6
+def test_each_gpu_is_sized_for_the_tightest_pipeline_stage():
+    """pp splits the layers as vLLM does; every GPU holds its stage's share of them."""
+    llama = facts("meta-llama__Llama-3.1-405B-Instruct", "meta-llama/Llama-3.1-405B-Instruct")
+    result = size(llama, model="405b", tp=8, pp=2, nodes=nodes(2), engine_args=())
+    assert result.estimate is not None
+    assert [s["layers"] for s in result.estimate["stages"]] == [63, 63]
+    whole = est.vllm_estimate(llama, gpu_mib=H100, args=est.VLLMArgs(tp=8))
+    assert 0.45 < result.estimate["weights_gib"] / whole.weights_gib < 0.55
+    # a user's flags keep counting: an fp8 KV cache doubles the tokens in the same pool
+    fp8 = size(llama, model="405b", tp=8, pp=2, nodes=nodes(2),
+               engine_args=("--kv-cache-dtype", "fp8"))
+    assert fp8.estimate["kv_tokens"] > 1.9 * result.estimate["kv_tokens"]
 
 
 # -- catalog --------------------------------------------------------------------------
