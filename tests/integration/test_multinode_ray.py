@@ -265,3 +265,75 @@ def test_a_pod_without_ray_is_refused_before_anything_starts(pods):
                      (["--pods", "dc1,local"], "multi-node runs on pods")):
         refused = run_cli("start", MODEL, "--name", pods.name, *bad)
         assert refused.code == 2 and why in refused.stderr, refused.output
+
+
+def test_sigterm_during_a_start_stops_ray_everywhere_and_a_down_pod_keeps_the_record(pods):
+    """SIGTERM while vLLM loads: Ray and vLLM stop on every pod (exit 130, nothing
+    recorded); with a pod down at that moment the record stays 'stopping' with what was
+    confirmed, and `pi list --prune` finishes the cleanup once the pod is back."""
+    from tests.support.procs import alive, pid_in, spawn, wait_for
+
+    name = pods.name
+    shim = pods.sshds[0].bin_dir / "vllm"   # vLLM on the head "loads" for a minute
+    shim.write_text(shim.read_text().replace("FAKE_VLLM_STARTUP_SECONDS=0.2",
+                                             "FAKE_VLLM_STARTUP_SECONDS=60", 1))
+    head_pidfile = pods.sshds[0].remote_root / "services" / name / "service.pid"
+
+    def loading() -> int | None:
+        pid = pid_in(head_pidfile)  # the held launcher's pid, recorded before it was released
+        try:
+            engine = pid and b"fake_vllm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if engine and any(b"@dc2" in Path(f"/proc/{p}/environ").read_bytes()
+                                     for p in marked(name)) else None
+
+    def start() -> tuple[object, int]:
+        proc = spawn("pi", "start", MODEL, "--name", name, "--pods", "dc1,dc2", "-q",
+                     "--port", str(free_port()))
+        pid = wait_for(loading, 240, "vLLM loading on the head with Ray on both pods", proc)
+        row = pods.store.query_one("SELECT state, pid, spec FROM services WHERE name = ?",
+                                   (name,))
+        nodes = json.loads(row["spec"])["multinode"]["nodes"]
+        assert (row["state"], row["pid"]) == ("starting", pid)  # recorded before it ran
+        assert all(nodes[pod]["pid"] for pod in ("dc1", "dc2"))
+        return proc, pid
+
+    proc, pid = start()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "start cancelled; vLLM and Ray were stopped on every pod and nothing recorded" \
+        in err and "Traceback" not in err
+    assert not alive(pid) and marked(name) == []
+    assert pods.store.query_one("SELECT 1 FROM services WHERE name = ?", (name,)) is None
+    for sshd in pods.sshds:
+        assert not processes_in(sshd.remote_root)
+
+    proc, pid = start()
+    pods.sshds[1].stop()   # the worker's pod drops, then the start is told to stop
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "the record of " + name + " is kept, `pi stop " + name + "` finishes" in err
+    assert not alive(pid) and not processes_in(pods.sshds[0].remote_root)
+    (row,) = json.loads(run_cli("list", "--pod", "dc1", "--json").stdout)
+    assert (row["state"], row["recorded_state"]) == ("stopping", "stopping"), row
+    assert "not confirmed on dc2" in row["note"] and "dc2 (Ray worker) unreachable" in \
+        row["detail"]
+    assert {n["pod"]: n["state"] for n in row["nodes"]} == {"dc1": "stopped",
+                                                             "dc2": "unreachable"}
+    record = pods.store.query_one("SELECT spec FROM services WHERE name = ?", (name,))
+    assert json.loads(record["spec"])["multinode"]["stopped"] == ["dc1"]
+    refused = run_cli("list", "--pod", "dc1", "--prune")   # dc2 may still run Ray: kept
+    assert pods.store.query_one("SELECT 1 FROM services WHERE name = ?", (name,)), \
+        refused.output
+
+    kill_marked(name)      # while its pod was away, the worker died with the head
+    pods.sshds[1].start()
+    pruned = run_cli("list", "--all-pods", "--prune")
+    assert pruned.code == 0, pruned.output
+    assert pods.store.query_one("SELECT 1 FROM services WHERE name = ?", (name,)) is None
+    assert marked(name) == []
+    for sshd in pods.sshds:
+        assert not processes_in(sshd.remote_root)

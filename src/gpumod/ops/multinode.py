@@ -180,6 +180,13 @@ def refine(store: Store, statuses: Sequence[Any]) -> None:
             status.state = "degraded"
             status.detail = "; ".join(f"{n['pod']} (Ray {n['role']}) {n['state']}"
                                       for n in down) + f"; vLLM: {status.detail}"
+        left = [n for n in nodes if n.get("state") not in ("stopped", "crashed")]
+        if status.spec.state == "stopping" and left and status.state != "stopping":
+            # vLLM is gone but a Ray node may still run: not stopped until confirmed
+            status.state = "stopping"
+            status.detail = "; ".join(f"{n['pod']} (Ray {n['role']}) {n['state']}"
+                                      for n in left) + \
+                f"; `pi stop {status.spec.name}` finishes the stop ({status.spec.note})"
 
 
 # ----------------------------------------------------------------------------- stop

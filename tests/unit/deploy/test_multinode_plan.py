@@ -19,8 +19,8 @@ from gpumod.hosts.model import GPU, Host
 from gpumod.ops import netcheck, ray_nodes
 from gpumod.ops.deploy import StartRequest
 from gpumod.ops.multinode_start import plan_shape
-from gpumod.planner.facts import facts_from_config
 from gpumod.planner import estimate as est
+from gpumod.planner.facts import facts_from_config
 from gpumod.planner.multinode import NodeGPUs, size
 
 CONFIGS = Path(__file__).resolve().parents[2] / "fixtures" / "planner" / "configs"
