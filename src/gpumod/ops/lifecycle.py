@@ -121,10 +121,7 @@ def ensure_ready_held(store: Store, spec: ServiceSpec, *,
     """ensure_ready for a caller holding the service's lock: (spec, 'ready' | 'woken' |
     'started')."""
     name = spec.name
-    if is_multinode(spec):
-        raise UsageError(f"{name} spans pods ({', '.join(spec.extra['multinode']['pods'])}): "
-                         "it is started only by `pi start ... --pods`",
-                         hint=f"`pi stop {name}`, then start it again with --pods")
+    _refuse_multinode(spec)
     status = live(store, spec, transport)
     if status.state == "unreachable":
         raise TransportError(f"{spec.host} cannot be reached, so whether {name} runs is "
@@ -162,6 +159,15 @@ def ensure_ready_held(store: Store, spec: ServiceSpec, *,
     machine.move(store, name, machine.Phase.STARTING, pid=None)
     done = launch(store, rt, timeout=timeout, force=force, log=log, progress=progress)
     return done, "started"
+
+
+def _refuse_multinode(spec: ServiceSpec) -> None:
+    """A deployment across pods is started by `pi start --pods` only (its Ray nodes)."""
+    if is_multinode(spec):
+        raise UsageError(f"{spec.name} spans pods "
+                         f"({', '.join(spec.extra['multinode']['pods'])}): it is started "
+                         "only by `pi start ... --pods`",
+                         hint=f"`pi stop {spec.name}`, then start it again with --pods")
 
 
 def start_service(store: Store, name: str, *, timeout: float = DEFAULT_HEALTH_TIMEOUT,
@@ -281,6 +287,7 @@ def stop_service(store: Store, name: str, *, progress: Progress = _quiet,
 def restart_service(store: Store, name: str, *, progress: Progress = _quiet,
                     timeout: float = DEFAULT_HEALTH_TIMEOUT,
                     transport: Transport | None = None) -> list[str]:
+    _refuse_multinode(get_service(store, name))  # before it is stopped
     stopped = [r.name for r in stop(store, name, progress=progress, transport=transport,
                                     forget=False)]
     started: list[str] = []

@@ -222,3 +222,65 @@ def test_ray_status_is_read_for_nodes_and_gpus():
             " 0.0/2.0 CPU\n 0.0/4.0 GPU\n 0B/31.76GiB memory\n")
     view = ray_nodes.parse_status(text)
     assert (view.nodes, view.gpus) == (2, 4.0)
+
+
+# -- admission across pods ----------------------------------------------------------------
+
+
+def _multinode_record():
+    from gpumod.ops import hosts as hostops
+    from gpumod.ops import services as records
+    from gpumod.spec import ServiceSpec
+    from gpumod.store.db import open_store
+
+    store = open_store()
+    for name in ("dc1", "dc2", "dc3"):
+        hostops.save_host(store, pod(name, 2), replace=False)
+    nodes = {p: {"ip": f"10.0.0.{i}", "role": "head" if i == 1 else "worker", "gpus": 2,
+                 "agent_port": 52365} for i, p in enumerate(("dc1", "dc2"), start=1)}
+    spec = ServiceSpec(name="r1", host="dc1", engine="vllm", model="x/y", port=0,
+                       gpus=(0, 1), extra={"multinode": {"pods": ["dc1", "dc2"], "tp": 2,
+                                                         "pp": 2, "gpus_per_node": 2,
+                                                         "nodes": nodes}})
+    records.reserve(store, spec, hostops.get_host(store, "dc1"), listening=set())
+    return store
+
+
+def test_a_multinode_deployment_is_never_restarted_as_one_service():
+    from gpumod.ops import lifecycle
+
+    store = _multinode_record()
+    for call in (lambda: lifecycle.restart_service(store, "r1"),
+                 lambda: lifecycle.ensure_ready(store, "r1")):
+        with pytest.raises(UsageError, match="spans pods .dc1, dc2.") as info:
+            call()
+        assert "`pi stop r1`, then start it again with --pods" in info.value.hint
+    assert store.query_one("SELECT state FROM services WHERE name = 'r1'")["state"] == \
+        "starting"   # nothing was stopped or moved
+
+
+def test_a_starting_multinode_deployment_counts_on_every_pod_it_spans():
+    """A one-pod start on a worker pod sees what a multi-node start was admitted there."""
+    from gpumod.hosts.gpus import parse_snapshot
+    from gpumod.hosts.transports.mock import MockTransport
+    from gpumod.ops import admission, locks
+
+    store = _multinode_record()
+    with store.transaction() as db:
+        db.execute("UPDATE services SET reserved_mib = 70000 WHERE name = 'r1'")
+    snap = parse_snapshot("0, GPU-0, NVIDIA H100 80GB HBM3, 81559, 0, 81559, 550\n"
+                          "1, GPU-1, NVIDIA H100 80GB HBM3, 81559, 0, 81559, 550\n")
+
+    def no_command(argv, stdin):  # no pid is recorded yet: nothing to ask the pod
+        raise AssertionError(f"unexpected command {argv}")
+
+    transport = MockTransport(no_command)
+
+    def seen(host: str) -> dict[int, int]:
+        return admission.pending_on(store, host, transport, snap, exclude="other").mib
+
+    assert seen("dc2") == {}   # nobody holds r1's start: a reservation of a dead start
+    with locks.service_lock("r1", what="test"):
+        assert seen("dc2") == {0: 70000, 1: 70000} == seen("dc1")
+        assert seen("dc3") == {}
+        assert admission.pending_on(store, "dc2", transport, snap, exclude="r1").mib == {}
