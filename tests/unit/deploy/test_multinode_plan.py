@@ -252,7 +252,7 @@ def test_a_multinode_deployment_is_never_restarted_as_one_service():
     store = _multinode_record()
     for call in (lambda: lifecycle.restart_service(store, "r1"),
                  lambda: lifecycle.ensure_ready(store, "r1")):
-        with pytest.raises(UsageError, match="spans pods .dc1, dc2.") as info:
+        with pytest.raises(UsageError, match=r"spans pods \(dc1, dc2\)") as info:
             call()
         assert "`pi stop r1`, then start it again with --pods" in info.value.hint
     assert store.query_one("SELECT state FROM services WHERE name = 'r1'")["state"] == \
