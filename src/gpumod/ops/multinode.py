@@ -73,7 +73,8 @@ def ray_node(spec: ServiceSpec, pod: str) -> ray_nodes.RayNode:
         num_gpus=int(node.get("gpus") or mn.get("gpus_per_node") or 0),
         head_ip=str(mn["nodes"][head]["ip"]), ray_port=int(mn["ray_port"]),
         agent_port=int(node.get("agent_port") or ray_nodes.DEFAULT_AGENT_PORT),
-        dashboard_port=int(mn.get("dashboard_port") or ray_nodes.DEFAULT_DASHBOARD_PORT))
+        dashboard_port=int(mn.get("dashboard_port") or ray_nodes.DEFAULT_DASHBOARD_PORT),
+        pid=int(node["pid"]) if node.get("pid") else None)
 
 
 def on_host(extra: dict[str, Any], host: str) -> tuple[tuple[int, ...], int | None] | None:
@@ -176,7 +177,8 @@ def refine(store: Store, statuses: Sequence[Any]) -> None:
         nodes = node_states(store, status.spec)
         status.nodes = nodes
         down = [n for n in nodes if n.get("state") != "running"]
-        if down and status.state in ("running", "starting", "unhealthy", "sleeping"):
+        starting = status.spec.state == "starting"  # its nodes come up one by one
+        if down and not starting and status.state in ("running", "unhealthy", "sleeping"):
             status.state = "degraded"
             status.detail = "; ".join(f"{n['pod']} (Ray {n['role']}) {n['state']}"
                                       for n in down) + f"; vLLM: {status.detail}"

@@ -62,16 +62,28 @@ done
 """
 
 # Kill what is left of a node after its process group: processes whose environment
-# holds $1 (GPUMOD_RAY_NODE=marker); then remove its temp dir $2. Prints how many.
+# holds $1 (GPUMOD_RAY_NODE=marker), and processes of the node's session $3 (its
+# recorded pid) working in its folder $4: Ray's own processes rename themselves
+# (setproctitle writes "ray::..." over their environment, so the marker is gone there)
+# and outlive a leader that died. Then remove its temp dir $2. Prints how many.
 SWEEP_SCRIPT = r"""
-marker=$1; tmp=$2; n=0
+marker=$1; tmp=$2; sid=$3; dir=$4; n=0
+ours() {
+  pid=$1
+  tr '\0' '\n' 2>/dev/null < "/proc/$pid/environ" | grep -qxF "$marker" && return 0
+  [ -n "$sid" ] || return 1
+  read -r st 2>/dev/null < "/proc/$pid/stat" || return 1
+  # shellcheck disable=SC2086  # the fields after the command name: state ppid pgrp session
+  set -- ${st##*) }
+  [ "${4:-}" = "$sid" ] || return 1
+  case $(readlink "/proc/$pid/cwd" 2>/dev/null) in "$dir"/*) return 0 ;; esac
+  return 1
+}
 for sig in TERM KILL; do
-  for e in /proc/[0-9]*/environ; do
-    p=${e#/proc/}; p=${p%/environ}
+  for e in /proc/[0-9]*/stat; do
+    p=${e#/proc/}; p=${p%/stat}
     [ "$p" = "$$" ] && continue
-    if tr '\0' '\n' < "$e" 2>/dev/null | grep -qxF "$marker"; then
-      kill -"$sig" "$p" 2>/dev/null && n=$((n+1))
-    fi
+    if ours "$p"; then kill -"$sig" "$p" 2>/dev/null && n=$((n+1)); fi
   done
   [ "$sig" = TERM ] && [ "$n" -gt 0 ] && sleep 2
 done
@@ -94,6 +106,7 @@ class RayNode:
     agent_port: int
     dashboard_port: int = 0    # head only
     binary: str = "ray"
+    pid: int | None = None     # its launcher (the session of every Ray process), as recorded
 
     @property
     def marker(self) -> str:
@@ -187,8 +200,9 @@ def stop(transport: Transport, host: Host, node: RayNode, *,
     (keep_log: its log goes to ``ray/.failed/NAME.log``, as a failed start's does)."""
     plan = launch_plan(node, host, {})
     outcome = supervisor(transport, node).remove(plan, timeout=timeout, keep_log=keep_log)
-    result = transport.run_script(SWEEP_SCRIPT, [node.marker,
-                                                 temp_dir(host, node.deployment)], timeout=60)
+    result = transport.run_script(SWEEP_SCRIPT, [
+        node.marker, temp_dir(host, node.deployment), str(node.pid or ""),
+        plan.service_dir.rstrip("/")], timeout=60)
     result.check(f"{transport.label}: cleaning up the Ray {node.role}")
     return outcome
 
