@@ -55,8 +55,19 @@ def marked(name: str) -> list[int]:
     return found
 
 
-def kill_marked(name: str) -> None:
-    for pid in marked(name):
+def kill_marked(name: str, folder: Path | None = None) -> None:
+    """SIGKILL the marked processes, and (given `folder`) any process working under it:
+    Ray's renamed processes have their environment, marker included, written over."""
+    pids = set(marked(name))
+    if folder is not None:
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and \
+                        os.readlink(entry / "cwd").startswith(f"{folder}/"):
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -117,7 +128,7 @@ def pods(tmp_path, monkeypatch):
                 sshd.start()
         for row in store.query("SELECT name FROM services"):
             run_cli("stop", row["name"], "--timeout", "2")
-        kill_marked(env.name)
+        kill_marked(env.name, tmp_path)
         from gpumod.ops.ray_nodes import temp_dir
 
         for host in hostops.list_hosts(store):  # Ray's temp dirs, even after a failed test
