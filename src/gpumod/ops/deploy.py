@@ -54,6 +54,7 @@ from gpumod.hosts.gpus import GPU_FIELDS, GPUUsage, parse_gpu_csv
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hostops
+from gpumod.ops import inventory
 from gpumod.ops import launch as launcher
 from gpumod.ops import probe as probes
 from gpumod.ops import services as records
@@ -230,6 +231,23 @@ def validate_model(model: str) -> None:
                          hint="give a Hugging Face id (owner/name) or an absolute path on the host")
 
 
+def local_model_path(model: str) -> str:
+    """On this machine a model path is relative to the current directory.
+
+    ./m.gguf, ../m.gguf, m.gguf and dir/m.gguf (when that file exists here) become
+    absolute; a Hugging Face id stays as typed. A .gguf name that is no file here is
+    refused (it is not a Hugging Face id either).
+    """
+    if model.startswith(("/", "~")) or ":" in model:
+        return model
+    if model.startswith(("./", "../")) or os.path.exists(model):
+        return os.path.abspath(model)
+    if model.lower().endswith(".gguf"):
+        raise NotFoundError(f"model file {model!r} does not exist in {os.getcwd()}",
+                            hint="give the path of a .gguf file, or OWNER/REPO:FILE.gguf")
+    return model
+
+
 # -- start -------------------------------------------------------------------------
 
 
@@ -276,8 +294,8 @@ class StartPlan:
 def plan_start(req: StartRequest, host: Host) -> StartPlan:
     """Engine, args, env and GPU count for a request on a host; raises UsageError."""
     validate.name(req.name, "service name")
-    if host.is_local and req.model.startswith(("./", "../")):
-        req.model = os.path.abspath(req.model)  # local paths are relative to where you are
+    if host.is_local:
+        req.model = local_model_path(req.model)
     validate_model(req.model)
     known = find_model(req.model.split(":", 1)[0]) if model_kind("vllm", req.model) == "hf" \
         else None
@@ -463,10 +481,11 @@ def download(transport: Transport, host: Host, plan: StartPlan, pre: Preflight,
         raise Cancelled("download cancelled; nothing was started or recorded") from None
     if code == 255 and not host.is_local:
         raise TransportError(f"{transport.label}: the connection dropped during the download")
-    if code != 0:
-        detail = next((line for line in reversed(tail) if line.strip()), f"exit code {code}")
-        raise EngineError(f"downloading {plan.hf_repo} failed: {detail}",
-                          hint="check HF_TOKEN and that you have access to the model")
+    if code != 0:  # the cause from hf's own output (not its "set HF_DEBUG=1" line)
+        from gpumod.hf_errors import download_error
+
+        raise download_error(plan.hf_repo or "", plan.gguf_file, tail,
+                             where=transport.label, code=code)
 
 
 def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
@@ -477,7 +496,7 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     validate.name(req.name, "service name")
     if req.port is not None:
         validate.port(req.port)
-    host = hostops.resolve_host(store, req.pod)
+    host = inventory.refresh(store, hostops.resolve_host(store, req.pod))  # GPUs as they are now
     if store.query_one("SELECT 1 FROM services WHERE name = ?", (req.name,)):
         existing = records.get_service(store, req.name)
         raise ConflictError(f"a service named {req.name!r} already exists (on {existing.host})",
@@ -486,9 +505,10 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     for warning in plan.warnings:
         out(f"warning: {warning}")
     if plan.gpu_count > len(host.gpus):
-        have = f"{len(host.gpus)} GPU(s) recorded" if host.gpus else "no GPU recorded"
-        hint = ("run `gpumod init` to detect this machine's GPUs" if host.is_local
-                else f"re-run `pi pods setup {host.name} ...` to detect its GPUs")
+        have = f"{len(host.gpus)} GPU(s)" if host.gpus else "no GPU (nvidia-smi lists none)"
+        hint = ("use a pod with GPUs (`pi pods setup NAME \"ssh ...\"`), or a GGUF model "
+                "with llama.cpp on this machine's CPU" if not host.gpus
+                else "lower --gpus, or use a pod with more GPUs")
         raise CapacityError(f"{plan.engine.name} needs {plan.gpu_count} GPU(s) but "
                             f"{host.name} has {have}", hint=hint)
     if plan.selection and plan.selection.min_engine_version and plan.engine.name == "vllm":
@@ -517,6 +537,8 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
                         model=req.model, port=0, args=tuple(plan.args), env=dict(plan.env),
                         health_path=req.health_path or plan.engine.health.path,
                         extra={"origin": records.ORIGIN_START, "support": plan.support,
+                               # --gpus 0: on the CPU even where the host has GPUs
+                               **({"cpu": True} if req.gpus == 0 else {}),
                                "catalog": plan.known.id if plan.known else None,
                                "config": plan.selection.config.label() if plan.selection
                                else None,
@@ -652,8 +674,10 @@ def logs(store: Store, name: str, *, lines: int = 100, follow: bool = False,
             proc.kill()
         return 0
     if code == 3:
-        raise NotFoundError(f"no log for {name} on {host.name}",
-                            hint="the service folder is gone; `pi list --prune` tidies up")
+        raise NotFoundError(f"no log for {name} on {host.name} yet",
+                            hint="the service folder is gone; `pi list --prune` tidies up"
+                            if records.is_deployment(spec) else
+                            f"it has not run yet: gpumod service start {name}")
     if code == 255 and not host.is_local:
         raise TransportError(f"pod {host.name}: could not read the log (ssh failed)",
                              hint=f"check the pod is up (`pi ssh {host.name} true`)")

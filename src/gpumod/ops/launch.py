@@ -53,6 +53,7 @@ from gpumod.errors import (
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
+from gpumod.ops import inventory
 from gpumod.ops import probe as probes
 from gpumod.ops import services as records
 from gpumod.spec import ServiceSpec
@@ -383,6 +384,11 @@ def launch(store: Store, rt: Runtime, *, timeout: float, new: bool = False,
     if usage is UNSET:
         usage = gpu_usage(rt.transport)
     try:
+        # the host's GPUs as read now; a GPU engine without GPUs gets them (ops.inventory)
+        spec, host = inventory.ensure_gpus(store, rt.spec, rt.host, usage, progress=progress)
+        if (spec, host) != (rt.spec, rt.host):
+            rt = replace(rt, spec=spec, host=host,
+                         plan=launch_plan(spec, host, rt.engine, rt.options))
         rt, estimate = admit(store, rt, usage, force=force, progress=progress)
     except BaseException:
         if new:
