@@ -9,7 +9,7 @@ output is all there is) and :func:`network_cause` the text of a connection error
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from gpumod.errors import EngineError, GpumodError, NotFoundError, TransportError, UsageError
 
@@ -35,6 +35,11 @@ NETWORK_HINT = ("check the network, a proxy (HTTPS_PROXY) or HF_ENDPOINT; a mode
 
 def clean(line: str) -> str:
     return _ANSI.sub("", line).strip()
+
+
+def quiet_hints(out: Callable[[str], None]) -> Callable[[str], None]:
+    """`out` without the CLI's own "Hint: ..." lines (HF_DEBUG, `hf skills`)."""
+    return lambda line: None if clean(line).startswith("Hint:") else out(line)
 
 
 def network_cause(text: str) -> str | None:

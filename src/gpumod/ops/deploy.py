@@ -451,6 +451,9 @@ def download(transport: Transport, host: Host, plan: StartPlan, pre: Preflight,
             plan.gguf_file or ""]
     out(f"downloading {plan.hf_repo}{'/' + plan.gguf_file if plan.gguf_file else ''} "
         f"into {pre.hf_home} on {transport.label} (Ctrl+C cancels)")
+    from gpumod.hf_errors import quiet_hints
+
+    out = quiet_hints(out)  # hf's "set HF_DEBUG=1" hints: the error below says what to do
     proc = transport.popen(argv, stdin=subprocess.PIPE)
     try:
         assert proc.stdin is not None and proc.stdout is not None
