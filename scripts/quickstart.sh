@@ -111,10 +111,13 @@ answer = (reply.choices[0].message.content or "").strip()
 print(f"Q: {question}\nA: {answer}")
 sys.exit(0 if answer else "no answer came back")
 PY
-echo "--- through pi prompt:" >&2
-answer="$("$pi" prompt "$name" "What is 2+2?" --no-tools)"
-[[ -n "${answer//[[:space:]]/}" ]] || { echo "pi prompt gave no answer" >&2; exit 1; }
-printf 'Q: What is 2+2?\nA: %s\n' "$answer"
+echo "--- through pi prompt (the agentic test client; --json: one event per line):" >&2
+"$pi" prompt "$name" "What is 2+2?" --no-tools --json | .venv/bin/python -c '
+import json, sys
+final = [e for e in map(json.loads, sys.stdin) if e.get("type") == "final"]
+answer = final[-1]["text"].strip() if final and final[-1]["reason"] == "answer" else ""
+print("Q: What is 2+2?\nA: " + " ".join(answer.split()))
+sys.exit(0 if answer else "pi prompt gave no answer")'
 
 cat <<EOF
 

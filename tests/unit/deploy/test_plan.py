@@ -94,7 +94,7 @@ def test_local_relative_model_paths_resolve_against_the_current_directory(tmp_pa
         plan = plan_start(req, local)
         assert plan.model == req.model == str(tmp_path / path)
         assert plan.engine.name == "llamacpp" and plan.hf_repo is None
-    with pytest.raises(NotFoundError, match="'nope.gguf' does not exist in") as missing:
+    with pytest.raises(NotFoundError, match=r"'nope\.gguf' does not exist in") as missing:
         plan_start(StartRequest("nope.gguf", "t"), local)
     assert missing.value.exit_code == 3 and "OWNER/REPO:FILE.gguf" in missing.value.hint
     # a Hugging Face id stays one, even on local
