@@ -192,3 +192,25 @@ def test_no_gpu_host_refuses_vllm_in_one_line_and_runs_llamacpp_on_the_cpu(monke
                                        progress=lines.append)
     assert kept.gpus == () and host.gpus == ()
     assert lines == ["l: local has no GPU: llamacpp runs on the CPU"]
+
+
+def test_the_watch_loop_restarts_a_crashed_service_on_a_gpu(box):
+    import signal
+
+    from gpumod.ops import services as records
+    from gpumod.ops.watch import Policy, Watcher
+
+    store, _ = box
+    lifecycle.add_service(store, ServiceSpec("w", "local", "vllm", "fake/w", free_port(),
+                                             args=tuple(ARGS.split())))
+    lifecycle.start_service(store, "w", timeout=60)
+    old = lifecycle.get_service(store, "w").pid
+    records.save_gpus(store, "w", [])  # a record from before the GPUs were known
+    os.killpg(old, signal.SIGKILL)
+    lines: list[str] = []
+    Watcher(store, "local", policy=Policy(fail_threshold=1, backoff_base=0),
+            log=lines.append).round()
+    restarted = lifecycle.get_service(store, "w")
+    assert restarted.state == "running" and restarted.pid != old, lines
+    assert restarted.gpus == (0,)
+    assert manifest_env("w")["CUDA_VISIBLE_DEVICES"] == "0"

@@ -127,3 +127,17 @@ def test_the_cli_output_is_read_for_its_cause():
     other = ["Error: something new", "Hint: set HF_DEBUG=1 as environment variable"]
     err = download_error("a/b", None, other, where="local", code=1)
     assert err.message == "downloading a/b on local failed: something new"
+
+
+def test_a_model_lookup_offline_names_the_cause(tmp_path):
+    # huggingface_hub reads HF_ENDPOINT when imported: a fresh process, as a user runs it
+    import subprocess
+
+    env = {**os.environ, "HF_ENDPOINT": "http://hub.gpumod-test.invalid",
+           "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run([sys.executable, "-m", "gpumod.cli.main", "model", "info", "a/b"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.splitlines()[0] == ("error: cannot reach Hugging Face for a/b: "
+                                             "name or service not known")
