@@ -163,7 +163,8 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
         spec = spec.with_(gpus=inventory.choose_gpus(st, spec, host, reading.usage))
     spec = lifecycle.add_service(st, spec, listening=listening)
     where = (f"GPU {','.join(map(str, spec.gpus))}" if spec.gpus else
-             "CPU" if engine in inventory.GPU_ENGINES else "no GPU")
+             "no GPU" if engine in inventory.GPU_ONLY_ENGINES or engine not in
+             inventory.GPU_ENGINES else "CPU")
     click.echo(f"added {name}: {engine} {model} on {host.name}:{spec.port}, {where} "
                f"(supervisor {chosen}, sleep {spec.sleep_mode})")
     if not spec.gpus and engine in inventory.GPU_ONLY_ENGINES:
