@@ -88,4 +88,5 @@ cp "$work/build/bin/llama-server" "$dest.tmp/bin/"
 rm -rf "$dest"
 mv "$dest.tmp" "$dest"
 "$bin" --version >&2 || true
+echo "built llama-server in $((SECONDS / 60))m$((SECONDS % 60))s; cached for later runs" >&2
 echo "$bin"
