@@ -193,6 +193,12 @@ def stop(name: str | None, pod: str | None, yes: bool, timeout: float) -> None:
               show_default=True, help="How many lines from the end.")
 def logs(name: str, follow: bool, lines: int) -> None:
     """Print a deployment's log; Ctrl+C stops following, never the deployment."""
+    print_log(name, lines=lines, follow=follow)
+
+
+def print_log(name: str, *, lines: int, follow: bool) -> None:
+    """`pi logs` and `gpumod service logs`: one implementation (ops.deploy.logs), so the
+    same exit codes: 3 when there is no log (yet), 5 when the pod is unreachable."""
     from gpumod.ops import deploy
 
     def write(chunk: bytes) -> None:
