@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def test_quickstart_tiny_gguf_on_local(llama_on_path, gpumod_home):
     base = f"http://127.0.0.1:{port}/v1"
     assert KEY not in started.output
 
+    if shutil.which("nvidia-smi") is None:  # no GPU here: llama.cpp on the CPU, and says so
+        assert "tiny: local has no GPU: llamacpp runs on the CPU" in started.stderr
+        assert "GPUs:      none (CPU)" in started.stdout
     # the engine's own log streamed while waiting
     assert "llama_server" in started.stderr or "server is listening" in started.stderr
 

@@ -344,8 +344,9 @@ def test_failed_download_records_nothing(local_env):
     hf.write_text("#!/bin/sh\necho '401 Client Error: gated repo' >&2\nexit 1\n")
     hf.chmod(0o755)
     result = start("Qwen/Qwen3-0.6B", "--name", "dl")
-    assert result.code == 7
-    assert "gated repo" in result.stderr
+    assert result.code == 2  # the cause, read from hf's output: a usage problem, not the engine
+    assert "failed: 403: Qwen/Qwen3-0.6B is gated" in result.stderr
+    assert "HF_TOKEN" in result.stderr
     assert json.loads(run_cli("list", "--json").stdout) == []
 
 

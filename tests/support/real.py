@@ -30,7 +30,9 @@ def llama_server_binary() -> str:
     candidates = [explicit] if explicit else []
     candidates.append(shutil.which("llama-server"))
     cache = Path(os.environ.get("GPUMOD_BUILD_CACHE", Path.home() / ".cache/gpumod-build"))
-    candidates.extend(str(p) for p in sorted(cache.glob("llama-server-*/bin/llama-server")))
+    # the newest build first (an older cache entry may be one the build script replaced)
+    candidates.extend(str(p) for p in sorted(cache.glob("llama-server-*/bin/llama-server"),
+                                             key=lambda p: p.stat().st_mtime, reverse=True))
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate

@@ -58,8 +58,8 @@ def _err(message: str) -> None:
 @json_option
 @click.pass_context
 def start(ctx: click.Context, model: str | None, name: str | None, pod: str | None,
-          pods: str | None, engine: str | None, memory: str | None, context: str | None, gpus: int | None,
-          port: int | None, deadline: float | None, health_path: str | None,
+          pods: str | None, engine: str | None, memory: str | None, context: str | None,
+          gpus: int | None, port: int | None, deadline: float | None, health_path: str | None,
           no_download: bool, quiet: bool, force: bool, vllm_version: str | None,
           as_json: bool) -> None:
     """Start MODEL (HF id, or a path on the host) as an OpenAI-compatible endpoint.
@@ -211,6 +211,12 @@ def stop(name: str | None, pod: str | None, yes: bool, timeout: float) -> None:
                    "the head).")
 def logs(name: str, follow: bool, lines: int, node: str | None) -> None:
     """Print a deployment's log; Ctrl+C stops following, never the deployment."""
+    print_log(name, lines=lines, follow=follow, node=node)
+
+
+def print_log(name: str, *, lines: int, follow: bool, node: str | None = None) -> None:
+    """`pi logs` and `gpumod service logs`: one implementation (ops.deploy.logs), so the
+    same exit codes: 3 when there is no log (yet), 5 when the pod is unreachable."""
     from gpumod.ops import deploy
 
     def write(chunk: bytes) -> None:

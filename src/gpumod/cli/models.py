@@ -28,9 +28,9 @@ def fit_rows(host) -> list[dict]:
 
 
 def show_models(pod: str | None, *, as_json: bool, all_models: bool) -> None:
-    from gpumod.ops import hosts as hostops
+    from gpumod.ops.inventory import target_host
 
-    host = hostops.resolve_host(store(), pod)
+    host = target_host(store(), pod)
     rows = fit_rows(host)
     if as_json:
         print_json({"host": host.name, "gpus": host.gpu_summary(), "models": rows})

@@ -31,7 +31,8 @@ def service() -> None:
 @pod_option
 @click.option("--port", type=click.IntRange(1, 65535),
               help="Port on the host (default: the preset's or a free one).")
-@click.option("--gpus", help="GPU indexes, e.g. 0 or 0,1.")
+@click.option("--gpus", help="GPU indexes, e.g. 0 or 0,1; none: on the CPU (llama.cpp). "
+              "Default: chosen by the planner on the host's GPUs as read now.")
 @click.option("--sleep", "sleep_mode", type=click.Choice(["none", "l1", "l2", "router"]))
 @click.option("--depends-on", help="Services that must run first, comma separated.")
 @click.option("--args", "args_text", help="Engine arguments, one shell-quoted string.")
@@ -54,12 +55,13 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
     """Define a service from a preset or from an engine and a model."""
     from gpumod import validate
     from gpumod.ops import hosts as hosts_ops
-    from gpumod.ops import lifecycle
+    from gpumod.ops import inventory, lifecycle
     from gpumod.spec import ServiceSpec
 
     validate.name(name, "service name")
     st = store()
-    host = hosts_ops.resolve_host(st, pod)
+    reading = inventory.read(st, hosts_ops.resolve_host(st, pod))  # GPUs as they are now
+    host = reading.host
     extra: dict = {}
     base: dict = {"args": [], "env": {}, "depends_on": [], "sleep": "none",
                   "health_path": "/health", "gpus": None, "vram_mib": None, "port": None}
@@ -111,16 +113,19 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
         parse_config(docker_cfg)
         extra["docker"] = docker_cfg
     gpu_list = base["gpus"] or []
-    if gpus is not None:
+    if gpus is not None and gpus.strip().lower() == "none":
+        if engine in inventory.GPU_ONLY_ENGINES:
+            raise UsageError(f"--gpus none: {engine} cannot run without a GPU")
+        gpu_list, extra["cpu"] = [], True
+    elif gpus is not None:
         try:
             gpu_list = [int(g) for g in _names(gpus)]
         except ValueError:
-            raise UsageError(f"--gpus {gpus!r} must be GPU indexes like 0 or 0,1") from None
+            raise UsageError(f"--gpus {gpus!r} must be GPU indexes like 0 or 0,1, or none"
+                             ) from None
     known = {g.index for g in host.gpus}
     if known and any(g not in known for g in gpu_list):
         raise UsageError(f"{host.name} has GPUs {sorted(known)}, not {gpu_list}")
-    if not gpu_list and host.gpus and engine in {"vllm", "llamacpp"}:
-        gpu_list = [min(known)]
     if bind:
         extra["bind"] = bind
     chosen = supervisor
@@ -154,9 +159,17 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
         supervisor=chosen, sleep_mode=sleep_mode or base["sleep"],
         health_path=base["health_path"], depends_on=tuple(base["depends_on"]),
         vram_mib=vram_mib or base["vram_mib"], extra=extra)
+    if not spec.gpus and host.gpus and not extra.get("cpu"):
+        spec = spec.with_(gpus=inventory.choose_gpus(st, spec, host, reading.usage))
     spec = lifecycle.add_service(st, spec, listening=listening)
-    click.echo(f"added {name}: {engine} {model} on {host.name}:{spec.port} "
+    where = (f"GPU {','.join(map(str, spec.gpus))}" if spec.gpus else
+             "no GPU" if engine in inventory.GPU_ONLY_ENGINES or engine not in
+             inventory.GPU_ENGINES else "CPU")
+    click.echo(f"added {name}: {engine} {model} on {host.name}:{spec.port}, {where} "
                f"(supervisor {chosen}, sleep {spec.sleep_mode})")
+    if not spec.gpus and engine in inventory.GPU_ONLY_ENGINES:
+        info(f"note: {host.name} has no GPU (nvidia-smi lists none); {engine} will not start "
+             "there")
 
 
 @service.command("list")
@@ -257,27 +270,14 @@ def remove_cmd(name: str) -> None:
 
 @service.command("logs")
 @click.argument("name")
-@click.option("-n", "--lines", type=int, default=100, show_default=True)
-@click.option("-f", "--follow", is_flag=True)
+@click.option("-n", "--lines", type=click.IntRange(0, 10_000_000), default=100,
+              show_default=True, help="How many lines from the end.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl+C stops).")
 def logs_cmd(name: str, lines: int, follow: bool) -> None:
-    """Print (or follow) a service's log."""
-    import sys
+    """Print (or follow) a service's log; the same as `pi logs NAME`."""
+    from gpumod.cli.deploy import print_log
 
-    from gpumod.ops import lifecycle
-    from gpumod.supervise.process import tail_argv
-
-    st = store()
-    rt = lifecycle.runtime(st, lifecycle.get_service(st, name))
-    argv = tail_argv(rt.plan.log_path, max(1, lines), follow)
-    try:
-        with rt.transport.stream(argv) as out:
-            for chunk in out.iter_bytes():
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-    except KeyboardInterrupt:
-        return
-    if out.returncode != 0:
-        raise UsageError(f"no log for {name} yet", hint=f"start it: gpumod service start {name}")
+    print_log(name, lines=lines, follow=follow)
 
 
 @service.command("sleep")

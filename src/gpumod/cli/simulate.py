@@ -54,13 +54,13 @@ def simulate(services: tuple[str, ...], mode: str | None, add: tuple[str, ...],
     twice. Unreachable host or no nvidia-smi: the stored inventory, and a note.
     """
     from gpumod.cli.common import store
-    from gpumod.ops.hosts import resolve_host
+    from gpumod.ops.inventory import target_host
     from gpumod.ops.simulate import simulate as run
     from gpumod.planner.picture import render_gpu_bars
 
     st = store()
     # A mode names its host; --pod (or, without a mode, the active host) otherwise.
-    host = resolve_host(st, pod).name if pod or not mode else ""
+    host = target_host(st, pod, mode=mode, stored_if_known=no_live).name
     result = run(st, host=host, services=_split(services) or None, mode=mode,
                  add=_split(add), remove=_split(remove), contexts=_contexts(context),
                  margin_mib=margin_mib, live=not no_live, version=vllm_version)

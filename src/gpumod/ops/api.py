@@ -221,11 +221,11 @@ def simulate_mode(mode: str | None = None, add: Sequence[str] = (),
     if not mode and not add:
         raise UsageError("nothing to simulate", hint="give a mode, or services to add")
     with session_store() as store:
-        from gpumod.ops.hosts import resolve_host
+        from gpumod.ops.inventory import target_host
 
         simulate = _op("gpumod.ops.simulate", "simulate")
         # A mode names its host; --pod (or, without a mode, the active host) otherwise.
-        host = resolve_host(store, pod).name if pod or not mode else ""
+        host = target_host(store, pod, mode=mode).name
         # Live GPU use, as `gpumod simulate` (falls back to the inventory when unreachable).
         result = simulate(store, host=host, mode=mode or None, add=list(add),
                           remove=list(remove), contexts=dict(contexts or {}), live=True,
@@ -269,9 +269,9 @@ def model_estimate(model: str, engine: str = "vllm", context: int | None = None,
     if context is not None:
         argv += ["--max-model-len" if engine == "vllm" else "-c", str(context)]
     with session_store() as store:
-        from gpumod.ops.hosts import resolve_host
+        from gpumod.ops.inventory import target_host
 
-        host = resolve_host(store, pod)
+        host = target_host(store, pod)
         if gpu_mib:
             if gpu_mib < 1024:
                 raise UsageError(f"--gpu-mib {gpu_mib} is too small", hint="MiB, e.g. 81559")

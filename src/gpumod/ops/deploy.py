@@ -47,8 +47,8 @@ from gpumod.errors import (
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hostops
+from gpumod.ops import inventory, lifecycle, locks, machine
 from gpumod.ops import launch as launcher
-from gpumod.ops import lifecycle, locks, machine
 from gpumod.ops import services as records
 from gpumod.ops.endpoints import endpoint_url
 from gpumod.ops.launch import probe_address, service_dir
@@ -143,6 +143,9 @@ def download(transport: Transport, host: Host, plan: StartPlan, pre: Preflight,
     out(f"downloading {plan.hf_repo}{'/' + plan.gguf_file if plan.gguf_file else ''} "
         f"into {pre.hf_home} on {transport.label} (Ctrl+C cancels)")
     tail: deque[str] = deque(maxlen=20)
+    from gpumod.hf_errors import quiet_hints
+
+    out = quiet_hints(out)  # hf's "set HF_DEBUG=1" hints: the error below says what to do
     try:
         with transport.stream(argv, input=os.environ.get("HF_TOKEN", "") + "\n") as stream:
             for line in stream.iter_lines(carriage_return=True):
@@ -157,10 +160,11 @@ def download(transport: Transport, host: Host, plan: StartPlan, pre: Preflight,
         except GpumodError:
             pass
         raise Cancelled("download cancelled; nothing was started or recorded") from None
-    if code != 0:
-        detail = next((line for line in reversed(tail) if line.strip()), f"exit code {code}")
-        raise EngineError(f"downloading {plan.hf_repo} failed: {detail}",
-                          hint="check HF_TOKEN and that you have access to the model")
+    if code != 0:  # the cause from hf's own output (not its "set HF_DEBUG=1" line)
+        from gpumod.hf_errors import download_error
+
+        raise download_error(plan.hf_repo or "", plan.gguf_file, tail,
+                             where=transport.label, code=code)
 
 
 def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
@@ -171,7 +175,7 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     validate.name(req.name, "service name")
     if req.port is not None:
         validate.port(req.port)
-    host = hostops.resolve_host(store, req.pod)
+    host = inventory.refresh(store, hostops.resolve_host(store, req.pod))  # GPUs as they are now
     if store.query_one("SELECT 1 FROM services WHERE name = ?", (req.name,)):
         existing = records.get_service(store, req.name)
         raise ConflictError(f"a service named {req.name!r} already exists (on {existing.host})",
@@ -182,9 +186,10 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     for warning in plan.warnings:
         out(f"warning: {warning}")
     if plan.gpu_count > len(host.gpus):
-        have = f"{len(host.gpus)} GPU(s) recorded" if host.gpus else "no GPU recorded"
-        hint = ("run `gpumod init` to detect this machine's GPUs" if host.is_local
-                else f"re-run `pi pods setup {host.name} ...` to detect its GPUs")
+        have = f"{len(host.gpus)} GPU(s)" if host.gpus else "no GPU (nvidia-smi lists none)"
+        hint = ("use a pod with GPUs (`pi pods setup NAME \"ssh ...\"`), or a GGUF model "
+                "with llama.cpp on this machine's CPU" if not host.gpus
+                else "lower --gpus, or use a pod with more GPUs")
         raise CapacityError(f"{plan.engine.name} needs {plan.gpu_count} GPU(s) but "
                             f"{host.name} has {have}", hint=hint)
     if plan.selection and plan.selection.min_engine_version and plan.engine.name == "vllm":
@@ -214,6 +219,8 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
                         health_path=req.health_path or plan.engine.health.path,
                         extra={"origin": records.ORIGIN_START, "support": plan.support,
                                **({"vllm_version": req.vllm_version} if req.vllm_version else {}),
+                               # --gpus 0: on the CPU even where the host has GPUs
+                               **({"cpu": True} if req.gpus == 0 else {}),
                                "catalog": plan.known.id if plan.known else None,
                                "config": plan.selection.config.label() if plan.selection
                                else None,
@@ -340,8 +347,10 @@ def logs(store: Store, name: str, *, lines: int = 100, follow: bool = False,
                         hint=f"check the pod is up (`pi ssh {host.name} true`)") from exc
     code = stream.returncode or 0
     if code == 3:
-        raise NotFoundError(f"no log for {name} on {host.name}",
-                            hint="the service folder is gone; `pi list --prune` tidies up")
+        raise NotFoundError(f"no log for {name} on {host.name} yet",
+                            hint="the service folder is gone; `pi list --prune` tidies up"
+                            if records.is_deployment(spec) else
+                            f"it has not run yet: gpumod service start {name}")
     return code
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from gpumod import paths, validate
 from gpumod.errors import ConflictError, NotFoundError, UsageError
@@ -87,6 +88,15 @@ def update_local(store: Store, gpus: list[GPU], capabilities: dict, engine_env: 
         db.executemany("INSERT INTO gpus (host, idx, uuid, name, memory_mib) VALUES (?,?,?,?,?)",
                        [(LOCAL, g.index, g.uuid, g.name, g.memory_mib) for g in gpus])
     return get_host(store, LOCAL)
+
+
+def save_gpus(store: Store, name: str, gpus: Sequence[GPU]) -> None:
+    """Replace a host's recorded GPUs (what nvidia-smi lists there now)."""
+    with store.transaction() as db:
+        db.execute("DELETE FROM gpus WHERE host = ?", (name,))
+        db.executemany("INSERT INTO gpus (host, idx, uuid, name, memory_mib) VALUES (?,?,?,?,?)",
+                       [(name, g.index, g.uuid, g.name, g.memory_mib) for g in gpus])
+        db.execute("UPDATE hosts SET updated_at=datetime('now') WHERE name = ?", (name,))
 
 
 def remove_host(store: Store, name: str) -> tuple[Host, int]:

@@ -44,7 +44,7 @@ from gpumod.errors import (
 )
 from gpumod.hosts.model import Host
 from gpumod.ops import hosts as hosts_ops
-from gpumod.ops import machine
+from gpumod.ops import inventory, machine
 from gpumod.ops import probe as probes
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
@@ -175,6 +175,12 @@ def launch(store: Store, rt: Runtime, *, timeout: float, new: bool = False,
     name = rt.spec.name
     launched = released = False
     try:
+        # the host's GPUs as read now; a GPU engine without GPUs gets them (ops.inventory),
+        # before the GPUs' start turns are taken
+        spec, host = inventory.ensure_gpus(store, rt.spec, rt.host, transport=rt.transport,
+                                           progress=progress)
+        if (spec, host) != (rt.spec, rt.host):
+            rt = rt.with_spec(spec, host)
         with admission.start_turn(rt, timeout=timeout, progress=progress):
             rt, estimate = admission.admit_and_reserve(store, rt, force=force,
                                                        progress=progress)

@@ -46,8 +46,8 @@ from gpumod.errors import (
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
+from gpumod.ops import inventory, netcheck, ray_nodes
 from gpumod.ops import multinode as mn_ops
-from gpumod.ops import netcheck, ray_nodes
 from gpumod.ops import services as records
 from gpumod.ops.deploy import DEFAULT_DEADLINE, StartResult, download
 from gpumod.ops.multinode_launch import Launch, launch
@@ -158,9 +158,6 @@ def _check_pods(store: Store, req: StartRequest, pods: list[str]) -> list[Host]:
         if host.is_local:
             raise UsageError("multi-node runs on pods, not on this machine",
                              hint="give pods set up with `pi pods setup`")
-        if not host.gpus:
-            raise CapacityError(f"pod {host.name} has no GPU recorded",
-                                hint=f"re-run `pi pods setup {host.name} ...`")
     if req.engine not in (None, "vllm"):
         raise UsageError("multi-node deployments run vLLM", hint="leave --engine out")
     if req.gpus is not None:
@@ -231,26 +228,29 @@ def start(store: Store, req: StartRequest, pods: list[str], *,
         existing = records.get_service(store, req.name)
         raise ConflictError(f"a service named {req.name!r} already exists (on {existing.host})",
                             hint=f"pick another --name, or `pi stop {req.name}` first")
-    shape = plan_shape(req, hosts)
+    if all(h.gpus for h in hosts):  # the arguments checked before any pod is asked
+        plan_shape(req, hosts)
+    hf_repo = req.model if hf else None
+    out(f"checking {', '.join(pods)} (vLLM, Ray, the model, GPUs, network)")
+    probe = StartPlan(engine=get_engine("vllm"), model=req.model, hf_repo=hf_repo,
+                      gguf_file=None, args=[], env={}, gpu_count=0, known=None, selection=None)
+    checks: list[PodCheck] = _parallel(lambda h: _pod_check(h, probe), hosts)
+    for c in checks:  # the GPUs each pod has now (its nvidia-smi, read by the pre-flight)
+        c.host = inventory.read(store, c.host, usage=c.pre.usage).host
+        if not c.host.gpus:
+            raise CapacityError(f"pod {c.host.name} has no GPU (nvidia-smi lists none there)",
+                                hint="every pod of a multi-node deployment needs GPUs")
+    shape = plan_shape(req, [c.host for c in checks])
     validate.no_secret_in([req.model, shape.args, shape.env],
                           [api_key, os.environ.get("HF_TOKEN")],
                           "engine's arguments or environment")
     for warning in shape.warnings:
         out(f"warning: {warning}")
-    hf_repo = req.model if hf else None
     plan = StartPlan(engine=get_engine("vllm"), model=req.model, hf_repo=hf_repo,
                      gguf_file=None, args=shape.args, env=shape.env,
                      gpu_count=shape.gpus_per_node,
                      known=shape.selection.model if shape.selection else None,
                      selection=shape.selection)
-    out(f"checking {', '.join(pods)} (vLLM, Ray, the model, GPUs, network)")
-    checks: list[PodCheck] = _parallel(lambda h: _pod_check(h, plan), hosts)
-    for c in checks:  # Ray is told the GPUs nvidia-smi shows, never more
-        if c.pre.usage is not None and len(c.pre.usage) < shape.gpus_per_node:
-            raise CapacityError(f"pod {c.host.name}: nvidia-smi shows {len(c.pre.usage)} "
-                                f"GPU(s), {shape.gpus_per_node} are needed per pod",
-                                hint=f"re-run `pi pods setup {c.host.name} ...` to record its "
-                                     "GPUs")
     missing_ray = [c.host.name for c in checks if not c.ray]
     if missing_ray:
         raise EngineError(f"Ray is not installed on {', '.join(missing_ray)}",

@@ -121,6 +121,11 @@ class Runtime:
         """The service's main pid on its host right now (None when not running)."""
         return self.supervisor.pid(self.plan)
 
+    def with_spec(self, spec: ServiceSpec, host: Host) -> Runtime:
+        """The same service with its record or host updated (GPUs chosen at launch)."""
+        return replace(self, spec=spec, host=host,
+                       plan=launch_plan(spec, host, self.engine, self.options))
+
     def with_args(self, args: tuple[str, ...] | list[str]) -> Runtime:
         """The same service launched with other engine args (planner admission)."""
         spec = self.spec.with_(args=tuple(args))

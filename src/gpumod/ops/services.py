@@ -128,6 +128,12 @@ def save_args(store: Store, name: str, args: Sequence[str]) -> None:
                    (json.dumps(list(args)), name))
 
 
+def save_gpus(store: Store, name: str, gpus: Sequence[int]) -> None:
+    with store.transaction() as db:
+        db.execute("UPDATE services SET gpus = ?, updated_at = datetime('now') WHERE name = ?",
+                   (json.dumps(list(gpus)), name))
+
+
 def drop(store: Store, name: str) -> None:
     with store.transaction() as db:
         db.execute("DELETE FROM services WHERE name = ?", (name,))

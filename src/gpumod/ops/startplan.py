@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from gpumod import validate
 from gpumod.catalog.models import KnownModel, Selection, find_model, require_selection
 from gpumod.engines.base import Engine, get_engine, parse_context, parse_memory
-from gpumod.errors import ConfigError, UsageError
+from gpumod.errors import ConfigError, NotFoundError, UsageError
 from gpumod.hosts.model import Host
 from gpumod.spec import ServiceSpec
 
@@ -55,6 +55,23 @@ def split_gguf_ref(model: str, known: KnownModel | None) -> tuple[str, str | Non
                              hint="use OWNER/REPO:FILE.gguf, or a path to a .gguf on the host")
         return repo, file
     return model, known.gguf_file if known else None
+
+
+def local_model_path(model: str) -> str:
+    """On this machine a model path is relative to the current directory.
+
+    ./m.gguf, ../m.gguf, m.gguf and dir/m.gguf (when that file exists here) become
+    absolute; a Hugging Face id stays as typed. A .gguf name that is no file here is
+    refused (it is not a Hugging Face id either).
+    """
+    if model.startswith(("/", "~")) or ":" in model:
+        return model
+    if model.startswith(("./", "../")) or os.path.exists(model):
+        return os.path.abspath(model)
+    if model.lower().endswith(".gguf"):
+        raise NotFoundError(f"model file {model!r} does not exist in {os.getcwd()}",
+                            hint="give the path of a .gguf file, or OWNER/REPO:FILE.gguf")
+    return model
 
 
 def validate_model(model: str) -> None:
@@ -117,8 +134,8 @@ class StartPlan:
 def plan_start(req: StartRequest, host: Host) -> StartPlan:
     """Engine, args, env and GPU count for a request on a host; raises UsageError."""
     validate.name(req.name, "service name")
-    if host.is_local and req.model.startswith(("./", "../")):
-        req.model = os.path.abspath(req.model)  # local paths are relative to where you are
+    if host.is_local:
+        req.model = local_model_path(req.model)
     validate_model(req.model)
     known = find_model(req.model.split(":", 1)[0]) if model_kind("vllm", req.model) == "hf" \
         else None

@@ -25,6 +25,10 @@ def host_status(store: Store, pod: str | None) -> HostStatus:
     host = hostops.resolve_host(store, pod)
     snap = gpuinfo.snapshot(hostops.transport_for(host))
     status = HostStatus(host.name)
+    if snap is not None:  # what nvidia-smi lists now is the inventory from here on
+        from gpumod.ops.inventory import read
+
+        read(store, host, usage=snap.gpus)
     if snap is None:
         if host.gpus and not host.is_local:
             raise RemoteCommandError(f"pod {host.name}: nvidia-smi is not available any more",

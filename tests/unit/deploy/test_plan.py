@@ -78,3 +78,33 @@ def test_endpoint_follows_port_map_and_address():
 def test_mask_never_shows_the_key():
     assert mask("short") == "********"
     assert mask("sk-0123456789abcdef") == "********cdef"
+
+
+def test_local_relative_model_paths_resolve_against_the_current_directory(tmp_path,
+                                                                          monkeypatch):
+    from gpumod.errors import NotFoundError
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny.gguf").write_bytes(b"GGUF")
+    (tmp_path / "top.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    local = Host(name="local", kind="local")
+    for typed, path in (("./models/tiny.gguf", "models/tiny.gguf"), ("top.gguf", "top.gguf"),
+                        ("models/tiny.gguf", "models/tiny.gguf")):
+        req = StartRequest(typed, "t")
+        plan = plan_start(req, local)
+        assert plan.model == req.model == str(tmp_path / path)
+        assert plan.engine.name == "llamacpp" and plan.hf_repo is None
+    with pytest.raises(NotFoundError, match=r"'nope\.gguf' does not exist in") as missing:
+        plan_start(StartRequest("nope.gguf", "t"), local)
+    assert missing.value.exit_code == 3 and "OWNER/REPO:FILE.gguf" in missing.value.hint
+    # a Hugging Face id stays one, even on local
+    assert plan_start(StartRequest("o/r:f.gguf", "t", engine="llamacpp"), local).hf_repo == "o/r"
+
+
+def test_a_relative_path_on_a_pod_is_refused_with_a_hint(tmp_path, monkeypatch):
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="relative model path") as refused:
+        plan_start(StartRequest("./x.gguf", "t"), host(1))
+    assert "absolute path" in refused.value.hint

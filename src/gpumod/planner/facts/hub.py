@@ -112,7 +112,11 @@ def _hub_call(repo: str, call: Callable[[], Any], filename: str | None = None) -
                              hint="set HF_TOKEN to a token that can read this repo") from exc
         raise TransportError(f"Hugging Face answered {status} for {what}") from exc
     except (*http_errors, OSError) as exc:
-        raise TransportError(f"cannot reach Hugging Face for {what}: {type(exc).__name__}",
+        from gpumod.hf_errors import network_cause
+
+        chain = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e)
+        cause = network_cause(chain) or type(exc).__name__
+        raise TransportError(f"cannot reach Hugging Face for {what}: {cause}",
                              hint="check the network (or HF_ENDPOINT); facts fetched once are "
                                   "cached, and a local folder or GGUF works offline") from exc
 
