@@ -115,6 +115,8 @@ def pods(tmp_path, monkeypatch):
         fake_hf_cache(hf_home, MODEL)
         gpus = tuple(GPU(g["index"], g["uuid"], g["name"], g["memory_total_mib"])
                      for g in read_state(state)["gpus"])
+        if name == "dc2":   # never read by setup: the start reads nvidia-smi there itself
+            gpus = ()
         hostops.save_host(store, Host(name=name, kind="ssh", ssh_command=sshd.ssh_command,
                                       address=address, root=str(sshd.remote_root),
                                       engine_env={"hf_cache": str(hf_home)}, gpus=gpus),
@@ -155,6 +157,7 @@ def test_two_pods_serve_one_model_on_ray_and_stop_leaves_nothing(pods):
     assert "network: dc1 127.0.0.2, dc2 127.0.0.3" in result.stderr
     assert "--gpu-memory-utilization 0.90 (computed for tp=2 x pp=2" in result.stderr
     assert "Ray cluster ready: 2 nodes, 4 GPUs" in result.stderr
+    assert len(hostops.get_host(pods.store, "dc2").gpus) == 2   # recorded from the pre-flight
     url = next(line.split()[-1] for line in result.stdout.splitlines() if "base URL" in line)
     assert url.startswith("http://127.0.0.2:")
     assert "Echo: hello across pods" in chat(url)
