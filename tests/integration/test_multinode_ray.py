@@ -55,6 +55,14 @@ def marked(name: str) -> list[int]:
     return found
 
 
+def environ(pid: int) -> bytes:
+    """A process's environment ('' once it is gone: it may exit while we look)."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
 def kill_marked(name: str, folder: Path | None = None) -> None:
     """SIGKILL the marked processes, and (given `folder`) any process working under it:
     Ray's renamed processes have their environment, marker included, written over."""
@@ -237,9 +245,7 @@ def test_failed_start_cleans_up_then_dead_worker_degrades_and_down_pod_keeps_rec
     worker_dir = pods.sshds[1].remote_root / "ray" / name
     os.killpg(int((worker_dir / "service.pid").read_text()), signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(
-            "@dc2" in (Path(f"/proc/{p}/environ").read_bytes().decode(errors="replace"))
-            for p in marked(name) if Path(f"/proc/{p}").exists()):
+    while time.monotonic() < deadline and any(b"@dc2" in environ(p) for p in marked(name)):
         time.sleep(0.5)
     listing = run_cli("list", "--all-pods", "--json")
     (row,) = json.loads(listing.stdout)
@@ -256,7 +262,7 @@ def test_failed_start_cleans_up_then_dead_worker_degrades_and_down_pod_keeps_rec
                                          (name,))["spec"])["multinode"]
     assert mn["stopped"] == ["dc1"]
     assert not processes_in(pods.sshds[0].remote_root)
-    assert not [p for p in marked(name) if b"@dc1" in Path(f"/proc/{p}/environ").read_bytes()]
+    assert not [p for p in marked(name) if b"@dc1" in environ(p)]
 
     pods.sshds[1].start()
     again = run_cli("stop", name, "--timeout", "5")
@@ -299,8 +305,7 @@ def test_sigterm_during_a_start_stops_ray_everywhere_and_a_down_pod_keeps_the_re
             engine = pid and b"fake_vllm" in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return None
-        return pid if engine and any(b"@dc2" in Path(f"/proc/{p}/environ").read_bytes()
-                                     for p in marked(name)) else None
+        return pid if engine and any(b"@dc2" in environ(p) for p in marked(name)) else None
 
     def start() -> tuple[object, int]:
         proc = spawn("pi", "start", MODEL, "--name", name, "--pods", "dc1,dc2", "-q",
