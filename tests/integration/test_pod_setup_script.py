@@ -258,6 +258,35 @@ def test_env_file_is_replaced_not_appended(pod, tmp_path):
     assert pod.setup().facts()["hf_cache"] == f"{tmp_path}/models-b"
 
 
+
+# ----------------------------------------------------------------------------- Ray (--ray)
+
+
+def test_ray_installs_the_ray_vllm_pins_after_vllm_and_then_skips(pod):
+    run = pod.setup("--ray")
+    assert run.returncode == 0, run.stdout
+    assert run.statuses()["ray"] == "ok"
+    py = f"{pod.home}/venv/bin/python"
+    assert ["pip", "install", "--python", py, "ray[cgraph]>=2.48.0"] in pod.shims.calls("uv")
+    steps = list(run.statuses())
+    assert steps.index("vllm") < steps.index("ray") < steps.index("flashinfer")
+    assert run.facts()["ray_version"] == "2.48.0"  # the shim installs the floor
+    pod.shims.clear()
+    again = pod.setup("--ray")
+    assert again.outcomes()["ray"] == ("skip", "ray 2.48.0 installed")
+    assert installer_calls(pod.shims) == []
+
+
+def test_no_install_with_ray_only_checks_for_it(pod):
+    run = pod.setup("--no-install", "--ray")
+    assert run.returncode == 0, run.stdout
+    kind, text = run.outcomes()["ray"]
+    assert kind == "skip" and "ray not installed (multi-node needs ray[cgraph]>=2.48.0)" in text
+    assert installer_calls(pod.shims) == []
+    assert run.facts()["ray_version"] == "none"
+    assert "ray" not in pod.setup().statuses()  # without --ray there is no Ray step
+
+
 # ----------------------------------------------------------------------------- vLLM choice
 
 

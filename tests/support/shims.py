@@ -50,6 +50,7 @@ PACKAGES = {
     "huggingface-hub": ("huggingface_hub", "0.35.3"),
     "hf-xet": ("hf_xet", "1.1.10"),
     "hf-transfer": ("hf_transfer", "0.1.9"),
+    "ray": ("ray", "2.49.2"),
 }
 NIGHTLY_VLLM = "0.11.1rc2.dev58+g1234567"
 
@@ -309,7 +310,7 @@ def _uv_pip_install(state: Path, args: list[str]) -> int:
         if not match:
             sys.stderr.write(f"error: invalid requirement {req!r}\n")
             return 2
-        name, spec = canonical(match[1]), match[2]
+        name, spec = canonical(match[1]), re.sub(r"^\[[^\]]*\]", "", match[2])  # extras
         if (state / f"fail-{name}").exists():
             sys.stderr.write(f"error: failed to build {name} (simulated)\n")
             return 1

@@ -1,4 +1,4 @@
-"""A real OpenSSH server on 127.0.0.1, started by tests, acting as a GPU "pod".
+"""A real OpenSSH server on a loopback address (127.0.0.1 unless told), acting as a GPU "pod".
 
 Each LoopbackSSHD has its own host key, client key, known_hosts file, a
 remote gpumod folder (GPUMOD_REMOTE_HOME, set through sshd's SetEnv) and a
@@ -39,8 +39,12 @@ def _descendants(pid: int) -> list[int]:
 
 
 class LoopbackSSHD:
-    def __init__(self, base: Path, *, port: int | None = None) -> None:
+    def __init__(self, base: Path, *, port: int | None = None, address: str = "127.0.0.1"
+                 ) -> None:
+        if not address.startswith("127."):
+            raise ValueError("a test pod listens on a loopback address only")
         self.base = base
+        self.address = address
         self.port = port or free_port()
         self.etc = base / "sshd"
         self.remote_root = base / "remote-gpumod"
@@ -73,7 +77,7 @@ class LoopbackSSHD:
         path = f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
         (self.etc / "sshd_config").write_text(
             f"Port {self.port}\n"
-            "ListenAddress 127.0.0.1\n"
+            f"ListenAddress {self.address}\n"
             f"HostKey {self.etc / 'host_ed25519'}\n"
             f"AuthorizedKeysFile {self.etc / 'authorized_keys'}\n"
             f"PidFile {self.etc / 'sshd.pid'}\n"
@@ -101,7 +105,7 @@ class LoopbackSSHD:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited: {(self.etc / 'sshd.log').read_text()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                with socket.create_connection((self.address, self.port), timeout=0.2):
                     return self
             except OSError:
                 time.sleep(0.05)
@@ -124,4 +128,4 @@ class LoopbackSSHD:
     @property
     def ssh_command(self) -> str:
         return (f"ssh -p {self.port} -i {self.client_key} "
-                f"-o UserKnownHostsFile={self.known_hosts} root@127.0.0.1")
+                f"-o UserKnownHostsFile={self.known_hosts} root@{self.address}")

@@ -25,17 +25,18 @@ from gpumod.hosts.model import GPU
 
 _MODEL_KEYS = {"id", "name", "engine", "source", "notes", "min_engine_version", "configs",
                "aliases", "gguf_file"}
-_CONFIG_KEYS = {"gpus", "gpu_types", "args", "env", "notes", "min_engine_version"}
+_CONFIG_KEYS = {"gpus", "nodes", "gpu_types", "args", "env", "notes", "min_engine_version"}
 
 
 @dataclass(frozen=True)
 class HardwareConfig:
-    gpus: int
+    gpus: int                        # per node
     gpu_types: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     notes: str = ""
     min_engine_version: str | None = None
+    nodes: int = 1                   # > 1: one model across pods on Ray (`--pods`)
 
     def matches_type(self, gpu_name: str) -> bool:
         if not self.gpu_types:
@@ -47,6 +48,8 @@ class HardwareConfig:
         if self.gpus == 0:
             return "CPU"
         types = "/".join(self.gpu_types) if self.gpu_types else "any GPU"
+        if self.nodes > 1:
+            return f"{self.nodes} pods x {self.gpus}x {types}"
         return f"{self.gpus}x {types}"
 
 
@@ -91,12 +94,16 @@ def _config(raw: dict[str, Any], where: str) -> HardwareConfig:
     gpus = raw.get("gpus")
     if not isinstance(gpus, int) or gpus < 0:
         raise ConfigError(f"catalog: {where}: 'gpus' must be a whole number >= 0")
+    nodes = raw.get("nodes", 1)
+    if not isinstance(nodes, int) or nodes < 1 or (nodes > 1 and gpus < 1):
+        raise ConfigError(f"catalog: {where}: 'nodes' must be a whole number >= 1 "
+                          "(and a multi-node config needs GPUs)")
     return HardwareConfig(
         gpus=gpus, gpu_types=tuple(str(t) for t in raw.get("gpu_types") or ()),
         args=tuple(str(a) for a in raw.get("args") or ()),
         env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
         notes=" ".join(str(raw.get("notes") or "").split()),
-        min_engine_version=raw.get("min_engine_version"))
+        min_engine_version=raw.get("min_engine_version"), nodes=nodes)
 
 
 def parse_catalog(data: dict[str, Any]) -> dict[str, KnownModel]:
@@ -153,12 +160,13 @@ def select_config(model: KnownModel, gpus: Sequence[GPU],
     def typed(config: HardwareConfig) -> bool:
         return config.gpus == 0 or (bool(gpu_name) and config.matches_type(gpu_name))
 
+    one_node = [c for c in model.configs if c.nodes == 1]
     if requested is not None:
-        candidates = [c for c in model.configs if c.gpus == requested]
+        candidates = [c for c in one_node if c.gpus == requested]
         if requested > available:
             return None
     else:
-        candidates = [c for c in model.configs if c.gpus <= available]
+        candidates = [c for c in one_node if c.gpus <= available]
         if available == 0:
             candidates = [c for c in candidates if c.gpus == 0]
         else:
@@ -173,8 +181,24 @@ def select_config(model: KnownModel, gpus: Sequence[GPU],
     return Selection(model, best, type_matched=bool(matching))
 
 
+def select_multinode(model: KnownModel, nodes: int, gpus: Sequence[GPU]) -> Selection | None:
+    """The configuration for `nodes` pods with `gpus` each (one pod's GPUs), if any."""
+    gpu_name = gpus[0].name if gpus else ""
+    candidates = [c for c in model.configs if c.nodes == nodes and c.gpus == len(gpus)]
+    matching = [c for c in candidates if gpu_name and c.matches_type(gpu_name)]
+    pool = matching or candidates
+    if not pool:
+        return None
+    return Selection(model, pool[0], type_matched=bool(matching))
+
+
 def gpu_counts(model: KnownModel) -> list[int]:
-    return sorted({c.gpus for c in model.configs})
+    return sorted({c.gpus for c in model.configs if c.nodes == 1})
+
+
+def multinode_shapes(model: KnownModel) -> list[str]:
+    """'2 pods x 8 GPUs' for each multi-node configuration."""
+    return [f"{c.nodes} pods x {c.gpus} GPUs" for c in model.configs if c.nodes > 1]
 
 
 def require_selection(model: KnownModel, gpus: Sequence[GPU],
@@ -184,6 +208,9 @@ def require_selection(model: KnownModel, gpus: Sequence[GPU],
         return selection
     counts = ", ".join(str(n) for n in gpu_counts(model))
     have = f"{len(gpus)}x {gpus[0].name}" if gpus else "no GPU"
+    if not counts:
+        raise UsageError(f"{model.name} runs across pods ({', '.join(multinode_shapes(model))})",
+                         hint=f"pi start {model.id} --name NAME --pods POD1,POD2")
     if requested is not None:
         raise UsageError(f"{model.name} has no configuration for {requested} GPU(s) "
                          f"on this host ({have})",

@@ -9,7 +9,8 @@ import click
 from gpumod.cli.common import console, json_option, plain, pod_option, print_json, store, table
 
 STATE_STYLE = {"running": "green", "starting": "yellow", "sleeping": "cyan",
-               "stopping": "yellow", "unhealthy": "yellow", "crashed": "red", "stopped": "red",
+               "stopping": "yellow", "unhealthy": "yellow", "degraded": "yellow",
+               "crashed": "red", "stopped": "red",
                "unreachable": "magenta", "unknown": "magenta"}
 
 
@@ -34,6 +35,9 @@ def _err(message: str) -> None:
 @click.argument("model", required=False)
 @click.option("--name", metavar="NAME", help="Name of the deployment (required with MODEL).")
 @pod_option
+@click.option("--pods", metavar="POD1,POD2,...",
+              help="One model across these pods on Ray (the first is the head; vLLM's "
+                   "tensor parallel inside a pod, pipeline parallel across).")
 @click.option("--engine", type=click.Choice(["vllm", "llamacpp", "command"]),
               help="Inference engine (default: the catalog's, else vllm; llamacpp for .gguf).")
 @click.option("--memory", metavar="SHARE",
@@ -54,8 +58,8 @@ def _err(message: str) -> None:
 @json_option
 @click.pass_context
 def start(ctx: click.Context, model: str | None, name: str | None, pod: str | None,
-          engine: str | None, memory: str | None, context: str | None, gpus: int | None,
-          port: int | None, deadline: float | None, health_path: str | None,
+          pods: str | None, engine: str | None, memory: str | None, context: str | None,
+          gpus: int | None, port: int | None, deadline: float | None, health_path: str | None,
           no_download: bool, quiet: bool, force: bool, vllm_version: str | None,
           as_json: bool) -> None:
     """Start MODEL (HF id, or a path on the host) as an OpenAI-compatible endpoint.
@@ -65,6 +69,7 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
     pi start some/model --name m --vllm --tensor-parallel-size 2 --max-model-len 32768
     pi start ~/models/tiny.gguf --name tiny --engine llamacpp --pod local
     pi start srv --name emb --engine command --vllm python -m my_server --port {port}
+    pi start deepseek-ai/DeepSeek-R1 --name r1 --pods dc1,dc2
 
     Without MODEL: the known models and which fit the target host.
     """
@@ -89,7 +94,13 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
                               download=not no_download, force=force,
                               vllm_version=vllm_version)
     log = (lambda line: None) if quiet else (lambda line: _err(f"  | {line}"))
-    result = deploy.start(store(), req, out=_err, log=log)
+    if pods is not None:
+        from gpumod.ops import multinode_start
+
+        names = [p.strip() for p in pods.split(",") if p.strip()]
+        result = multinode_start.start(store(), req, names, out=_err, log=log)
+    else:
+        result = deploy.start(store(), req, out=_err, log=log)
     if as_json:
         print_json({**result.spec.to_json(), "url": result.url,
                     "served_model": result.served_model, "api_key": result.masked_key,
@@ -142,6 +153,10 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
                       plain(st.url))
         console().print(t)
         for st in shown:
+            if st.nodes:
+                click.echo(f"{st.spec.name} nodes: " + ", ".join(
+                    f"{n['pod']} ({n['role']}, {n['ip']}) {n['state']}" for n in st.nodes))
+        for st in shown:
             if st.state != "running":
                 _err(f"{st.spec.name}: {st.state}: {st.detail}")
     for name in removed:
@@ -191,12 +206,15 @@ def stop(name: str | None, pod: str | None, yes: bool, timeout: float) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl+C stops).")
 @click.option("-n", "--lines", type=click.IntRange(0, 10_000_000), default=100,
               show_default=True, help="How many lines from the end.")
-def logs(name: str, follow: bool, lines: int) -> None:
+@click.option("--node", metavar="POD",
+              help="Multi-node deployments: that pod's Ray node log (default: vLLM's, on "
+                   "the head).")
+def logs(name: str, follow: bool, lines: int, node: str | None) -> None:
     """Print a deployment's log; Ctrl+C stops following, never the deployment."""
-    print_log(name, lines=lines, follow=follow)
+    print_log(name, lines=lines, follow=follow, node=node)
 
 
-def print_log(name: str, *, lines: int, follow: bool) -> None:
+def print_log(name: str, *, lines: int, follow: bool, node: str | None = None) -> None:
     """`pi logs` and `gpumod service logs`: one implementation (ops.deploy.logs), so the
     same exit codes: 3 when there is no log (yet), 5 when the pod is unreachable."""
     from gpumod.ops import deploy
@@ -205,7 +223,7 @@ def print_log(name: str, *, lines: int, follow: bool) -> None:
         sys.stdout.buffer.write(chunk)
         sys.stdout.buffer.flush()
 
-    code = deploy.logs(store(), name, lines=lines, follow=follow, write=write)
+    code = deploy.logs(store(), name, lines=lines, follow=follow, write=write, node=node)
     if code not in (0, 130, 143, -2, -15):
         raise click.exceptions.Exit(code)
 

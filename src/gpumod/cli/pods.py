@@ -52,11 +52,14 @@ def _list(as_json: bool) -> None:
 @click.option("--models-path", metavar="PATH", help="Where the Hugging Face cache lives on the pod.")
 @click.option("--vllm", "vllm", metavar="release|nightly|VERSION",
               help="Which vLLM to install (default: release).")
+@click.option("--ray", is_flag=True,
+              help="Also install Ray (the version vLLM pins), for one model across pods "
+                   "(pi start --pods); with --no-install, check for it.")
 @click.option("--no-install", is_flag=True,
               help="Only register and inspect an already prepared machine; install nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the registered pod as JSON.")
 def setup(name: str, ssh_command: str, mount: str | None, models_path: str | None,
-          vllm: str | None, no_install: bool, as_json: bool) -> None:
+          vllm: str | None, ray: bool, no_install: bool, as_json: bool) -> None:
     """Register a pod by its SSH command and bootstrap it.
 
     Needs HF_TOKEN and PI_API_KEY in the environment (not with --no-install);
@@ -67,6 +70,7 @@ def setup(name: str, ssh_command: str, mount: str | None, models_path: str | Non
     pi pods setup dc1 "ssh root@1.2.3.4"
     pi pods setup rp1 "ssh -p 22022 -i ~/.ssh/runpod root@213.1.2.3" --models-path /workspace
     pi pods setup box "ssh gpu-box" --no-install
+    pi pods setup dc2 "ssh root@10.0.0.6" --ray
     """
     from gpumod.ops.pods import SetupEvent, setup_pod
 
@@ -83,7 +87,7 @@ def setup(name: str, ssh_command: str, mount: str | None, models_path: str | Non
             click.echo(f"    {event.text}", err=True)
 
     result = setup_pod(store(), name, ssh_command, mount=mount, models_path=models_path,
-                       vllm=vllm, no_install=no_install, on_event=show)
+                       vllm=vllm, no_install=no_install, ray=ray, on_event=show)
     if as_json:
         print_json(result.host.to_json())
         return

@@ -21,6 +21,7 @@ budget) start side by side, kept apart by their reservations.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -50,22 +51,39 @@ class Pending:
 
 def pending(store: Store, rt: Runtime, snapshot: Any) -> Pending:
     """Reservations of the host's other starting services, less what they already hold."""
+    return pending_on(store, rt.host.name, rt.transport, snapshot, exclude=rt.spec.name)
+
+
+def pending_on(store: Store, host: str, transport: Any, snapshot: Any, *,
+               exclude: str) -> Pending:
+    """:func:`pending` for `host` (a start spanning pods asks it of each of its pods).
+
+    A starting multi-node deployment counts on every pod it spans (its GPUs there, less
+    what its Ray node's process tree holds), not only on its head's host.
+    """
     from gpumod.hosts.processes import trees_memory
+    from gpumod.ops.multinode import on_host
 
-    rows = store.query("SELECT name, pid, gpus, reserved_mib FROM services WHERE host = ? "
-                       "AND state = ? AND reserved_mib > 0 AND name != ?",
-                       (rt.host.name, machine.Phase.STARTING.value, rt.spec.name))
-    live = [r for r in rows if locks.service_holder(r["name"])]  # else: its start died
+    rows = store.query("SELECT name, host, pid, gpus, reserved_mib, spec FROM services "
+                       "WHERE state = ? AND reserved_mib > 0 AND name != ?",
+                       (machine.Phase.STARTING.value, exclude))
     found = Pending()
-    if not live:
+    places: dict[str, tuple[tuple[int, ...], int | None]] = {}
+    for row in rows:
+        spread = on_host(json.loads(row["spec"] or "{}"), host)
+        if spread is not None:
+            places[row["name"]] = spread
+        elif row["host"] == host:
+            places[row["name"]] = (tuple(json.loads(row["gpus"])),
+                                   int(row["pid"]) if row["pid"] else None)
+    live = [r for r in rows if r["name"] in places and locks.service_holder(r["name"])]
+    if not live:  # (a reservation whose start died with its command is not counted)
         return found
-    import json
-
-    roots = {r["name"]: int(r["pid"]) for r in live if r["pid"]}
-    held, _ = trees_memory(rt.transport, snapshot, roots) if roots else ({}, "")
+    roots = {r["name"]: places[r["name"]][1] for r in live if places[r["name"]][1]}
+    held, _ = trees_memory(transport, snapshot, roots) if roots else ({}, "")
     for row in live:
         have = held.get(row["name"])
-        for gpu in json.loads(row["gpus"]):
+        for gpu in places[row["name"]][0]:
             left = int(row["reserved_mib"]) - (have.per_gpu.get(gpu, 0) if have else 0)
             if left > 0:
                 found.mib[gpu] = found.mib.get(gpu, 0) + left

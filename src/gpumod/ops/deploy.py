@@ -320,14 +320,22 @@ def services_on(store: Store, pod: str | None) -> tuple[Host, list[ServiceSpec]]
 
 
 def logs(store: Store, name: str, *, lines: int = 100, follow: bool = False,
-         write: Callable[[bytes], None]) -> int:
-    """Print (and follow) a deployment's log; Ctrl+C stops following, not the service."""
+         write: Callable[[bytes], None], node: str | None = None) -> int:
+    """Print (and follow) a deployment's log; Ctrl+C stops following, not the service.
+
+    node: a pod of a multi-node deployment: that pod's Ray node log instead of vLLM's.
+    """
     if lines < 0:
         raise UsageError("-n must be 0 or more")
     spec = records.get_service(store, name)
-    host = hostops.get_host(store, spec.host)
+    if node is not None:
+        from gpumod.ops import multinode
+
+        host, log_path = multinode.log_target(store, spec, node)
+    else:
+        host = hostops.get_host(store, spec.host)
+        log_path = posixpath.join(service_dir(host, name), "service.log")
     transport = hostops.transport_for(host)
-    log_path = posixpath.join(service_dir(host, name), "service.log")
     try:
         with transport.stream(tail_argv(log_path, lines, follow)) as stream:
             for chunk in stream.iter_bytes():

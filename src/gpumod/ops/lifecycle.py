@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gpumod.errors import EngineError, GpumodError, TransportError
+from gpumod.errors import EngineError, GpumodError, TransportError, UsageError
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import locks, machine
 from gpumod.ops import probe as probes
@@ -50,7 +50,7 @@ from gpumod.ops.definitions import (
 )
 from gpumod.ops.launch import _quiet, launch
 from gpumod.ops.runtime import Runtime, launch_plan, runtime
-from gpumod.ops.services import get_service, is_deployment, list_services
+from gpumod.ops.services import get_service, is_deployment, is_multinode, list_services
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 
@@ -121,6 +121,7 @@ def ensure_ready_held(store: Store, spec: ServiceSpec, *,
     """ensure_ready for a caller holding the service's lock: (spec, 'ready' | 'woken' |
     'started')."""
     name = spec.name
+    _refuse_multinode(spec)
     status = live(store, spec, transport)
     if status.state == "unreachable":
         raise TransportError(f"{spec.host} cannot be reached, so whether {name} runs is "
@@ -158,6 +159,15 @@ def ensure_ready_held(store: Store, spec: ServiceSpec, *,
     machine.move(store, name, machine.Phase.STARTING, pid=None)
     done = launch(store, rt, timeout=timeout, force=force, log=log, progress=progress)
     return done, "started"
+
+
+def _refuse_multinode(spec: ServiceSpec) -> None:
+    """A deployment across pods is started by `pi start --pods` only (its Ray nodes)."""
+    if is_multinode(spec):
+        raise UsageError(f"{spec.name} spans pods "
+                         f"({', '.join(spec.extra['multinode']['pods'])}): it is started "
+                         "only by `pi start ... --pods`",
+                         hint=f"`pi stop {spec.name}`, then start it again with --pods")
 
 
 def start_service(store: Store, name: str, *, timeout: float = DEFAULT_HEALTH_TIMEOUT,
@@ -202,6 +212,11 @@ def stop_held(store: Store, spec: ServiceSpec, *, forget: bool,
 
     failed: record it 'failed' with this reason instead of 'stopped' (watch gave up).
     """
+    if is_multinode(spec):  # vLLM on the head and a Ray node on every pod
+        from gpumod.ops import multinode
+
+        return multinode.stop_held(store, spec, forget=forget, timeout=timeout,
+                                   progress=progress, failed=failed)
     name = spec.name
     rt = runtime(store, spec, transport=transport, secrets={})
     progress(f"{name}: stopping")
@@ -272,6 +287,7 @@ def stop_service(store: Store, name: str, *, progress: Progress = _quiet,
 def restart_service(store: Store, name: str, *, progress: Progress = _quiet,
                     timeout: float = DEFAULT_HEALTH_TIMEOUT,
                     transport: Transport | None = None) -> list[str]:
+    _refuse_multinode(get_service(store, name))  # before it is stopped
     stopped = [r.name for r in stop(store, name, progress=progress, transport=transport,
                                     forget=False)]
     started: list[str] = []

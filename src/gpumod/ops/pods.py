@@ -88,6 +88,7 @@ def setup_pod(
     models_path: str | None = None,
     vllm: str | None = None,
     no_install: bool = False,
+    ray: bool = False,
     on_event: Callable[[SetupEvent], None] = lambda e: None,
 ) -> SetupResult:
     validate.name(name, "pod name")
@@ -148,6 +149,8 @@ def setup_pod(
     if mount:
         _upload(transport, root, "mount.cmd", mount + "\n", mode="600")
         args += ["--mount-file", posixpath.join(root, "mount.cmd")]
+    if ray:  # one model across pods: Ray beside vLLM (the version vLLM pins)
+        args.append("--ray")
     if no_install:
         args.append("--no-install")
 
@@ -248,8 +251,8 @@ def _engine_env(facts: dict[str, str]) -> dict[str, object]:
     env: dict[str, object] = {}
     # The setup script reports a missing fact as "none": that is absent, not a path.
     present = {k: v for k, v in facts.items() if v and v != "none"}
-    for key in ("venv", "python", "vllm_version", "torch_version", "hf_cache", "cuda_version",
-                "driver_version"):
+    for key in ("venv", "python", "vllm_version", "torch_version", "ray_version", "hf_cache",
+                "cuda_version", "driver_version"):
         if present.get(key):
             env[key] = present[key]
     if present.get("venv"):

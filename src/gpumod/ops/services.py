@@ -49,6 +49,11 @@ def is_deployment(spec: ServiceSpec) -> bool:
     return spec.extra.get("origin") == ORIGIN_START or "started_at" in spec.extra
 
 
+def is_multinode(spec: ServiceSpec) -> bool:
+    """One model across pods (gpumod.ops.multinode): vLLM on this host, Ray on every pod."""
+    return isinstance(spec.extra.get("multinode"), dict)
+
+
 def pick_gpus(host: Host, count: int, used: Iterable[Sequence[int]]) -> tuple[int, ...]:
     """The `count` least used GPUs of the host (free ones first, lowest index on ties)."""
     if count == 0:

@@ -12,6 +12,7 @@ tools and the TUI all show the states of :func:`classify`:
 - stopping     a stop in progress, or one that could not be confirmed while the
                process still runs (`pi stop NAME` finishes it)
 - unhealthy    alive, but the health check fails, or another program answers on its port
+- degraded     a multi-node deployment one of whose Ray nodes is not running
 - crashed      supposed to run (or its last start failed or was interrupted), no process
 - stopped      defined but not running, never started, or stopped outside gpumod
 - unreachable  the host could not be reached (its records are kept)
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gpumod.engines.base import Engine, get_engine
@@ -40,8 +41,8 @@ from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 from gpumod.supervise.base import LaunchPlan, ProcessState
 
-STATES = ("running", "starting", "sleeping", "stopping", "unhealthy", "crashed", "stopped",
-          "unreachable", "unknown")
+STATES = ("running", "starting", "sleeping", "stopping", "unhealthy", "degraded", "crashed",
+          "stopped", "unreachable", "unknown")
 # recorded states of a service gpumod did not start, or stopped itself
 NOT_STARTED = ("defined", "stopped")
 # the host-side process word -> the supervisor's word (shown as "process")
@@ -58,6 +59,7 @@ class ServiceStatus:
     http: int = 0
     process: str = "unknown"   # running | stopped | crashed | unknown
     health: str = "unknown"    # ok | loading (...) | failing (...) | - | unknown
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # multi-node: each pod's Ray
 
     @property
     def sleeping(self) -> bool:
@@ -72,7 +74,8 @@ class ServiceStatus:
                 "recorded_state": s.state, "supervisor": s.supervisor,
                 "sleep_mode": s.sleep_mode, "args": list(s.args),
                 "depends_on": list(s.depends_on), "note": s.note,
-                "served_model": s.extra.get("served_model", s.model)}
+                "served_model": s.extra.get("served_model", s.model),
+                **({"nodes": self.nodes} if self.nodes else {})}
 
 
 def classify(spec: ServiceSpec, probe: probes.Probe | None, engine: Engine | None,
@@ -236,7 +239,11 @@ def list_status(store: Store, host_names: Sequence[str] | None = None) -> list[S
                    for name, group in by_host.items()}
         for name, future in futures.items():
             results[name] = future.result()
-    return [status for name in by_host for status in results[name]]
+    statuses = [status for name in by_host for status in results[name]]
+    from gpumod.ops.multinode import refine
+
+    refine(store, statuses)  # multi-node deployments: each pod's Ray node
+    return statuses
 
 
 def service_status(store: Store, name: str, *, transport: Transport | None = None
@@ -244,7 +251,11 @@ def service_status(store: Store, name: str, *, transport: Transport | None = Non
     """The live state of one service (one round trip to its host)."""
     spec = records.get_service(store, name)
     host = hosts_ops.get_host(store, spec.host)
-    return host_status(store, host, [spec], transport=transport)[0]
+    status = host_status(store, host, [spec], transport=transport)[0]
+    from gpumod.ops.multinode import refine
+
+    refine(store, [status])
+    return status
 
 
 def raise_if_unreachable(statuses: Sequence[ServiceStatus]) -> None:

@@ -4,7 +4,10 @@
 # (the folder holding this script, "ROOT") and run there:
 #
 #   bash ROOT/pod_setup.sh [--models-path PATH] [--vllm release|nightly|VERSION]
-#                          [--mount-file FILE] [--no-install]
+#                          [--mount-file FILE] [--ray] [--no-install]
+#
+# --ray: also Ray, for one model across pods (`pi start --pods`): the Ray vLLM pinned
+# while it shipped Ray (RAY_REQ below); newer vLLM no longer installs it.
 #
 # Idempotent: a second run changes nothing that is already right (steps say
 # ::skip). Nothing is deleted: an existing venv or Hugging Face cache is kept.
@@ -45,6 +48,10 @@ MOUNT_POINTS="$ROOT/mount.points"
 BASHRC="$HOME/.bashrc"
 BASHRC_MARKER="# gpumod-managed: loads gpumod's env.sh"
 NIGHTLY_INDEX="https://wheels.vllm.ai/nightly"
+# vLLM's requirements/cuda.txt up to 0.18: "ray[cgraph]>=2.48.0 # Ray Compiled Graph,
+# required for pipeline parallelism in V1" (gpumod.ops.ray_nodes.RAY_REQUIREMENT).
+RAY_REQ="ray[cgraph]>=2.48.0"
+RAY_MIN="2.48.0"
 UV_INSTALLER_URL="https://astral.sh/uv/install.sh"
 export PATH="$HOME/.local/bin:$PATH"
 
@@ -66,7 +73,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 usage() {
     cat <<'EOF'
 usage: pod_setup.sh [--models-path PATH] [--vllm release|nightly|VERSION]
-                    [--mount-file FILE] [--no-install]
+                    [--mount-file FILE] [--ray] [--no-install]
 EOF
 }
 
@@ -127,6 +134,7 @@ MODELS_PATH=""
 VLLM_WANT=""
 MOUNT_FILE=""
 NO_INSTALL=0
+WANT_RAY=0
 
 need_value() {
     if [[ $# -lt 2 || -z "$2" ]]; then usage_fail "$1 needs a value"; fi
@@ -141,6 +149,7 @@ while [[ $# -gt 0 ]]; do
         --mount-file) need_value "$@"; MOUNT_FILE=$2; shift 2 ;;
         --mount-file=*) MOUNT_FILE=${1#*=}; shift ;;
         --no-install) NO_INSTALL=1; shift ;;
+        --ray) WANT_RAY=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) usage_fail "unknown argument: $1" ;;
     esac
@@ -494,6 +503,23 @@ if [[ ${#vllm_args[@]} -gt 0 ]]; then
     fi
 fi
 
+# ---------------------------------------------------------------- 7b. Ray (--ray)
+if [[ $WANT_RAY == 1 ]]; then
+    step ray "Ray for multi-node vLLM ($RAY_REQ)"
+    have_ray=$(pkg_version ray)
+    # version order by sort -V (GNU coreutils): needs no Python packaging module
+    if [[ -n "$have_ray" && "$(printf '%s\n' "$RAY_MIN" "$have_ray" | sort -V | head -n 1)" == "$RAY_MIN" ]]; then
+        skip "ray $have_ray installed"
+    elif [[ $NO_INSTALL == 1 ]]; then
+        skip "--no-install: ray ${have_ray:-not installed} (multi-node needs $RAY_REQ)"
+    else
+        need_venv
+        uv_pip_install "$RAY_REQ" || fail "installing Ray failed (see above)"
+        say "ray $(pkg_version ray) installed"
+        ok
+    fi
+fi
+
 # ---------------------------------------------------------------- 8. FlashInfer
 step flashinfer "FlashInfer (best effort)"
 v=$(pkg_version flashinfer-python)
@@ -767,6 +793,7 @@ fact nvcc_version "$( [[ -n "$NVCC" ]] && nvcc_version "$NVCC" || echo none)"
 if [[ -x "$PY" ]]; then fact python "$PY"; fact venv "$VENV"; else fact python none; fact venv none; fi
 v=$(pkg_version vllm); fact vllm_version "${v:-none}"
 v=$(pkg_version torch); fact torch_version "${v:-none}"
+v=$(pkg_version ray); fact ray_version "${v:-none}"
 fact hf_cache "$HF_TARGET"
 fact env_file "$( [[ -f "$ENV_FILE" ]] && echo "$ENV_FILE" || echo none)"
 fact systemd "$( [[ -d /run/systemd/system ]] && echo yes || echo no)"

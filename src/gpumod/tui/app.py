@@ -25,7 +25,8 @@ from gpumod.tui.commands import Command, help_lines, parse
 
 STATE_STYLE = {
     "running": ("●", "green"), "sleeping": ("◐", "cyan"), "starting": ("◌", "yellow"),
-    "stopping": ("◌", "yellow"), "unhealthy": ("▲", "yellow"), "crashed": ("✖", "red"),
+    "stopping": ("◌", "yellow"), "unhealthy": ("▲", "yellow"),
+    "degraded": ("▲", "yellow"), "crashed": ("✖", "red"),
     "failed": ("✖", "red"),
     "stopped": ("○", "dim"), "unreachable": ("?", "magenta"), "unknown": ("?", "magenta"),
 }
