@@ -233,6 +233,32 @@ def test_a_file_server_engine_cannot_serve_the_secrets(local_env):
         raise AssertionError(f"{name} was served: {body[:80]}")
 
 
+# -- an engine whose main process died while its children serve on ---------------------
+
+# The launched process starts the server in its own process group, then exits: like a
+# vLLM whose API process died while its engine-core children still hold the GPU.
+ORPHANING = ["--engine", "command", "--health-path", "/", "--vllm", "sh", "-c",
+             'python3 -m http.server --bind 127.0.0.1 "$0" >/dev/null 2>&1 & sleep 4; exit 0',
+             "{port}"]
+
+
+def test_children_of_a_dead_main_process_are_stopped_with_their_record(local_env):
+    result = run_cli("start", "srv", "--name", "orphan", "-q", *ORPHANING)
+    assert result.code == 0, result.output
+    (row,) = listed()
+    leader = int((local_env.home / "services/orphan/service.pid").read_text())
+    wait_for(lambda: not alive(leader), 30, "the main process to exit")
+    children = group_members(leader)
+    assert children and port_listening(row["port"]), "the server child should still serve"
+    (row,) = listed()
+    assert row["state"] not in ("crashed", "stopped"), row  # its processes still run
+    stopped = run_cli("stop", "orphan")
+    assert stopped.code == 0, stopped.output
+    assert not any(alive(pid) for pid in children), "a child outlived its record"
+    assert not port_listening(row["port"])
+    assert listed() == []
+
+
 # -- the log of a failed start is still there (case 12) ---------------------------------
 
 

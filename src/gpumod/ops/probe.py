@@ -103,7 +103,7 @@ while [ $# -ge 7 ]; do
         if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then p=gone
         elif [ -d "$dir" ]; then p=stopped
         else p=missing; fi
-      elif pid_alive "$pid" "$start"; then p=alive
+      elif group_alive "$pid" "$start"; then p=alive
       else p=dead; fi
     fi
     code=$(probe "http://$phost:$port$path" "$wait_s")

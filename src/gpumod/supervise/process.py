@@ -63,6 +63,16 @@ members() {
       if (f[1] != "Z" && (f[3] == g || f[4] == g)) print pid }'
   elif kill -0 -- "-$1" 2>/dev/null; then echo "$1"; fi
 }
+group_alive() {
+  # $1 the service's pid (its group and session id), $2 its start time: the leader runs,
+  # or processes of its group live on after it died (an engine's children holding the
+  # GPU). The kernel does not reuse a pid that is still a group id; a pid that now names
+  # another process (start time differs) means the group is gone.
+  pid_alive "$1" "$2" && return 0
+  [ -n "$1" ] || return 1
+  if [ -n "$2" ] && [ -r "/proc/$1/stat" ] && [ "$(starttime "$1")" != "$2" ]; then return 1; fi
+  [ -n "$(members "$1")" ]
+}
 """
 
 # Prepare (the first half of a start). Fails closed: every write is checked and the
@@ -160,7 +170,7 @@ dir=$1; timeout=$2; forget=$3; keep=${4:-0}
 pid=$(cat "$dir/service.pid" 2>/dev/null || true)
 start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
 result=not-running
-if [ -n "$pid" ] && pid_alive "$pid" "$start"; then
+if [ -n "$pid" ] && group_alive "$pid" "$start"; then
   result=stopped
   for p in $(members "$pid"); do kill -TERM "$p" 2>/dev/null; done
   kill -TERM -- "-$pid" 2>/dev/null
@@ -200,7 +210,7 @@ start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
 if [ -z "$pid" ]; then
   if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then echo crashed
   else echo stopped; fi
-elif pid_alive "$pid" "$start"; then echo running
+elif group_alive "$pid" "$start"; then echo running
 else echo crashed
 fi
 """
