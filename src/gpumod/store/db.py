@@ -12,9 +12,9 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from gpumod import paths
 from gpumod.errors import ConfigError
@@ -32,11 +32,11 @@ class _Cursor(sqlite3.Cursor):
 
     path: Path
 
-    def execute(self, sql: str, params: Any = ()) -> _Cursor:  # type: ignore[override]
+    def execute(self, sql: str, params: Any = ()) -> _Cursor:
         with _typed(self.path):
             return super().execute(sql, params)
 
-    def executemany(self, sql: str, params: Any) -> _Cursor:  # type: ignore[override]
+    def executemany(self, sql: str, params: Any) -> _Cursor:
         with _typed(self.path):
             return super().executemany(sql, params)
 
@@ -57,6 +57,9 @@ class _Cursor(sqlite3.Cursor):
             return super().__next__()
 
 
+_CursorT = TypeVar("_CursorT", bound=sqlite3.Cursor)
+
+
 class _Connection(sqlite3.Connection):
     """Statements through typed cursors; a statement that may wait for another command's
     write lock (outside a transaction, or the BEGIN/COMMIT of one) waits up to
@@ -64,12 +67,17 @@ class _Connection(sqlite3.Connection):
 
     path: Path
 
-    def cursor(self, factory: Any = None) -> _Cursor:  # type: ignore[override]
+    @overload
+    def cursor(self, factory: None = None) -> _Cursor: ...
+    @overload
+    def cursor(self, factory: Callable[[sqlite3.Connection], _CursorT]) -> _CursorT: ...
+
+    def cursor(self, factory: Callable[[sqlite3.Connection], Any] | None = None) -> Any:
         cursor = super().cursor(factory or _Cursor)
         cursor.path = self.path
         return cursor
 
-    def execute(self, sql: str, params: Any = ()) -> _Cursor:  # type: ignore[override]
+    def execute(self, sql: str, params: Any = ()) -> _Cursor:
         began = time.monotonic()
         waiting = False
         while True:
@@ -88,10 +96,10 @@ class _Connection(sqlite3.Connection):
                 _notice(f"waiting for the database lock held by {faults.lock_holder(self.path)}"
                         f" (up to {LOCK_WAIT_SECONDS:.0f} s)...")
 
-    def executemany(self, sql: str, params: Any) -> _Cursor:  # type: ignore[override]
+    def executemany(self, sql: str, params: Any) -> _Cursor:
         return self.cursor().executemany(sql, params)
 
-    def executescript(self, script: str) -> _Cursor:  # type: ignore[override]
+    def executescript(self, script: str) -> sqlite3.Cursor:
         cursor = self.cursor()
         with _typed(self.path):
             return cursor.executescript(script)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import math
 import os
@@ -673,9 +674,10 @@ def build_app(engine: Engine) -> Any:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         name = body.get("model") or engine.served_names[0]
-        calls = [{"id": f"chatcmpl-tool-{uuid.uuid4().hex}", "type": "function",
-                  "function": {"name": c["name"], "arguments": c["arguments"]}}
-                 for c in turn.tool_calls]
+        calls: list[dict[str, Any]] = [
+            {"id": f"chatcmpl-tool-{uuid.uuid4().hex}", "type": "function",
+             "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in turn.tool_calls]
         with_reasoning = bool(engine.args.reasoning_parser)
 
         if not body.get("stream"):
@@ -1012,7 +1014,8 @@ def _serve(engine: Engine, sock: socket.socket) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a pipe: lines reach the reader at once
+        sys.stdout.reconfigure(line_buffering=True)
     args = build_parser().parse_args(_normalise_flags(sys.argv[1:] if argv is None else argv))
     ignore_term = os.environ.get("FAKE_VLLM_IGNORE_TERM") == "1"
 
