@@ -24,7 +24,7 @@ from tests.integration.test_deploy_local import KEY, MODEL, port_listening, proc
 from tests.support.cli import run_cli
 from tests.support.procs import alive, cwd_of, group_members, pid_in, spawn, wait_for
 from tests.support.real import free_port
-from tests.unit.services.fakes import stop_all, vllm_spec
+from tests.support.services import stop_all, vllm_spec
 
 SLOW_HTTP = ["--engine", "command", "--health-path", "/", "--vllm", "sh", "-c",
              'sleep 30; exec python3 -m http.server --bind 127.0.0.1 "$0"', "{port}"]
@@ -271,14 +271,12 @@ def moded(local_env):
     stop_all(store)
 
 
-def test_switch_to_the_current_mode_restarts_a_crashed_member(moded, capsys):
-    from tests.support.cli import run_main
-
+def test_switch_to_the_current_mode_restarts_a_crashed_member(moded):
     assert modes.switch_mode(moded, "code").ok
     pid = lifecycle.get_service(moded, "coder").pid
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: not alive(pid), 10, "the crash")
-    code, out, err = run_main(capsys, "mode", "switch", "code")
+    code, out, err = run_cli("mode", "switch", "code")
     assert code == 0, err
     assert "start coder" in out and "nothing to change" not in out
     spec = lifecycle.get_service(moded, "coder")

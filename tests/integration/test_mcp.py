@@ -20,18 +20,8 @@ from gpumod.ops import api as bridge
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.testing.harness import free_port, port_open
-from tests.unit.mcp.conftest import (
-    define_mode,
-    define_service,
-    install_fake_gpus,
-    register_gpu,
-    structured,
-)
-
-
-@pytest.fixture
-def fake_gpus(tmp_path: Path, fake_gpu_state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return install_fake_gpus(tmp_path, fake_gpu_state, monkeypatch)
+from tests.support.mcp import structured
+from tests.support.store import define_mode, define_service, register_gpu
 
 
 @pytest.fixture

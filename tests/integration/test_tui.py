@@ -23,14 +23,9 @@ from gpumod.ops import api as bridge
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.tui.app import GpumodApp
-from tests.unit.mcp.conftest import define_service, install_fake_gpus, register_gpu
+from tests.support.store import define_service, register_gpu
 
 SIZE = (130, 45)
-
-
-@pytest.fixture
-def fake_gpus(tmp_path: Path, fake_gpu_state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return install_fake_gpus(tmp_path, fake_gpu_state, monkeypatch)
 
 
 def screen_text(app: GpumodApp) -> str:

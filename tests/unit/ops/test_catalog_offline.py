@@ -16,8 +16,7 @@ from gpumod.ops.sizing import check_start
 from gpumod.ops.sizing import estimate as sizing_estimate
 from gpumod.spec import ServiceSpec
 from tests.support.cli import run_cli
-
-from .conftest import config
+from tests.support.models import config
 
 
 @pytest.fixture

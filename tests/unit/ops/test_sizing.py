@@ -20,8 +20,8 @@ from gpumod.planner.calibration import setup_key
 from gpumod.planner.facts import facts_from_config
 from gpumod.planner.gputable import cuda_total_mib
 from gpumod.spec import ServiceSpec
-
-from .conftest import FIXTURES, config
+from tests.support.cli import run_cli
+from tests.support.models import FIXTURES, config
 
 H100 = 81559
 H100_NAME = "NVIDIA H100 80GB HBM3"
@@ -344,24 +344,17 @@ def home(tmp_path, monkeypatch):
     dbmod._open.clear()
 
 
-def _cli(capsys, *argv):
-    from gpumod.cli.main import main
-
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return json.loads(out.out)
+def _cli(*argv):
+    code, out, err = run_cli(*argv)
+    assert code == 0, err
+    return json.loads(out)
 
 
-def test_mcp_model_estimate_and_cli_model_estimate_agree(home, capsys):
+def test_mcp_model_estimate_and_cli_model_estimate_agree(home):
     from gpumod.ops.api import model_estimate
 
     def both():
-        cli = _cli(capsys, "model", "estimate", LLAMA, "--gpu", "H100 80GB", "--max-model-len",
+        cli = _cli("model", "estimate", LLAMA, "--gpu", "H100 80GB", "--max-model-len",
                    "16384", "--gpu-memory-utilization", "0.45", "--json")
         mcp = model_estimate(LLAMA, "vllm", 16384, "H100-80GB",
                              ["--gpu-memory-utilization", "0.45"])
@@ -374,13 +367,13 @@ def test_mcp_model_estimate_and_cli_model_estimate_agree(home, capsys):
     cli, mcp = both()
     assert cli == mcp and cli["calibrated"] and abs(cli["kv_cache_gib"] - 17.4) <= 0.01
     # llama.cpp too
-    cli = _cli(capsys, "model", "estimate", LLAMA, "--engine", "llamacpp", "--gpu-mib", "24564",
+    cli = _cli("model", "estimate", LLAMA, "--engine", "llamacpp", "--gpu-mib", "24564",
                "--max-model-len", "8192", "--cache-type-k", "q8_0", "--json")
     mcp = model_estimate(LLAMA, "llamacpp", 8192, "RTX 4090", ["-ctk", "q8_0"])
     assert cli == mcp and cli["gpu"] == "RTX 4090"
 
 
-def test_without_gpu_the_cli_and_mcp_size_for_the_active_hosts_card(home, capsys):
+def test_without_gpu_the_cli_and_mcp_size_for_the_active_hosts_card(home):
     """No --gpu: both front ends plan for the active host's first GPU, not a fixed H100."""
     from gpumod.ops.api import model_estimate
     from gpumod.ops.hosts import save_host
@@ -388,7 +381,7 @@ def test_without_gpu_the_cli_and_mcp_size_for_the_active_hosts_card(home, capsys
     card = GPU(0, "GPU-0", "NVIDIA GeForce RTX 4090", 24564)
     save_host(home, Host("local", "local", gpus=(card,), engine_env={"vllm_version": "0.19.0"}),
               replace=True)
-    cli = _cli(capsys, "model", "estimate", LLAMA, "--max-model-len", "8192", "--json")
+    cli = _cli("model", "estimate", LLAMA, "--max-model-len", "8192", "--json")
     mcp = model_estimate(LLAMA, "vllm", 8192)
     assert cli == mcp
     assert cli["gpu"] == "RTX 4090" and cli["gpu_usable_gib"] < 24

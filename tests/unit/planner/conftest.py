@@ -1,15 +1,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "planner"
-
-
-def config(name: str) -> dict:
-    return json.loads((FIXTURES / "configs" / f"{name}.json").read_text())
+from tests.support.models import FIXTURES
 
 
 @pytest.fixture

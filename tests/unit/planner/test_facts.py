@@ -9,8 +9,7 @@ import pytest
 from gpumod.errors import ConfigError, NotFoundError, TransportError, UsageError
 from gpumod.ops.facts import model_facts
 from gpumod.planner import facts as F
-
-from .conftest import FIXTURES, config
+from tests.support.models import FIXTURES, config
 
 
 def test_llama3_basic_facts():

@@ -1,11 +1,9 @@
-"""The SQLite store: migrations, WAL, transactions, concurrency."""
+"""The SQLite store: migrations, WAL, transactions, constraints (concurrent writers:
+tests/integration/test_store_faults.py)."""
 
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -58,24 +56,6 @@ def test_migration_failure_rolls_back_whole_migration(tmp_path, monkeypatch):
     s = storedb.Store(tmp_path / "a.db")
     assert s.schema_version() == len(MIGRATIONS)
     assert s.query_one("SELECT name FROM sqlite_master WHERE name='should_vanish'") is None
-
-
-def test_concurrent_writers_serialise(tmp_path):
-    """Eight processes each increment a counter 25 times: no lost update."""
-    path = tmp_path / "a.db"
-    storedb.Store(path).set_setting("counter", "0")
-    code = textwrap.dedent(f"""
-        from pathlib import Path
-        from gpumod.store.db import Store
-        s = Store(Path({str(path)!r}))
-        for _ in range(25):
-            with s.transaction() as d:
-                v = int(d.execute("SELECT value FROM settings WHERE key='counter'").fetchone()[0])
-                d.execute("UPDATE settings SET value=? WHERE key='counter'", (str(v + 1),))
-    """)
-    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(8)]
-    assert all(p.wait(timeout=120) == 0 for p in procs)
-    assert storedb.Store(path).get_setting("counter") == "200"
 
 
 def test_deleting_a_host_cascades_to_its_records(tmp_path):

@@ -1,23 +1,19 @@
-"""Shared set-up for service tests: fake GPUs, the fake vLLM on PATH, services in the store."""
+"""Services on fake GPUs: `local` with the fake vLLM on PATH, vLLM specs, stopping them all."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from gpumod.spec import ServiceSpec
+from tests.support.gpus import fake_gpus_on_path
 
 
 def fake_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gpus=("rtx4090",)) -> Path:
-    """Fake nvidia-smi state + `vllm`/`nvidia-smi` shims first on PATH; returns the state file."""
-    from gpumod.testing import install_shims, write_state
-
-    state = tmp_path / "gpus.json"
-    write_state(state, list(gpus))
-    bin_dir = install_shims(tmp_path / "bin", gpu_state=state)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    """Fake nvidia-smi state + `vllm`/`nvidia-smi` shims first on PATH, a quick fake vLLM;
+    returns the state file."""
+    state = fake_gpus_on_path(tmp_path, monkeypatch, gpus)
     monkeypatch.setenv("GPUMOD_FAKE_GPU_STATE", str(state))
     monkeypatch.setenv("FAKE_VLLM_STARTUP_SECONDS", "0.2")
     monkeypatch.setenv("FAKE_VLLM_WEIGHTS_GIB", "0.5")
