@@ -161,19 +161,21 @@ class Store:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        if self.schema_version() >= len(MIGRATIONS):
-            if self.schema_version() > len(MIGRATIONS):
+        """Apply the missing migrations, each in its own transaction with its version bump:
+        a failing one leaves the earlier ones applied and the version naming the last."""
+        while (version := self.schema_version()) != len(MIGRATIONS):
+            if version > len(MIGRATIONS):
                 raise ConfigError(
                     f"{self.path} was written by a newer gpumod (schema "
-                    f"{self.schema_version()}, this one knows {len(MIGRATIONS)})",
+                    f"{version}, this one knows {len(MIGRATIONS)})",
                     hint="upgrade gpumod",
                 )
-            return
-        with self.transaction():
-            # Re-read inside the lock: another process may have migrated meanwhile.
-            for number in range(self.schema_version(), len(MIGRATIONS)):
-                MIGRATIONS[number](self.db)
-                self.db.execute(f"PRAGMA user_version = {number + 1}")
+            with self.transaction():
+                # Re-read inside the lock: another process may have migrated meanwhile.
+                number = self.schema_version()
+                if number < len(MIGRATIONS):
+                    MIGRATIONS[number](self.db)
+                    self.db.execute(f"PRAGMA user_version = {number + 1}")
 
     # -- transactions -----------------------------------------------------
     @contextlib.contextmanager
