@@ -22,6 +22,7 @@ from gpumod.ops import lifecycle, modes
 from gpumod.testing.fake_nvidia_smi import gpu_memory, read_state
 from tests.integration.test_deploy_local import KEY, MODEL, port_listening, processes_in
 from tests.support.cli import run_cli
+from tests.support.disk import full_tmpfs
 from tests.support.procs import alive, cwd_of, group_members, pid_in, spawn, wait_for
 from tests.support.real import free_port
 from tests.support.services import stop_all, vllm_spec
@@ -89,24 +90,8 @@ def test_unwritable_pid_file_fails_closed(local_env):
 @pytest.fixture
 def full_services(local_env):
     """$GPUMOD_HOME/services on a 64 KiB tmpfs filled to the last byte."""
-    services = local_env.home / "services"
-    services.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs",
-                              str(services)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        subprocess.run(["dd", "if=/dev/zero", f"of={services / 'fill'}", "bs=1k"],
-                       capture_output=True)
+    with full_tmpfs(local_env.home / "services") as services:
         yield services
-    finally:
-        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
-            try:
-                if cwd_of(pid).startswith(str(services)):
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        subprocess.run(["umount", "-l", str(services)], capture_output=True)
 
 
 def test_full_disk_never_runs_the_engine_without_its_key(local_env, full_services):

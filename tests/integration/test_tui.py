@@ -20,10 +20,9 @@ from rich.text import Text
 from textual.widgets import DataTable, RichLog, Static
 
 from gpumod.ops import api as bridge
-from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.tui.app import GpumodApp
-from tests.support.store import define_service, register_gpu
+from tests.support.services import chat_service
 
 SIZE = (130, 45)
 
@@ -71,19 +70,8 @@ async def until(pilot: Any, check, timeout: float = 20.0) -> None:
 
 @pytest.fixture
 def chat(fake_gpus: Path) -> Iterator[str]:
-    store = open_store()
-    register_gpu(store)
-    define_service(store, ServiceSpec("chat", "local", "vllm", "Qwen/Qwen3-8B", 8131, gpus=(0,),
-                                      args=("--max-model-len", "4096",
-                                            "--gpu-memory-utilization", "0.3"),
-                                      sleep_mode="l1"))
-    try:
-        yield "chat"
-    finally:
-        try:
-            bridge.service_stop("chat")
-        except Exception:
-            pass
+    with chat_service(8131) as name:
+        yield name
 
 
 def test_dashboard_shows_gpu_bar_service_table_and_footer(chat: str) -> None:

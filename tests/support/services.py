@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,5 +38,29 @@ def stop_all(store) -> None:
         try:
             rt = lifecycle.runtime(store, spec)
             rt.supervisor.stop(rt.plan, timeout=5)
+        except Exception:
+            pass
+
+
+@contextlib.contextmanager
+def chat_service(port: int) -> Iterator[str]:
+    """`chat` on `local`: vLLM (the fake, with fake GPUs on PATH) serving Qwen/Qwen3-8B on
+    GPU 0 of a registered H100 with 0.3 of its memory, sleep l1; defined, not started.
+    Stopped afterwards, whatever the test did."""
+    from gpumod.ops import api as bridge
+    from gpumod.store.db import open_store
+    from tests.support.store import define_service, register_gpu
+
+    store = open_store()
+    register_gpu(store)
+    define_service(store, ServiceSpec("chat", "local", "vllm", "Qwen/Qwen3-8B", port, gpus=(0,),
+                                      args=("--max-model-len", "4096",
+                                            "--gpu-memory-utilization", "0.3"),
+                                      sleep_mode="l1"))
+    try:
+        yield "chat"
+    finally:
+        try:
+            bridge.service_stop("chat")
         except Exception:
             pass

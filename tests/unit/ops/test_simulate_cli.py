@@ -135,20 +135,8 @@ def test_model_search_recorded_and_offline(home, hub_answers):
                                                                    "Qwen/Qwen3-8B-FP8"]
 
 
-def test_model_search_offline(home, monkeypatch):
-    import httpx
-    import huggingface_hub
-
-    def refuse(request):
-        raise httpx.ConnectError("offline", request=request)
-
-    huggingface_hub.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(refuse)))
-    huggingface_hub.close_session()
-    try:
-        code, _, err = run_cli("model", "search", "qwen")
-    finally:
-        huggingface_hub.set_client_factory(lambda: httpx.Client())
-        huggingface_hub.close_session()
+def test_model_search_offline(home, hub_offline):
+    code, _, err = run_cli("model", "search", "qwen")
     assert code == 5 and "cannot reach Hugging Face" in err
 
 

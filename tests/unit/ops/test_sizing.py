@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from gpumod.errors import CapacityError, UsageError
@@ -198,22 +197,8 @@ def test_unknown_model_admits_with_a_note(store, hub_answers):
     assert adm.notes[0].startswith("no VRAM check: no facts for acme/not-a-model")
 
 
-@pytest.fixture
-def offline():
-    import huggingface_hub
-
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("network is unreachable", request=request)
-
-    huggingface_hub.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(refuse)))
-    huggingface_hub.close_session()
-    yield
-    huggingface_hub.set_client_factory(lambda: httpx.Client())
-    huggingface_hub.close_session()
-
-
 def test_offline_uncached_model_admits_with_a_note_and_cached_one_is_checked(facts_store,
-                                                                              offline):
+                                                                              hub_offline):
     h = host()
     adm = check_start(facts_store, h, spec("Qwen/Qwen2.5-7B-Instruct"), usage(h, 0),
                       force=False)
