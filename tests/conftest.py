@@ -61,5 +61,24 @@ def fake_gpu_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.fixture
+def fake_gpus(tmp_path: Path, fake_gpu_state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One fake H100 answered by the fake nvidia-smi (and a fake `vllm`), first on PATH.
+    Returns the state file."""
+    from tests.support.gpus import fake_gpus_on_path
+
+    return fake_gpus_on_path(tmp_path, monkeypatch, ["h100"], state=fake_gpu_state)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that start processes of their own (`spawns`) live with the integration tests."""
+    unit = Path(__file__).parent / "unit"
+    misplaced = [item.nodeid for item in items
+                 if item.get_closest_marker("spawns") and item.path.is_relative_to(unit)]
+    if misplaced:
+        raise pytest.UsageError("marked `spawns` but under tests/unit (move to tests/integration): "
+                                + ", ".join(misplaced))
+
+
 def pytest_report_header(config) -> str:
     return f"GPUMOD_REQUIRE_REAL={os.environ.get('GPUMOD_REQUIRE_REAL', '0')}"

@@ -20,16 +20,7 @@ import pytest
 
 from gpumod.ops import hosts as hostops
 from tests.support.cli import run_cli
-
-KEY = "sk-gpumod-test-9f8e7d6c5b4a"
-MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-
-
-def fake_hf_cache(hf_home: Path, model: str) -> Path:
-    snap = hf_home / "hub" / f"models--{model.replace('/', '--')}" / "snapshots" / "0123abcd"
-    snap.mkdir(parents=True, exist_ok=True)
-    (snap / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
-    return snap
+from tests.support.pods import KEY, MODEL, fake_hf_cache
 
 
 def port_listening(port: int) -> bool:

@@ -22,6 +22,7 @@ from tests.integration.test_deploy_local import (
     url_port,
 )
 from tests.support.cli import run_cli
+from tests.support.procs import stop_process
 from tests.support.real import free_port
 
 pytestmark = pytest.mark.sshd
@@ -142,8 +143,7 @@ def test_tunnel_forwards_a_local_port_to_the_service(pod):
         assert answer.status_code == 200
         assert answer.json()["data"][0]["id"] == MODEL
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def test_tunnel_to_a_local_service_is_refused(pod, monkeypatch, tmp_path):

@@ -13,12 +13,8 @@ from pathlib import Path
 import pytest
 
 from gpumod.errors import UsageError
-from gpumod.store.db import open_store
-from gpumod.testing.fake_nvidia_smi import write_state
-from gpumod.testing.shims import install_shims
-from tests.integration.conftest import register_pod
-from tests.integration.test_deploy_local import KEY, MODEL, fake_hf_cache
 from tests.support.cli import run_cli
+from tests.support.pods import MODEL, fake_pod
 
 ON = ["1", "2", "01", " 1", "1 ", "+1", "-1", "1_0", "\u0661"]   # int() takes them, not 0
 OFF = ["0", "00", " 0", "-0", "+0"]
@@ -118,17 +114,9 @@ def test_fake_vllm_reads_dev_mode_like_vllm(tmp_path):
 
 @pytest.fixture
 def pod(sshd, tmp_path, monkeypatch):
-    state = tmp_path / "pod-gpus.json"
-    write_state(state, ["h100"])
-    install_shims(sshd.bin_dir, gpu_state=state)
-    hf_home = tmp_path / "pod-hf"
-    fake_hf_cache(hf_home, MODEL)
-    monkeypatch.setenv("PI_API_KEY", KEY)
-    store = open_store()
-    register_pod(store, sshd, "dc1", state, hf_home)
-    yield sshd
-    for row in store.query("SELECT name FROM services"):
-        run_cli("service", "stop", row["name"], prog="gpumod")
+    with fake_pod(sshd, tmp_path, monkeypatch, gpus=["h100"],
+                  stop=("gpumod", "service", "stop", "{name}")) as server:
+        yield server
 
 
 def listening_address(port: int) -> str:

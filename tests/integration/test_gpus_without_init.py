@@ -20,10 +20,10 @@ from gpumod.ops import hosts as hostops
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.testing.fake_nvidia_smi import read_state, register_process
-from tests.integration.test_deploy_local import fake_hf_cache
 from tests.support.cli import run_cli
+from tests.support.pods import fake_hf_cache
 from tests.support.real import free_port, tiny_gguf
-from tests.unit.services.fakes import fake_host, stop_all
+from tests.support.services import fake_host, stop_all
 
 H100_MIB = 81559
 ARGS = "--gpu-memory-utilization 0.2 --max-model-len 1024"

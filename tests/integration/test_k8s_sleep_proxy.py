@@ -16,6 +16,7 @@ import pytest
 from gpumod.export.kubernetes import proxy_config
 from gpumod.testing import fake_nvidia_smi as smi
 from gpumod.testing.harness import FakeVLLM, port_open
+from tests.support.procs import stop_process
 from tests.support.real import free_port, require_real
 
 KEY = "proxy-test-key"
@@ -65,12 +66,7 @@ def proxied(tmp_path: Path):
             time.sleep(0.05)
         yield f"http://127.0.0.1:{listen}", engine.base_url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         engine.stop(grace=2)
 
 

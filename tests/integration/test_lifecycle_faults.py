@@ -22,9 +22,10 @@ from gpumod.ops import lifecycle, modes
 from gpumod.testing.fake_nvidia_smi import gpu_memory, read_state
 from tests.integration.test_deploy_local import KEY, MODEL, port_listening, processes_in
 from tests.support.cli import run_cli
+from tests.support.disk import full_tmpfs
 from tests.support.procs import alive, cwd_of, group_members, pid_in, spawn, wait_for
 from tests.support.real import free_port
-from tests.unit.services.fakes import stop_all, vllm_spec
+from tests.support.services import stop_all, vllm_spec
 
 SLOW_HTTP = ["--engine", "command", "--health-path", "/", "--vllm", "sh", "-c",
              'sleep 30; exec python3 -m http.server --bind 127.0.0.1 "$0"', "{port}"]
@@ -89,24 +90,8 @@ def test_unwritable_pid_file_fails_closed(local_env):
 @pytest.fixture
 def full_services(local_env):
     """$GPUMOD_HOME/services on a 64 KiB tmpfs filled to the last byte."""
-    services = local_env.home / "services"
-    services.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs",
-                              str(services)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        subprocess.run(["dd", "if=/dev/zero", f"of={services / 'fill'}", "bs=1k"],
-                       capture_output=True)
+    with full_tmpfs(local_env.home / "services") as services:
         yield services
-    finally:
-        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
-            try:
-                if cwd_of(pid).startswith(str(services)):
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        subprocess.run(["umount", "-l", str(services)], capture_output=True)
 
 
 def test_full_disk_never_runs_the_engine_without_its_key(local_env, full_services):
@@ -297,14 +282,12 @@ def moded(local_env):
     stop_all(store)
 
 
-def test_switch_to_the_current_mode_restarts_a_crashed_member(moded, capsys):
-    from tests.support.cli import run_main
-
+def test_switch_to_the_current_mode_restarts_a_crashed_member(moded):
     assert modes.switch_mode(moded, "code").ok
     pid = lifecycle.get_service(moded, "coder").pid
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: not alive(pid), 10, "the crash")
-    code, out, err = run_main(capsys, "mode", "switch", "code")
+    code, out, err = run_cli("mode", "switch", "code")
     assert code == 0, err
     assert "start coder" in out and "nothing to change" not in out
     spec = lifecycle.get_service(moded, "coder")

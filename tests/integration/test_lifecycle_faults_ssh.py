@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
 import pytest
 
 from tests.integration.test_deploy_local import MODEL, processes_in
 from tests.support.cli import run_cli
+from tests.support.disk import full_tmpfs
 from tests.support.procs import alive, pid_in, spawn, wait_for
 
 pytestmark = pytest.mark.sshd
@@ -66,18 +66,8 @@ def test_ssh_drop_then_prune_finishes_a_cleanup_whose_engine_is_gone(pod):
 
 @pytest.fixture
 def full_pod_disk(pod):
-    services = pod.remote_root / "services"
-    services.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs",
-                              str(services)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        subprocess.run(["dd", "if=/dev/zero", f"of={services / 'fill'}", "bs=1k"],
-                       capture_output=True)
+    with full_tmpfs(pod.remote_root / "services") as services:
         yield services
-    finally:
-        subprocess.run(["umount", "-l", str(services)], capture_output=True)
 
 
 def test_full_disk_on_the_pod_fails_closed(pod, full_pod_disk):

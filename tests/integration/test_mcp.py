@@ -16,40 +16,20 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from gpumod.mcp.server import TOOL_NAMES, build_server
-from gpumod.ops import api as bridge
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.testing.harness import free_port, port_open
-from tests.unit.mcp.conftest import (
-    define_mode,
-    define_service,
-    install_fake_gpus,
-    register_gpu,
-    structured,
-)
-
-
-@pytest.fixture
-def fake_gpus(tmp_path: Path, fake_gpu_state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return install_fake_gpus(tmp_path, fake_gpu_state, monkeypatch)
+from tests.support.mcp import structured
+from tests.support.procs import stop_process
+from tests.support.services import chat_service
+from tests.support.store import define_mode, define_service, register_gpu
 
 
 @pytest.fixture
 def chat(fake_gpus: Path) -> Iterator[str]:
-    store = open_store()
-    register_gpu(store)
-    define_service(store, ServiceSpec("chat", "local", "vllm", "Qwen/Qwen3-8B", free_port(),
-                                      gpus=(0,), sleep_mode="l1",
-                                      args=("--max-model-len", "4096",
-                                            "--gpu-memory-utilization", "0.3")))
-    define_mode(store, "code", ["chat"])
-    try:
-        yield "chat"
-    finally:
-        try:
-            bridge.service_stop("chat")
-        except Exception:
-            pass
+    with chat_service(free_port()) as name:
+        define_mode(open_store(), "code", [name])
+        yield name
 
 
 def stdio_params() -> StdioServerParameters:
@@ -202,8 +182,7 @@ def test_http_transport_binds_loopback_and_needs_the_bearer_key(fake_gpus: Path,
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
         assert MCP_KEY not in cmdline                       # the key never in argv
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def test_http_transport_refuses_to_start_without_a_key(fake_gpus: Path,
@@ -226,8 +205,7 @@ def test_http_transport_refuses_to_start_without_a_key(fake_gpus: Path,
         assert len(run(keyed_client(url, "sk-pi-key-0123456789"), action).tools) == \
             len(TOOL_NAMES)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 def test_mcp_cli_bad_options() -> None:

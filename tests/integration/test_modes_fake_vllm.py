@@ -7,8 +7,9 @@ import pytest
 from gpumod.errors import ConflictError, EngineError
 from gpumod.ops import lifecycle, modes
 from gpumod.store.db import open_store
+from tests.support.cli import run_cli
 from tests.support.real import free_port
-from tests.unit.services.fakes import fake_host, stop_all, vllm_spec
+from tests.support.services import fake_host, stop_all, vllm_spec
 
 FAST = {"FAKE_VLLM_STARTUP_SECONDS": "0.2", "FAKE_VLLM_WEIGHTS_GIB": "0.5"}
 
@@ -133,23 +134,19 @@ def test_a_second_switch_waits_for_a_short_first_one(local):
     assert running(local) == {"emb", "chat"}
 
 
-def test_cli_switch_exit_codes_and_status(local, capsys):
-    from gpumod.cli.main import main
-
+def test_cli_switch_exit_codes_and_status(local):
     define(local, fail_chat=True)
-    with pytest.raises(SystemExit) as exc:
-        main(["mode", "switch", "rag"])
-    assert exc.value.code == EngineError.exit_code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert any(line.startswith("error: switch to rag failed") for line in err)
-    with pytest.raises(SystemExit) as exc:
-        main(["mode", "switch", "nope"])
-    assert exc.value.code == 3
-    main(["mode", "switch", "code"])
-    out = capsys.readouterr().out
+    code, _, err = run_cli("mode", "switch", "rag", prog="gpumod")
+    assert code == EngineError.exit_code
+    assert any(line.startswith("error: switch to rag failed")
+               for line in err.strip().splitlines())
+    assert run_cli("mode", "switch", "nope", prog="gpumod").code == 3
+    code, out, err = run_cli("mode", "switch", "code", prog="gpumod")
+    assert code == 0, err
     assert "now in mode code" in out
-    main(["mode", "status"])
-    assert "coder: running, health ok" in capsys.readouterr().out
+    code, out, err = run_cli("mode", "status", prog="gpumod")
+    assert code == 0, err
+    assert "coder: running, health ok" in out
 
 
 @pytest.mark.sshd

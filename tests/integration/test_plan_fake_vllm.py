@@ -19,20 +19,10 @@ from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.testing.fake_nvidia_smi import write_state
 from gpumod.testing.harness import FakeVLLM
-from tests.unit.mcp.conftest import (
-    define_mode,
-    define_service,
-    install_fake_gpus,
-    model_folder,
-    register_gpu,
-)
+from tests.support.models import model_folder
+from tests.support.store import define_mode, define_service, register_gpu
 
 PARSERS = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
-
-
-@pytest.fixture
-def fake_gpus(tmp_path: Path, fake_gpu_state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return install_fake_gpus(tmp_path, fake_gpu_state, monkeypatch)
 
 
 def gpumod(args: list[str], env: dict[str, str] | None = None,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import stop_process
 from tests.support.real import free_port, llama_server_binary, tiny_gguf
 
 pytestmark = pytest.mark.llama
@@ -51,12 +52,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
 
 
 def pi(args: list[str], key: str | None, cwd: Path) -> subprocess.CompletedProcess[str]:

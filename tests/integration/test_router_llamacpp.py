@@ -11,7 +11,7 @@ from gpumod.ops.sleep import sleep_service, wake_service
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from tests.support.real import free_port, llama_server_binary, tiny_gguf
-from tests.unit.services.fakes import stop_all
+from tests.support.services import stop_all
 
 pytestmark = pytest.mark.llama
 

@@ -8,8 +8,9 @@ from gpumod.ops import lifecycle
 from gpumod.ops.sleep import sleep_service, wake_service
 from gpumod.ops.watch import Policy, Watcher, parse_metrics
 from gpumod.store.db import open_store
+from tests.support.cli import run_cli
 from tests.support.real import free_port
-from tests.unit.services.fakes import fake_host, stop_all, vllm_spec
+from tests.support.services import fake_host, stop_all, vllm_spec
 
 
 @pytest.fixture
@@ -56,18 +57,16 @@ def test_fake_that_keeps_its_memory_is_detected_and_falls_back(store):
     assert wake.ok and wake.result == "started"
 
 
-def test_sleep_without_dev_mode_is_reported(store, capsys):
+def test_sleep_without_dev_mode_is_reported(store):
     """A vLLM that lacks the sleep endpoints: the failure is reported, exit non-zero."""
-    from gpumod.cli.main import main
-
     lifecycle.add_service(store, vllm_spec("plain", free_port(), util="0.2"))
     lifecycle.start_service(store, "plain")
-    main(["service", "sleep", "plain"])  # engines without sleep: stop
-    assert "plain: sleep stop -> stopped" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exc:
-        main(["service", "sleep", "plain"])
-    assert exc.value.code == 7
-    assert "plain is not running" in capsys.readouterr().err
+    code, out, err = run_cli("service", "sleep", "plain", prog="gpumod")  # no sleep: stop
+    assert code == 0, err
+    assert "plain: sleep stop -> stopped" in out
+    code, _, err = run_cli("service", "sleep", "plain", prog="gpumod")
+    assert code == 7
+    assert "plain is not running" in err
 
 
 def test_bad_level_is_a_usage_error(store):

@@ -15,33 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from gpumod.store.db import open_store
-from gpumod.testing.fake_nvidia_smi import write_state
-from gpumod.testing.shims import install_shims
-from tests.integration.conftest import register_pod
-from tests.integration.test_deploy_local import KEY, MODEL, fake_hf_cache
 from tests.support.cli import run_cli
+from tests.support.pods import MODEL, fake_pod
 
 pytestmark = pytest.mark.sshd
 
 
 @pytest.fixture
 def pod(sshd, tmp_path, monkeypatch):
-    state = tmp_path / "pod-gpus.json"
-    write_state(state, ["h100", "h100"])
-    install_shims(sshd.bin_dir, gpu_state=state)
-    hf_home = tmp_path / "pod-hf"
-    fake_hf_cache(hf_home, MODEL)
-    monkeypatch.setenv("PI_API_KEY", KEY)
-    store = open_store()
-    register_pod(store, sshd, "dc1", state, hf_home)
-    yield sshd
-    for shim in ("curl", "python3"):
-        (sshd.bin_dir / shim).unlink(missing_ok=True)
-    if sshd.proc is None:
-        sshd.start()
-    for row in store.query("SELECT name FROM services"):
-        run_cli("stop", row["name"], "--timeout", "2")
+    with fake_pod(sshd, tmp_path, monkeypatch) as server:
+        yield server
+        for shim in ("curl", "python3"):  # hang_probe_on's, before the services are stopped
+            (sshd.bin_dir / shim).unlink(missing_ok=True)
 
 
 def hang_probe_on(pod, marker: Path) -> None:

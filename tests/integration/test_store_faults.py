@@ -190,7 +190,7 @@ def test_two_100k_arguments_for_a_pod_are_refused_naming_the_limit(sshd, tmp_pat
     from gpumod.store.db import open_store
     from gpumod.testing.fake_nvidia_smi import write_state
     from gpumod.testing.shims import install_shims
-    from tests.integration.conftest import register_pod
+    from tests.support.pods import register_pod
 
     state = tmp_path / "pod-gpus.json"
     write_state(state, ["h100"])
@@ -202,3 +202,24 @@ def test_two_100k_arguments_for_a_pod_are_refused_naming_the_limit(sshd, tmp_pat
                      "command", "--vllm", "python3", "-m", "http.server", "{port}", *big)
     assert_one_line_error(result, 2, "too long", "131,071 bytes")
     assert json.loads(run_cli("list", "--all-pods", "--json").stdout) == []
+
+
+@pytest.mark.spawns
+def test_concurrent_writers_serialise(tmp_path):
+    """Eight processes each increment a counter 25 times: no lost update."""
+    from gpumod.store import db as storedb
+
+    path = tmp_path / "a.db"
+    storedb.Store(path).set_setting("counter", "0")
+    code = textwrap.dedent(f"""
+        from pathlib import Path
+        from gpumod.store.db import Store
+        s = Store(Path({str(path)!r}))
+        for _ in range(25):
+            with s.transaction() as d:
+                v = int(d.execute("SELECT value FROM settings WHERE key='counter'").fetchone()[0])
+                d.execute("UPDATE settings SET value=? WHERE key='counter'", (str(v + 1),))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(8)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    assert storedb.Store(path).get_setting("counter") == "200"

@@ -20,17 +20,11 @@ from rich.text import Text
 from textual.widgets import DataTable, RichLog, Static
 
 from gpumod.ops import api as bridge
-from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from gpumod.tui.app import GpumodApp
-from tests.unit.mcp.conftest import define_service, install_fake_gpus, register_gpu
+from tests.support.services import chat_service
 
 SIZE = (130, 45)
-
-
-@pytest.fixture
-def fake_gpus(tmp_path: Path, fake_gpu_state: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    return install_fake_gpus(tmp_path, fake_gpu_state, monkeypatch)
 
 
 def screen_text(app: GpumodApp) -> str:
@@ -76,19 +70,8 @@ async def until(pilot: Any, check, timeout: float = 20.0) -> None:
 
 @pytest.fixture
 def chat(fake_gpus: Path) -> Iterator[str]:
-    store = open_store()
-    register_gpu(store)
-    define_service(store, ServiceSpec("chat", "local", "vllm", "Qwen/Qwen3-8B", 8131, gpus=(0,),
-                                      args=("--max-model-len", "4096",
-                                            "--gpu-memory-utilization", "0.3"),
-                                      sleep_mode="l1"))
-    try:
-        yield "chat"
-    finally:
-        try:
-            bridge.service_stop("chat")
-        except Exception:
-            pass
+    with chat_service(8131) as name:
+        yield name
 
 
 def test_dashboard_shows_gpu_bar_service_table_and_footer(chat: str) -> None:

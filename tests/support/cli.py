@@ -1,14 +1,16 @@
-"""Run the real CLI entry point (error boundary included) in-process."""
+"""Run the real CLI entry point (error boundary included) in-process: the one CLI runner
+of the tests (a child process is tests.support.procs.spawn)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from click.testing import CliRunner
 
 
-@dataclass
-class CliResult:
+class CliResult(NamedTuple):
+    """What the command left: unpacks as (code, stdout, stderr)."""
+
     code: int
     stdout: str
     stderr: str
@@ -39,15 +41,3 @@ def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = N
     finally:
         sys.argv[0] = old_argv0
 
-
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    """The CLI entry point in-process with pytest's capsys: (exit code, stdout, stderr)."""
-    from gpumod.cli.main import main
-
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err

@@ -74,3 +74,13 @@ def group_members(pgid: int) -> list[int]:
 
 def cwd_of(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/cwd")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL when it has not exited within `timeout` seconds; reaped."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)

@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:  # rich and the store load lazily (gpumod --help stays fast)
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from gpumod.store.db import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,7 +29,7 @@ def json_option(func: F) -> F:
                         help="Print JSON instead of a table.")(func)
 
 
-def store():
+def store() -> Store:
     from gpumod.store.db import open_store
 
     return open_store()
@@ -32,7 +39,7 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False) -> Console:
     """A rich Console; colour only on a terminal, never markup from data."""
     from rich.console import Console
 
@@ -40,7 +47,7 @@ def console(stderr: bool = False):
                    width=None if sys.stdout.isatty() else 200)
 
 
-def table(*columns: str, title: str | None = None):
+def table(*columns: str, title: str | None = None) -> Table:
     from rich import box
     from rich.table import Table
 
@@ -48,7 +55,7 @@ def table(*columns: str, title: str | None = None):
     return t
 
 
-def plain(text: object):
+def plain(text: object) -> Text:
     """Untrusted text (names, model ids, log lines) as rich Text: never markup."""
     from rich.text import Text
 

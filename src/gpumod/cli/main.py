@@ -97,7 +97,7 @@ def _terminate_like_ctrl_c() -> dict:
 
     from gpumod.errors import Interrupted
 
-    raised = []
+    raised: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
         if raised:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from gpumod.cli.common import console, json_option, plain, pod_option, print_json, store, table
 
+if TYPE_CHECKING:
+    from gpumod.hosts.model import Host
 
-def fit_rows(host) -> list[dict]:
+
+def fit_rows(host: Host) -> list[dict[str, Any]]:
     from gpumod.catalog.models import load_catalog, select_config
 
     rows = []

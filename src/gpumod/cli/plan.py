@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from gpumod.cli.common import console, plain, pod_option, print_json
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gpumod.ops.planning import PlanResult
 
 
 @click.command("plan", context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,7 +84,7 @@ def plan(prompt: str, pod: str | None, llm: str | None, base_url: str | None,
         out.print(plain(f"applied: mode {result.proposal.mode} is active"))
 
 
-def _render(out, result) -> None:
+def _render(out: Console, result: PlanResult) -> None:
     from rich.text import Text
 
     if result.proposal is None:

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:  # loaded lazily (gpumod --help stays fast)
+    from gpumod.hosts.model import Host
+    from gpumod.hosts.transports.base import Transport
 
 from gpumod.cli.common import console, json_option, plain, print_json, store, table
 
@@ -143,7 +148,7 @@ def expose(name: str, address: str | None, ports: tuple[str, ...]) -> None:
     click.echo(f"pod {host.name}: address {host.address}, {len(host.port_map)} port mapping(s)")
 
 
-def _transport_for(name: str | None):
+def _transport_for(name: str | None) -> tuple[Host, Transport]:
     from gpumod.ops import hosts as hostops
 
     host = hostops.resolve_host(store(), name)

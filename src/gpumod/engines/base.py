@@ -216,7 +216,7 @@ def get_engine(name: str) -> Engine:
 
         return CommandEngine()
     if name == "docker":
-        from gpumod.engines.docker import DockerEngine  # type: ignore[import-not-found]
+        from gpumod.engines.docker import DockerEngine
 
         return DockerEngine()
     raise UsageError(f"unknown engine {name!r}", hint="use vllm, llamacpp or command")

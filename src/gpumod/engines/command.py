@@ -9,6 +9,7 @@ API_KEY in its environment.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 
 from gpumod.engines.base import Engine, HealthCheck
 from gpumod.errors import UsageError
@@ -43,7 +44,7 @@ class CommandEngine(Engine):
         for arg in spec.args:
             _fill(arg, {k: "x" for k in PLACEHOLDERS})
 
-    def gpu_count(self, args) -> int:
+    def gpu_count(self, args: Sequence[str]) -> int:
         return 1
 
 

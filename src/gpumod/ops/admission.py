@@ -79,7 +79,11 @@ def pending_on(store: Store, host: str, transport: Any, snapshot: Any, *,
     live = [r for r in rows if r["name"] in places and locks.service_holder(r["name"])]
     if not live:  # (a reservation whose start died with its command is not counted)
         return found
-    roots = {r["name"]: places[r["name"]][1] for r in live if places[r["name"]][1]}
+    roots: dict[str, int] = {}
+    for r in live:
+        root = places[r["name"]][1]
+        if root:
+            roots[r["name"]] = root
     held, _ = trees_memory(transport, snapshot, roots) if roots else ({}, "")
     for row in live:
         have = held.get(row["name"])

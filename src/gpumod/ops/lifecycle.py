@@ -36,7 +36,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpumod.errors import EngineError, GpumodError, TransportError, UsageError
 from gpumod.hosts.transports.base import Transport
@@ -53,6 +53,9 @@ from gpumod.ops.runtime import Runtime, launch_plan, runtime
 from gpumod.ops.services import get_service, is_deployment, is_multinode, list_services
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
+
+if TYPE_CHECKING:
+    from gpumod.ops.states import ServiceStatus
 
 __all__ = ["Runtime", "add_service", "dependency_order", "ensure_ready", "get_service",
            "launch_plan", "list_services", "remove_service", "restart_service", "runtime",
@@ -93,7 +96,7 @@ def changing(store: Store, name: str, what: str, *, wait: float = LOCK_WAIT,
         yield get_service(store, name)
 
 
-def live(store: Store, spec: ServiceSpec, transport: Transport | None = None):
+def live(store: Store, spec: ServiceSpec, transport: Transport | None = None) -> ServiceStatus:
     """The service's live state: the one status probe (gpumod.ops.states)."""
     from gpumod.ops.states import service_status
 

@@ -82,7 +82,8 @@ def file_lock(path: Path, *, shared: bool = False, wait: float, what: str,
 
 
 def host_lock(host: str, *, shared: bool = False, wait: float = 5.0,
-              what: str = "a mode switch", progress: Progress | None = None):
+              what: str = "a mode switch", progress: Progress | None = None
+              ) -> contextlib.AbstractContextManager[None]:
     """Per-host lock: exclusive for mode switches, shared for single-service operations."""
     path = _folder() / f"{validate.name(host, 'pod name')}.lock"
 
@@ -97,7 +98,7 @@ def host_lock(host: str, *, shared: bool = False, wait: float = 5.0,
 
 
 def service_lock(name: str, *, wait: float = 5.0, what: str,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None) -> contextlib.AbstractContextManager[None]:
     """One transition sequence at a time for a service."""
     path = _folder() / f"service-{validate.name(name, 'service name')}.lock"
 
@@ -129,7 +130,8 @@ def service_holder(name: str) -> str | None:
         os.close(fd)
 
 
-def admission_lock(host: str, *, wait: float = 120.0, progress: Progress | None = None):
+def admission_lock(host: str, *, wait: float = 120.0, progress: Progress | None = None
+                   ) -> contextlib.AbstractContextManager[None]:
     """The host's short critical section for admitting and reserving GPU memory."""
     path = _folder() / f"{validate.name(host, 'pod name')}.admission.lock"
 

@@ -58,6 +58,7 @@ def verify_mode(store: Store, name: str, *, transport: Any = None) -> dict[str, 
     services, problems = [], []
     for service in mode.services:
         status = live[service]
+        row: dict[str, Any]
         if isinstance(status, GpumodError):
             row = {"name": service, "state": "unknown", "process": "unknown",
                    "health": f"unknown ({status.message})", "sleeping": None, "detail": ""}

@@ -244,8 +244,8 @@ def stop_everywhere(store: Store, spec: ServiceSpec, pods: Sequence[str], *, vll
         except GpumodError as exc:
             failed[head] = exc
     _, why = stop_nodes(store, spec, list(pods), keep_log=keep_log)
-    for pod, exc in why.items():
-        failed.setdefault(pod, exc)
+    for pod, reason in why.items():
+        failed.setdefault(pod, reason)
     return outcome, [p for p in pods if p not in failed], failed
 
 

@@ -24,6 +24,7 @@ done and names the others, and `pi stop NAME` or `pi list --prune` finishes it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -108,8 +109,7 @@ def _launch(store: Store, spec: ServiceSpec, run: Launch, req: StartRequest, out
             pod = c.host.name
             run.started.append(pod)
             ray_nodes.launch(c.transport, c.host, nodes[pod], _base_env(c, run.cached),
-                             before_run=lambda pid, pod=pod: mn_ops.record_node(store, name,
-                                                                                pod, pid))
+                             before_run=functools.partial(_record_node, store, name, pod))
         for c in run.checks:  # they start side by side; wait for each in turn
             ray_nodes.wait_started(c.transport, c.host, nodes[c.host.name])
         _wait_cluster(spec, run, nodes[head.host.name], out)
@@ -294,3 +294,8 @@ def _failed(store: Store, spec: ServiceSpec, run: Launch, exc: BaseException) ->
         if kept:
             exc.hint = ((exc.hint + "; ") if exc.hint else "") + kept
     raise exc
+
+
+def _record_node(store: Store, name: str, pod: str, pid: int) -> None:
+    """Each Ray node's pid is recorded before it runs (the held launch's before_run)."""
+    mn_ops.record_node(store, name, pod, pid)

@@ -131,13 +131,13 @@ def choose_addresses(nets: Mapping[str, PodNet], head: str) -> dict[str, str]:
     """One address per pod for Ray (see the module docstring); CapacityError when none."""
     pods = list(nets)
     if one_machine(nets):
-        chosen = {pod: nets[pod].ssh_address for pod in pods}
-        loopback = all(a and ipaddress.ip_address(a).is_loopback for a in chosen.values())
-        if loopback and len(set(chosen.values())) == len(pods):
-            return chosen
+        ssh = {pod: nets[pod].ssh_address for pod in pods}
+        loopback = all(a and ipaddress.ip_address(a).is_loopback for a in ssh.values())
+        if loopback and len(set(ssh.values())) == len(pods):
+            return ssh
         raise CapacityError(f"pods {', '.join(pods)} are one machine",
                             hint=f"start the model on one pod with --pod {head} (and --gpus)")
-    chosen = {}
+    chosen: dict[str, list[tuple[str, str, int]]] = {}
     for pod in pods:
         private = [a for a in _usable(nets[pod]) if is_private(a[1])]
         if not private:
@@ -185,7 +185,8 @@ def probe_reachability(transports: Mapping[str, Transport], addresses: Mapping[s
                     break
             if pod not in ports:
                 raise RemoteCommandError(f"{transport.label}: cannot listen on "
-                                         f"{addresses[pod]}: {' | '.join(lines[-2:])}")
+                                         f"{addresses[pod]}: {' | '.join(lines[-2:])}",
+                                         returncode=1)
         failures: list[str] = []
         for pod, transport in transports.items():
             targets = [f"{_host(addresses[o])}:{ports[o]}" for o in transports if o != pod]

@@ -10,6 +10,7 @@ so (``usage`` = ``"inventory"`` with a ``usage_note``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from gpumod.errors import GpumodError, NotFoundError, UsageError
@@ -21,11 +22,11 @@ from gpumod.store.db import Store
 
 
 def simulate(store: Store, *, host: str, services: list[str] | None = None,
-             mode: str | None = None, add: list[str] = (), remove: list[str] = (),
+             mode: str | None = None, add: Sequence[str] = (), remove: Sequence[str] = (),
              contexts: dict[str, int] | None = None, gpus: list[Any] | None = None,
              hub: Any = None, margin_mib: int | None = None, live: bool = False,
              transport: Transport | None = None, version: str | None = None,
-             leaving: list[str] = (), strict: bool = True) -> Any:
+             leaving: Sequence[str] = (), strict: bool = True) -> Any:
     """Place the chosen services on the host's GPUs (in start order) and report the fit.
 
     With ``live``, the GPUs and what other processes hold on them come from the host's
@@ -142,7 +143,7 @@ def host_gpus(store: Store, host: str) -> list[Any]:
 
 
 def live_usage(store: Store, host: str, names: list[str], transport: Transport, *,
-               timeout: float = 20, leaving: list[str] = ()) -> Any:
+               timeout: float = 20, leaving: Sequence[str] = ()) -> Any:
     """The host's GPUs as nvidia-smi sees them now, minus what the simulated set holds.
 
     None when the host has no nvidia-smi; transport and nvidia-smi failures raise.
@@ -163,7 +164,7 @@ def live_usage(store: Store, host: str, names: list[str], transport: Transport, 
 
 
 def _observe(store: Any, host: str, names: list[str], transport: Transport | None,
-             leaving: list[str] = ()) -> tuple[Any, str]:
+             leaving: Sequence[str] = ()) -> tuple[Any, str]:
     """Live usage, or None and the one-line reason the inventory is used instead."""
     try:
         if transport is None:

@@ -27,6 +27,7 @@ from typing import Any
 from gpumod.engines.checks import memory_dropped
 from gpumod.errors import EngineError, GpumodError, UsageError
 from gpumod.hosts.processes import tree_gpu_mib
+from gpumod.hosts.transports.base import Transport
 from gpumod.ops import lifecycle, machine
 from gpumod.ops.launch import _quiet
 from gpumod.ops.lifecycle import Progress, Runtime
@@ -142,8 +143,9 @@ def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
             if dropped is False:
                 raise EngineError(f"GPU memory did not drop ({report.memory_before_mib} -> "
                                   f"{after} MiB): the engine says it sleeps but holds its memory")
-            detail = "memory not measured (no nvidia-smi)" if dropped is None else \
-                f"freed {report.memory_before_mib - after} MiB"  # type: ignore[operator]
+            before = report.memory_before_mib
+            detail = ("memory not measured (no nvidia-smi)" if before is None or after is None
+                      else f"freed {before - after} MiB")
             report.attempts.append(Attempt(step, True, detail))
             report.result, report.ok = f"asleep {step}", True
             machine.move(store, spec.name, machine.Phase.SLEEPING)
@@ -230,7 +232,7 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
 
 
 def sleep_service(store: Store, name: str, level: str | None = None, *,
-                  progress: Progress = _quiet, transport=None,
+                  progress: Progress = _quiet, transport: Transport | None = None,
                   wait: float = lifecycle.LOCK_WAIT) -> SleepReport:
     """Put NAME to sleep, verified, with fallbacks (the lifecycle's sleep)."""
     with lifecycle.changing(store, name, f"service sleep {name}", wait=wait,
@@ -240,7 +242,8 @@ def sleep_service(store: Store, name: str, level: str | None = None, *,
 
 
 def wake_service(store: Store, name: str, *, progress: Progress = _quiet,
-                 transport=None, wait: float = lifecycle.LOCK_WAIT) -> SleepReport:
+                 transport: Transport | None = None, wait: float = lifecycle.LOCK_WAIT
+                 ) -> SleepReport:
     """Wake NAME, verified (health and a canary), restarting it if that fails."""
     with lifecycle.changing(store, name, f"service wake {name}", wait=wait,
                             progress=progress) as spec:

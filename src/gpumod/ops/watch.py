@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gpumod.errors import ConfigError, GpumodError, UsageError
+from gpumod.hosts.transports.base import Transport
 from gpumod.ops import lifecycle
 from gpumod.ops.lifecycle import Runtime
 from gpumod.ops.states import ServiceStatus
@@ -83,7 +84,7 @@ class Track:
 
 class Watcher:
     def __init__(self, store: Store, host: str, *, policy: Policy | None = None,
-                 log: Callable[[str], None] = print, transport=None,
+                 log: Callable[[str], None] = print, transport: Transport | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.host = host
@@ -213,7 +214,7 @@ class Watcher:
 
 def watch(store: Store, host: str, *, iterations: int | None = None,
           policy: Policy | None = None, log: Callable[[str], None] = print,
-          transport=None) -> Watcher:
+          transport: Transport | None = None) -> Watcher:
     watcher = Watcher(store, host, policy=policy, log=log, transport=transport)
     count = 0
     while iterations is None or count < iterations:
@@ -298,7 +299,8 @@ def watch_unit(host: str, policy: Policy, *, scope: str, home: str | None = None
 
 
 def install_watch_unit(host: str, policy: Policy, *, scope: str | None = None,
-                       transport=None, **kw) -> tuple[str, str, str]:
+                       transport: Transport | None = None, **kw: str | None
+                       ) -> tuple[str, str, str]:
     """Install, enable and start the watcher's unit on this machine.
 
     Returns (unit name, unit path, scope). `scope` None: user where a user manager runs,

@@ -26,6 +26,7 @@ from typing import Any
 from gpumod.errors import CapacityError, GpumodError, UsageError
 from gpumod.planner import estimate as est
 from gpumod.planner.alternatives import Alternative
+from gpumod.planner.facts import ModelFacts
 from gpumod.planner.gputable import GIB, cuda_total_mib
 from gpumod.planner.placement import (
     DEFAULT_MARGIN_MIB,
@@ -210,11 +211,18 @@ def _admit_llamacpp(spec: Any, e: dict[str, Any], settings: dict[str, Any],
     return Admission(args, notes, e)
 
 
+def _facts(req: ServiceRequest) -> ModelFacts:
+    """The request's model facts: placement refuses a vLLM or llama.cpp request without."""
+    if req.facts is None:
+        raise UsageError(f"{req.name}: no model facts to check the start against")
+    return req.facts
+
+
 def _vllm_estimate(req: ServiceRequest, gpu: GPUState, util: float | None,
                    kv_bytes: int | None = None) -> est.VLLMEstimate:
     args = vllm_args(req, util)
     args.kv_cache_memory_bytes = kv_bytes
-    return est.vllm_estimate(req.facts, gpu_mib=gpu.total_mib, gpu_name=gpu.name, args=args,
+    return est.vllm_estimate(_facts(req), gpu_mib=gpu.total_mib, gpu_name=gpu.name, args=args,
                              calibration=req.calibration)
 
 
@@ -241,7 +249,7 @@ def _vllm_refusal(spec: Any, req: ServiceRequest, gpus: list[GPUState],
 
     probe = _vllm_estimate(req, card, 1.0)
     outside = _outside_budget_mib(probe)
-    min_util = est.utilization_for(req.facts, gpu_mib=card.total_mib, gpu_name=card.name,
+    min_util = est.utilization_for(_facts(req), gpu_mib=card.total_mib, gpu_name=card.name,
                                    calibration=req.calibration, args=vllm_args(req, None))
     max_util = math.floor((room - outside) / usable * 100) / 100
     ctx = probe.max_model_len
@@ -254,7 +262,7 @@ def _vllm_refusal(spec: Any, req: ServiceRequest, gpus: list[GPUState],
     forced = args
     if req.kv_cache_memory_bytes:
         e = _vllm_estimate(req, card, None, req.kv_cache_memory_bytes)
-        need = e.total_mib
+        need: float = e.total_mib
         message = (f"{model} with --kv-cache-memory-bytes {req.kv_cache_memory_bytes} needs "
                    f"{need / 1024:.1f} GiB per GPU with tp={tp} but {where}{short(need)}")
         return message, "a smaller --kv-cache-memory-bytes", forced, e.to_json()
@@ -278,8 +286,8 @@ def _vllm_refusal(spec: Any, req: ServiceRequest, gpus: list[GPUState],
         return message, fit_hint, forced, e.to_json()
     # computed utilization: the smallest that serves one sequence does not fit
     need = min_util * usable + outside
-    elem = est.KV_CACHE_BYTES.get(req.kv_cache_dtype) or est.dtype_bytes(req.facts)
-    seq_gib = est.kv_per_sequence_bytes(req.facts, tp, elem, ctx) / GIB
+    elem = est.KV_CACHE_BYTES.get(req.kv_cache_dtype) or est.dtype_bytes(_facts(req))
+    seq_gib = est.kv_per_sequence_bytes(_facts(req), tp, elem, ctx) / GIB
     message = (f"{model} needs {need / 1024:.1f} GiB per GPU with tp={tp} (weights "
                f"{probe.weights_gib:.1f} GiB + KV cache for one {ctx:,}-token sequence "
                f"{seq_gib:.1f} GiB + activation and overheads) but {where}{short(need)}")
@@ -296,9 +304,10 @@ def _llamacpp_refusal(spec: Any, req: ServiceRequest, gpus: list[GPUState],
     tight = min(mine, key=_free_mib)
     free = _free_mib(tight)
     largs = llamacpp_args(req)
-    e = est.llamacpp_estimate(req.facts, gpu_mib=tight.total_mib, args=largs,
+    facts = _facts(req)
+    e = est.llamacpp_estimate(facts, gpu_mib=tight.total_mib, args=largs,
                               calibration=req.calibration)
-    ngl = "all" if largs.n_gpu_layers >= req.facts.num_layers else str(largs.n_gpu_layers)
+    ngl = "all" if largs.n_gpu_layers >= facts.num_layers else str(largs.n_gpu_layers)
     short = " (0.5 GiB is kept as a margin)" if e.total_mib <= free else ""
     message = (f"{spec.model} needs {e.total_gib:.1f} GiB on GPU {tight.index} with "
                f"-c {largs.ctx} -ngl {ngl} -ctk {largs.cache_type_k} -ctv {largs.cache_type_v} "

@@ -186,7 +186,7 @@ def alternatives(gpus: list[Any], requests: list[Any], failed: Any, *, place: Pl
              "other-gpu": 3, "sleep": 4, "more-gpus": 5, "quantized": 6, "offload": 7}
     out.sort(key=lambda a: (order.get(a.kind, 9), -a.saves_mib))
     seen: set[str] = set()
-    ranked = []
+    ranked: list[Alternative] = []
     for a in out:
         if a.description in seen:
             continue

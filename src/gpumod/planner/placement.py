@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -293,7 +294,7 @@ def _candidate_sets(req: ServiceRequest, gpus: list[GPUState]) -> list[tuple[int
 
 
 def place(gpus: list[GPUState], requests: list[ServiceRequest], *,
-          margin_mib: int = DEFAULT_MARGIN_MIB, neighbours: list[Neighbour] = (),
+          margin_mib: int = DEFAULT_MARGIN_MIB, neighbours: Sequence[Neighbour] = (),
           with_alternatives: bool = True) -> Placement:
     """Assign GPUs and memory settings to every request, in order; report per-GPU fit."""
     if not gpus:
@@ -404,7 +405,7 @@ def gpu_states(usages: list[Any]) -> list[GPUState]:
 
 def plan_start(gpus_usage: list[Any], request: ServiceRequest, *,
                margin_mib: int = DEFAULT_MARGIN_MIB,
-               neighbours: list[Neighbour] = ()) -> Placement:
+               neighbours: Sequence[Neighbour] = ()) -> Placement:
     """Place one service on a host as it is now (nvidia-smi), or raise CapacityError.
 
     The error's message says why; its hint lists the ranked alternatives.

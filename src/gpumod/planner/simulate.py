@@ -83,7 +83,7 @@ class Simulation:
         return placement_bars(self.placement, self.requests, self.occupants)
 
 
-def placement_bars(placement: Placement, requests: list[ServiceRequest] = (),
+def placement_bars(placement: Placement, requests: Sequence[ServiceRequest] = (),
                    occupants: dict[int, list[Occupant]] | None = None) -> list[GPUBar]:
     """GPUBar rows for render_gpu_bars from a placement (live occupants drawn one by one)."""
     by_name = {r.name: r for r in requests}

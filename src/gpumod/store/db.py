@@ -12,9 +12,9 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from gpumod import paths
 from gpumod.errors import ConfigError
@@ -32,11 +32,11 @@ class _Cursor(sqlite3.Cursor):
 
     path: Path
 
-    def execute(self, sql: str, params: Any = ()) -> _Cursor:  # type: ignore[override]
+    def execute(self, sql: str, params: Any = ()) -> _Cursor:
         with _typed(self.path):
             return super().execute(sql, params)
 
-    def executemany(self, sql: str, params: Any) -> _Cursor:  # type: ignore[override]
+    def executemany(self, sql: str, params: Any) -> _Cursor:
         with _typed(self.path):
             return super().executemany(sql, params)
 
@@ -57,6 +57,9 @@ class _Cursor(sqlite3.Cursor):
             return super().__next__()
 
 
+_CursorT = TypeVar("_CursorT", bound=sqlite3.Cursor)
+
+
 class _Connection(sqlite3.Connection):
     """Statements through typed cursors; a statement that may wait for another command's
     write lock (outside a transaction, or the BEGIN/COMMIT of one) waits up to
@@ -64,12 +67,17 @@ class _Connection(sqlite3.Connection):
 
     path: Path
 
-    def cursor(self, factory: Any = None) -> _Cursor:  # type: ignore[override]
+    @overload
+    def cursor(self, factory: None = None) -> _Cursor: ...
+    @overload
+    def cursor(self, factory: Callable[[sqlite3.Connection], _CursorT]) -> _CursorT: ...
+
+    def cursor(self, factory: Callable[[sqlite3.Connection], Any] | None = None) -> Any:
         cursor = super().cursor(factory or _Cursor)
         cursor.path = self.path
         return cursor
 
-    def execute(self, sql: str, params: Any = ()) -> _Cursor:  # type: ignore[override]
+    def execute(self, sql: str, params: Any = ()) -> _Cursor:
         began = time.monotonic()
         waiting = False
         while True:
@@ -88,10 +96,10 @@ class _Connection(sqlite3.Connection):
                 _notice(f"waiting for the database lock held by {faults.lock_holder(self.path)}"
                         f" (up to {LOCK_WAIT_SECONDS:.0f} s)...")
 
-    def executemany(self, sql: str, params: Any) -> _Cursor:  # type: ignore[override]
+    def executemany(self, sql: str, params: Any) -> _Cursor:
         return self.cursor().executemany(sql, params)
 
-    def executescript(self, script: str) -> _Cursor:  # type: ignore[override]
+    def executescript(self, script: str) -> sqlite3.Cursor:
         cursor = self.cursor()
         with _typed(self.path):
             return cursor.executescript(script)
@@ -153,19 +161,21 @@ class Store:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        if self.schema_version() >= len(MIGRATIONS):
-            if self.schema_version() > len(MIGRATIONS):
+        """Apply the missing migrations, each in its own transaction with its version bump:
+        a failing one leaves the earlier ones applied and the version naming the last."""
+        while (version := self.schema_version()) != len(MIGRATIONS):
+            if version > len(MIGRATIONS):
                 raise ConfigError(
                     f"{self.path} was written by a newer gpumod (schema "
-                    f"{self.schema_version()}, this one knows {len(MIGRATIONS)})",
+                    f"{version}, this one knows {len(MIGRATIONS)})",
                     hint="upgrade gpumod",
                 )
-            return
-        with self.transaction():
-            # Re-read inside the lock: another process may have migrated meanwhile.
-            for number in range(self.schema_version(), len(MIGRATIONS)):
-                MIGRATIONS[number](self.db)
-                self.db.execute(f"PRAGMA user_version = {number + 1}")
+            with self.transaction():
+                # Re-read inside the lock: another process may have migrated meanwhile.
+                number = self.schema_version()
+                if number < len(MIGRATIONS):
+                    MIGRATIONS[number](self.db)
+                    self.db.execute(f"PRAGMA user_version = {number + 1}")
 
     # -- transactions -----------------------------------------------------
     @contextlib.contextmanager

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from gpumod import validate
 from gpumod.errors import EngineError, GpumodError, UsageError
-from gpumod.hosts.transports.base import Transport
+from gpumod.hosts.transports.base import CommandResult, Transport
 from gpumod.supervise.base import LaunchPlan, ProcessState, Supervisor
 from gpumod.supervise.process import read_log_file
 from gpumod.supervise.units import SCOPES, UnitOptions, env_file_line, render_unit, unit_name
@@ -100,7 +100,8 @@ def systemctl_argv(scope: str, *args: str) -> list[str]:
     return ["systemctl", *(["--user"] if scope == "user" else []), *args]
 
 
-def systemctl(transport: Transport, scope: str, *args: str, what: str, timeout: float = 120):
+def systemctl(transport: Transport, scope: str, *args: str, what: str,
+              timeout: float = 120) -> CommandResult:
     """Run systemctl; a non-zero exit raises RemoteCommandError with its stderr."""
     result = transport.run(systemctl_argv(scope, *args), timeout=timeout)
     return result.check(f"{transport.label}: systemctl {what}",
@@ -170,7 +171,7 @@ class SystemdSupervisor(Supervisor):
     def systemctl_argv(self, *args: str) -> list[str]:
         return systemctl_argv(self.scope, *args)
 
-    def systemctl(self, *args: str, what: str, timeout: float = 120):
+    def systemctl(self, *args: str, what: str, timeout: float = 120) -> CommandResult:
         return systemctl(self.transport, self.scope, *args, what=what, timeout=timeout)
 
     def properties(self, unit: str) -> dict[str, str]:

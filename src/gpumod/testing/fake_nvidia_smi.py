@@ -466,9 +466,9 @@ def run(argv: Sequence[str], state_path: str | None = None) -> tuple[int, str]:
                 dummy_g = {"index": 0, "name": ""}
                 header = [_app_field(f, dummy_p, dummy_g, True)[0] for f in fields]
                 for p in procs:
-                    g = by_uuid.get(p["gpu_uuid"])
-                    if g is not None:
-                        rows.append([_app_field(f, p, g, units)[1] for f in fields])
+                    on = by_uuid.get(p["gpu_uuid"])
+                    if on is not None:
+                        rows.append([_app_field(f, p, on, units)[1] for f in fields])
             # headers keep their "[MiB]" even with nounits, like the real tool
             return 0, _csv(header, rows, fmt)
         return 0, _table(state, gpus, procs)

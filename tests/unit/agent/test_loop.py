@@ -12,7 +12,7 @@ from gpumod.agent.loop import Agent, make_client, needs_responses_api, system_pr
 from gpumod.agent.tools import Tools
 from gpumod.errors import ConfigError, EngineError
 from tests.support.real import free_port
-from tests.unit.agent.stub_server import StubServer
+from tests.support.stub_server import StubServer
 
 
 @pytest.fixture

@@ -13,13 +13,9 @@ from mcp import Client
 from gpumod.mcp.server import TOOL_NAMES, build_server
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
-from tests.unit.mcp.conftest import (
-    define_mode,
-    define_service,
-    model_folder,
-    register_gpu,
-    structured,
-)
+from tests.support.mcp import structured
+from tests.support.models import model_folder
+from tests.support.store import define_mode, define_service, register_gpu
 
 MUTATING = {"service_start", "service_stop", "service_sleep", "service_wake", "mode_switch"}
 

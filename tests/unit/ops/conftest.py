@@ -1,3 +1,3 @@
 from __future__ import annotations
 
-from ..planner.conftest import FIXTURES, config, hub_answers, store  # noqa: F401  (fixtures)
+from ..planner.conftest import hub_answers, hub_offline, store  # noqa: F401  (fixtures)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from gpumod.catalog.facts import known_ids
@@ -16,30 +15,17 @@ from gpumod.ops.sizing import check_start
 from gpumod.ops.sizing import estimate as sizing_estimate
 from gpumod.spec import ServiceSpec
 from tests.support.cli import run_cli
-
-from .conftest import config
+from tests.support.models import config
 
 
 @pytest.fixture
-def no_network(monkeypatch):
+def no_network(monkeypatch, hub_offline):
     """HF_HUB_OFFLINE=1 and a Hub client that cannot connect (no recorded answers).
 
-    Yields the URLs anything tried to reach: catalog models must try none.
+    Returns the URLs anything tried to reach: catalog models must try none.
     """
-    import huggingface_hub
-
-    tried: list[str] = []
-
-    def refuse(request: httpx.Request) -> httpx.Response:
-        tried.append(str(request.url))
-        raise httpx.ConnectError("network is unreachable", request=request)
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    huggingface_hub.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(refuse)))
-    huggingface_hub.close_session()
-    yield tried
-    huggingface_hub.set_client_factory(lambda: httpx.Client())
-    huggingface_hub.close_session()
+    return hub_offline
 
 
 def test_every_catalog_model_has_shipped_facts():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from gpumod.errors import CapacityError, UsageError
@@ -20,8 +19,8 @@ from gpumod.planner.calibration import setup_key
 from gpumod.planner.facts import facts_from_config
 from gpumod.planner.gputable import cuda_total_mib
 from gpumod.spec import ServiceSpec
-
-from .conftest import FIXTURES, config
+from tests.support.cli import run_cli
+from tests.support.models import FIXTURES, config
 
 H100 = 81559
 H100_NAME = "NVIDIA H100 80GB HBM3"
@@ -198,22 +197,8 @@ def test_unknown_model_admits_with_a_note(store, hub_answers):
     assert adm.notes[0].startswith("no VRAM check: no facts for acme/not-a-model")
 
 
-@pytest.fixture
-def offline():
-    import huggingface_hub
-
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("network is unreachable", request=request)
-
-    huggingface_hub.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(refuse)))
-    huggingface_hub.close_session()
-    yield
-    huggingface_hub.set_client_factory(lambda: httpx.Client())
-    huggingface_hub.close_session()
-
-
 def test_offline_uncached_model_admits_with_a_note_and_cached_one_is_checked(facts_store,
-                                                                              offline):
+                                                                              hub_offline):
     h = host()
     adm = check_start(facts_store, h, spec("Qwen/Qwen2.5-7B-Instruct"), usage(h, 0),
                       force=False)
@@ -344,24 +329,17 @@ def home(tmp_path, monkeypatch):
     dbmod._open.clear()
 
 
-def _cli(capsys, *argv):
-    from gpumod.cli.main import main
-
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return json.loads(out.out)
+def _cli(*argv):
+    code, out, err = run_cli(*argv)
+    assert code == 0, err
+    return json.loads(out)
 
 
-def test_mcp_model_estimate_and_cli_model_estimate_agree(home, capsys):
+def test_mcp_model_estimate_and_cli_model_estimate_agree(home):
     from gpumod.ops.api import model_estimate
 
     def both():
-        cli = _cli(capsys, "model", "estimate", LLAMA, "--gpu", "H100 80GB", "--max-model-len",
+        cli = _cli("model", "estimate", LLAMA, "--gpu", "H100 80GB", "--max-model-len",
                    "16384", "--gpu-memory-utilization", "0.45", "--json")
         mcp = model_estimate(LLAMA, "vllm", 16384, "H100-80GB",
                              ["--gpu-memory-utilization", "0.45"])
@@ -374,13 +352,13 @@ def test_mcp_model_estimate_and_cli_model_estimate_agree(home, capsys):
     cli, mcp = both()
     assert cli == mcp and cli["calibrated"] and abs(cli["kv_cache_gib"] - 17.4) <= 0.01
     # llama.cpp too
-    cli = _cli(capsys, "model", "estimate", LLAMA, "--engine", "llamacpp", "--gpu-mib", "24564",
+    cli = _cli("model", "estimate", LLAMA, "--engine", "llamacpp", "--gpu-mib", "24564",
                "--max-model-len", "8192", "--cache-type-k", "q8_0", "--json")
     mcp = model_estimate(LLAMA, "llamacpp", 8192, "RTX 4090", ["-ctk", "q8_0"])
     assert cli == mcp and cli["gpu"] == "RTX 4090"
 
 
-def test_without_gpu_the_cli_and_mcp_size_for_the_active_hosts_card(home, capsys):
+def test_without_gpu_the_cli_and_mcp_size_for_the_active_hosts_card(home):
     """No --gpu: both front ends plan for the active host's first GPU, not a fixed H100."""
     from gpumod.ops.api import model_estimate
     from gpumod.ops.hosts import save_host
@@ -388,7 +366,7 @@ def test_without_gpu_the_cli_and_mcp_size_for_the_active_hosts_card(home, capsys
     card = GPU(0, "GPU-0", "NVIDIA GeForce RTX 4090", 24564)
     save_host(home, Host("local", "local", gpus=(card,), engine_env={"vllm_version": "0.19.0"}),
               replace=True)
-    cli = _cli(capsys, "model", "estimate", LLAMA, "--max-model-len", "8192", "--json")
+    cli = _cli("model", "estimate", LLAMA, "--max-model-len", "8192", "--json")
     mcp = model_estimate(LLAMA, "vllm", 8192)
     assert cli == mcp
     assert cli["gpu"] == "RTX 4090" and cli["gpu_usable_gib"] < 24

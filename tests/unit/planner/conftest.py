@@ -1,15 +1,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "planner"
-
-
-def config(name: str) -> dict:
-    return json.loads((FIXTURES / "configs" / f"{name}.json").read_text())
+from tests.support.models import FIXTURES
 
 
 @pytest.fixture
@@ -48,5 +43,25 @@ def hub_answers(monkeypatch):
     huggingface_hub.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(handler)))
     huggingface_hub.close_session()
     yield calls
+    huggingface_hub.set_client_factory(lambda: httpx.Client())
+    huggingface_hub.close_session()
+
+
+@pytest.fixture
+def hub_offline():
+    """Hugging Face unreachable: every request through huggingface_hub's real code path fails
+    to connect. Yields the URLs that were tried."""
+    import httpx
+    import huggingface_hub
+
+    tried: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        tried.append(str(request.url))
+        raise httpx.ConnectError("network is unreachable", request=request)
+
+    huggingface_hub.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(refuse)))
+    huggingface_hub.close_session()
+    yield tried
     huggingface_hub.set_client_factory(lambda: httpx.Client())
     huggingface_hub.close_session()

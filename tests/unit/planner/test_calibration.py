@@ -4,8 +4,7 @@ from gpumod.planner import calibration as C
 from gpumod.planner import estimate as E
 from gpumod.planner.facts import facts_from_config
 from gpumod.store import calibrations
-
-from .conftest import FIXTURES, config
+from tests.support.models import FIXTURES, config
 
 # Lines as vLLM 0.19 writes them (from llm-d-incubation/llm-d-planner's accuracy logs)
 # and as llama-server writes its buffer lines.

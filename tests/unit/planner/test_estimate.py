@@ -5,8 +5,8 @@ import pytest
 from gpumod.errors import UsageError
 from gpumod.planner import estimate as E
 from gpumod.planner.facts import facts_from_config, facts_from_gguf
+from tests.support.models import config
 
-from .conftest import config
 from .test_facts import write_gguf
 
 H100 = 81559

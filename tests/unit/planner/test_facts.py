@@ -9,8 +9,7 @@ import pytest
 from gpumod.errors import ConfigError, NotFoundError, TransportError, UsageError
 from gpumod.ops.facts import model_facts
 from gpumod.planner import facts as F
-
-from .conftest import FIXTURES, config
+from tests.support.models import FIXTURES, config
 
 
 def test_llama3_basic_facts():
@@ -227,21 +226,9 @@ def test_hub_unknown_repo_is_not_found(hub_answers, store):
         model_facts(store, "nobody/nothing")
 
 
-def test_hub_offline_is_a_transport_error(monkeypatch, store):
-    import httpx
-    import huggingface_hub
-
-    def refuse(request):
-        raise httpx.ConnectError("no network", request=request)
-
-    huggingface_hub.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(refuse)))
-    huggingface_hub.close_session()
-    try:
-        with pytest.raises(TransportError, match="cannot reach Hugging Face"):
-            model_facts(store, "Qwen/Qwen3-8B")
-    finally:
-        huggingface_hub.set_client_factory(lambda: httpx.Client())
-        huggingface_hub.close_session()
+def test_hub_offline_is_a_transport_error(store, hub_offline):
+    with pytest.raises(TransportError, match="cannot reach Hugging Face"):
+        model_facts(store, "Qwen/Qwen3-8B")
 
 
 def test_hub_offline_through_the_hubs_own_httpx2_client_is_a_transport_error(store):

@@ -8,8 +8,7 @@ from gpumod.hosts.model import GPU
 from gpumod.planner.facts import facts_from_config
 from gpumod.planner.gputable import cuda_total_mib
 from gpumod.planner.placement import GPUState, Neighbour, ServiceRequest, place, plan_start
-
-from .conftest import config
+from tests.support.models import config
 
 H100, RTX = 81559, 24564
 

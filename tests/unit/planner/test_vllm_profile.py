@@ -9,8 +9,7 @@ from gpumod.planner import estimate as E
 from gpumod.planner.estimate.vllm_profile import batch_limits
 from gpumod.planner.facts import facts_from_config
 from gpumod.planner.gputable import card
-
-from .conftest import config
+from tests.support.models import config
 
 H100, H100_NAME = 81559, "NVIDIA H100 80GB HBM3"
 

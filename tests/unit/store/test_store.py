@@ -1,11 +1,9 @@
-"""The SQLite store: migrations, WAL, transactions, concurrency."""
+"""The SQLite store: migrations, WAL, transactions, constraints (concurrent writers:
+tests/integration/test_store_faults.py)."""
 
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -60,22 +58,34 @@ def test_migration_failure_rolls_back_whole_migration(tmp_path, monkeypatch):
     assert s.query_one("SELECT name FROM sqlite_master WHERE name='should_vanish'") is None
 
 
-def test_concurrent_writers_serialise(tmp_path):
-    """Eight processes each increment a counter 25 times: no lost update."""
+def test_a_failing_migration_keeps_the_earlier_ones_and_their_version(tmp_path, monkeypatch):
+    """Each migration commits on its own: one that fails undoes only itself."""
+    applied = []
+
+    def third(conn):
+        conn.execute("CREATE TABLE third_done (x)")
+        applied.append("third")
+
+    def fourth_broken(conn):
+        conn.execute("CREATE TABLE should_vanish (x)")
+        raise sqlite3.OperationalError("boom")
+
     path = tmp_path / "a.db"
-    storedb.Store(path).set_setting("counter", "0")
-    code = textwrap.dedent(f"""
-        from pathlib import Path
-        from gpumod.store.db import Store
-        s = Store(Path({str(path)!r}))
-        for _ in range(25):
-            with s.transaction() as d:
-                v = int(d.execute("SELECT value FROM settings WHERE key='counter'").fetchone()[0])
-                d.execute("UPDATE settings SET value=? WHERE key='counter'", (str(v + 1),))
-    """)
-    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(8)]
-    assert all(p.wait(timeout=120) == 0 for p in procs)
-    assert storedb.Store(path).get_setting("counter") == "200"
+    storedb.Store(path).close()  # at the shipped version
+    monkeypatch.setattr("gpumod.store.db.MIGRATIONS", [*MIGRATIONS, third, fourth_broken])
+    with pytest.raises(sqlite3.OperationalError, match="boom"):
+        storedb.Store(path)
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        raw.close()
+    assert "third_done" in tables and "should_vanish" not in tables
+    # fixed, the next open applies only what is missing
+    monkeypatch.setattr("gpumod.store.db.MIGRATIONS", [*MIGRATIONS, third, lambda conn: None])
+    again = storedb.Store(path)
+    assert again.schema_version() == len(MIGRATIONS) + 2 and applied == ["third"]
 
 
 def test_deleting_a_host_cascades_to_its_records(tmp_path):

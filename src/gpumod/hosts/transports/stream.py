@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +36,14 @@ class Stream:
     def __init__(self, chunks: Iterator[bytes], finish: Callable[[], int]) -> None:
         self._chunks = chunks
         self._finish = finish
-        self.returncode: int | None = None
+        self._returncode: int | None = None
+
+    @property
+    def returncode(self) -> int:
+        """The exit code, known once the output has been read to its end."""
+        if self._returncode is None:
+            raise RuntimeError("the exit code is known once the output has been read to its end")
+        return self._returncode
 
     def iter_bytes(self) -> Iterator[bytes]:
         """Chunks as they arrive (a partial line is not held back)."""
@@ -57,8 +65,8 @@ class Stream:
         self._done()
 
     def _done(self) -> None:
-        if self.returncode is None:
-            self.returncode = self._finish()
+        if self._returncode is None:
+            self._returncode = self._finish()
 
 
 @contextlib.contextmanager
@@ -92,11 +100,11 @@ def process_stream(local_argv: Sequence[str], *, input: str | None,
         if exc.errno == errno.E2BIG:
             raise too_long(label, local_argv) from None
         raise
-    assert proc.stdout is not None
+    stdout = proc.stdout
+    assert isinstance(stdout, io.BufferedReader)  # Popen's default buffering: read1 exists
 
     def chunks() -> Iterator[bytes]:
-        assert proc.stdout is not None
-        while chunk := proc.stdout.read1(65536):
+        while chunk := stdout.read1(65536):
             yield chunk
 
     def finish() -> int:
@@ -123,7 +131,7 @@ def process_stream(local_argv: Sequence[str], *, input: str | None,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        proc.stdout.close()
+        stdout.close()
         if err_file is not None:
             err_file.close()
 

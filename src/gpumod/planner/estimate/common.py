@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 from gpumod.planner.facts import DTYPE_BYTES, FULL, LINEAR, MAMBA, SLIDING, ModelFacts
 from gpumod.planner.gputable import GIB
@@ -32,13 +32,14 @@ class EstimateResult:
     """What both engines' estimates share: the per-GPU total in MiB and JSON."""
 
     total_gib: float
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # each estimate is a @dataclass (asdict)
 
     @property
     def total_mib(self) -> int:
         return math.ceil(self.total_gib * 1024)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        return asdict(self)
 
 
 def dtype_bytes(facts: ModelFacts, dtype: str | None = "auto") -> float:

@@ -166,9 +166,9 @@ def llamacpp_estimate(facts: ModelFacts, *, gpu_mib: int, args: LlamaCppArgs | N
             weights += facts.gguf_other_bytes
         notes.append("weights: GGUF tensor sizes of the offloaded layers")
     else:
-        total, source = estimate_weight_bytes(facts)
+        all_weights, source = estimate_weight_bytes(facts)
         embd = facts.vocab_size * facts.hidden_size * dtype_bytes(facts)
-        body = max(0.0, total - embd * (1 if facts.tie_embeddings else 2))
+        body = max(0.0, all_weights - embd * (1 if facts.tie_embeddings else 2))
         weights = body * offloaded / max(1, n_layers)
         if args.n_gpu_layers > n_layers:
             weights += embd
@@ -194,7 +194,7 @@ def llamacpp_estimate(facts: ModelFacts, *, gpu_mib: int, args: LlamaCppArgs | N
         elif t in (LINEAR, MAMBA):
             kv += facts.linear_state_bytes * max(1, args.parallel)
     ub = max(1, min(args.ubatch, args.batch))
-    compute = compute_buffer_bytes(facts, ub=ub, n_ctx=ctx, flash_attn=args.flash_attn)
+    compute: float = compute_buffer_bytes(facts, ub=ub, n_ctx=ctx, flash_attn=args.flash_attn)
     if offloaded == 0:
         compute = ub * facts.hidden_size * 16
     calibrated = False

@@ -67,10 +67,10 @@ def _layer_types(cfg: dict[str, Any], n_layers: int, model_type: str) -> tuple[l
     interval = cfg.get("full_attention_interval")
     if interval and model_type.startswith("qwen3_next"):
         return [FULL if (i + 1) % int(interval) == 0 else LINEAR for i in range(n_layers)], 0
-    period = cfg.get("attn_layer_period")             # Jamba
-    if period:
+    attn_period = cfg.get("attn_layer_period")        # Jamba
+    if attn_period:
         offset = int(cfg.get("attn_layer_offset") or 0)
-        return [FULL if i % int(period) == offset else MAMBA for i in range(n_layers)], 0
+        return [FULL if i % int(attn_period) == offset else MAMBA for i in range(n_layers)], 0
     if window_active and model_type in ("mistral", "mixtral", "qwen2", "starcoder2", "phi3"):
         max_window_layers = cfg.get("max_window_layers")
         if model_type == "qwen2" and max_window_layers is not None:

@@ -84,6 +84,9 @@ def _hub_call(repo: str, call: Callable[[], Any], filename: str | None = None) -
 
     what = f"{repo}/{filename}" if filename else repo
     status_errors, http_errors = _http_errors()
+    # the server answered with an error status / no answer at all
+    answered: tuple[type[BaseException], ...] = (HfHubHTTPError, *status_errors)
+    unanswered: tuple[type[BaseException], ...] = (*http_errors, OSError)
     try:
         return call()
     except GatedRepoError as exc:
@@ -99,7 +102,7 @@ def _hub_call(repo: str, call: Callable[[], Any], filename: str | None = None) -
         raise TransportError("Hugging Face is unreachable: HF_HUB_OFFLINE is set",
                              hint="unset HF_HUB_OFFLINE, or give a local model folder or GGUF"
                              ) from exc
-    except (HfHubHTTPError, *status_errors) as exc:
+    except answered as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 404 and not filename:
             raise NotFoundError(f"no model {repo!r} on Hugging Face",
@@ -111,7 +114,7 @@ def _hub_call(repo: str, call: Callable[[], Any], filename: str | None = None) -
             raise UsageError(f"Hugging Face refused {what} ({status})",
                              hint="set HF_TOKEN to a token that can read this repo") from exc
         raise TransportError(f"Hugging Face answered {status} for {what}") from exc
-    except (*http_errors, OSError) as exc:
+    except unanswered as exc:
         from gpumod.hf_errors import network_cause
 
         chain = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e)

@@ -75,7 +75,7 @@ def build_app(engine: Engine) -> Any:
 
     # -- open endpoints
     async def health(request: Request) -> Response:
-        if engine.workers is not None and await asyncio.to_thread(engine.workers.check):
+        if engine.workers is not None and await asyncio.to_thread(engine.workers.check) != "":
             return Response(status_code=500)  # a Ray worker died: the engine is dead
         return Response(status_code=200)
 
@@ -177,7 +177,7 @@ def build_app(engine: Engine) -> Any:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         name = body.get("model") or engine.served_names[0]
-        calls = [{"id": f"chatcmpl-tool-{uuid.uuid4().hex}", "type": "function",
+        calls: list[dict[str, Any]] = [{"id": f"chatcmpl-tool-{uuid.uuid4().hex}", "type": "function",
                   "function": {"name": c["name"], "arguments": c["arguments"]}}
                  for c in turn.tool_calls]
         with_reasoning = bool(engine.args.reasoning_parser)

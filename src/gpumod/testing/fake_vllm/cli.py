@@ -7,6 +7,7 @@ like an engine crash. The fake GPU memory registration is removed on exit.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -66,7 +67,8 @@ def _serve(engine: Engine, sock: socket.socket) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a pipe: lines reach the reader at once
+        sys.stdout.reconfigure(line_buffering=True)
     args = build_parser().parse_args(normalise_flags(sys.argv[1:] if argv is None else argv))
     ignore_term = os.environ.get("FAKE_VLLM_IGNORE_TERM") == "1"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,11 +13,11 @@ from gpumod.hosts.transports.mock import MockTransport
 from gpumod.ops.facts import remember as save_cached
 from gpumod.planner.facts import facts_from_config
 from gpumod.spec import ServiceSpec
-from gpumod.testing.fake_nvidia_smi import register_process, write_state
-from gpumod.testing.shims import install_shims
-from tests.support.cli import run_main
-
-from .conftest import config
+from gpumod.testing.fake_nvidia_smi import register_process
+from tests.support.cli import run_cli
+from tests.support.gpus import fake_gpus_on_path
+from tests.support.models import config
+from tests.support.store import define_service, register_gpu
 
 GIB = 1024
 
@@ -53,16 +52,12 @@ def h100(tmp_path, monkeypatch):
     emb:  a 2.5 GiB command service (in the simulated set).
     old:  a 10 GiB command service (running, never in the simulated set).
     """
-    state = write_state(tmp_path / "gpu-state.json", ["h100"])
-    bin_dir = install_shims(tmp_path / "bin", gpu_state=state)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    state = fake_gpus_on_path(tmp_path, monkeypatch, ["h100"], state=tmp_path / "gpu-state.json")
     monkeypatch.setenv("GPUMOD_HOME", str(tmp_path / "home"))
     from gpumod.store.db import open_store
 
     st = open_store()
-    with st.transaction() as db:
-        db.execute("INSERT INTO gpus (host, idx, uuid, name, memory_mib) VALUES "
-                   "('local', 0, 'GPU-0', 'NVIDIA H100 80GB HBM3', 81559)")
+    register_gpu(st, 0, uuid="GPU-0")
     save_cached(st, facts_from_config(config("Qwen__Qwen3-8B"), key="Qwen/Qwen3-8B"))
     specs = [
         ServiceSpec("emb", "local", "command", "bge", 8001, vram_mib=2500),
@@ -70,11 +65,8 @@ def h100(tmp_path, monkeypatch):
                     args=("--max-model-len", "16384", "--gpu-memory-utilization", "0.6")),
         ServiceSpec("old", "local", "command", "x", 8003, vram_mib=10 * GIB, sleep_mode="l1"),
     ]
-    with st.transaction() as db:
-        for s in specs:
-            v = s.row_values()
-            db.execute(f"INSERT INTO services ({', '.join(v)}) VALUES "
-                       f"({', '.join('?' for _ in v)})", tuple(v.values()))
+    for s in specs:
+        define_service(st, s)
     yield st, state
     st.close()
     from gpumod.store import db as dbmod
@@ -88,40 +80,39 @@ def set_pid(st, service: str, pid: int) -> None:
                    (pid, service))
 
 
-run = run_main  # (exit code, stdout, stderr)
-
-
-def test_idle_card_fits_live(h100, capsys):
-    code, out, _ = run(capsys, "simulate", "--services", "emb,chat", "--json")
+def test_idle_card_fits_live(h100):
+    code, out, _ = run_cli("simulate", "--services", "emb,chat", "--json")
     data = json.loads(out)
     assert code == 0 and data["fits"], data
     assert data["usage"] == "live" and data["gpus"][0]["used_mib"] == 0
 
 
-def test_another_process_holding_40_gib_makes_it_not_fit(h100, capsys, procs):
+@pytest.mark.spawns
+def test_another_process_holding_40_gib_makes_it_not_fit(h100, procs):
     _, state = h100
     pid, _ = procs()
     register_process(state, pid, "python3", [0], 40 * GIB)
-    code, out, _ = run(capsys, "simulate", "--services", "emb,chat", "--json")
+    code, out, _ = run_cli("simulate", "--services", "emb,chat", "--json")
     data = json.loads(out)
     assert code == 8 and not data["fits"] and data["usage"] == "live"
     gpu = data["gpus"][0]
     assert gpu["used_mib"] == 40 * GIB and gpu["over_by_mib"] > 0
     assert gpu["occupied_by"] == [{"label": f"python3 (pid {pid})", "mib": 40 * GIB,
                                    "service": None, "pid": pid}]
-    code, out, _ = run(capsys, "simulate", "--services", "emb,chat", "--visual")
+    code, out, _ = run_cli("simulate", "--services", "emb,chat", "--visual")
     assert code == 8
     assert "usage: live nvidia-smi on local" in out
     assert f"python3 (pid {pid})" in out and "40.0 GiB" in out
     assert "exceeds by" in out and "! over by" in out and "DOES NOT FIT" in out
     # --no-live: the stored inventory (an idle H100) says it fits
-    code, out, _ = run(capsys, "simulate", "--services", "emb,chat", "--no-live", "--json")
+    code, out, _ = run_cli("simulate", "--services", "emb,chat", "--no-live", "--json")
     data = json.loads(out)
     assert code == 0 and data["fits"] and data["usage"] == "inventory"
     assert data["gpus"][0]["used_mib"] == 0
 
 
-def test_set_members_are_not_double_counted_but_leavers_are(h100, capsys, procs):
+@pytest.mark.spawns
+def test_set_members_are_not_double_counted_but_leavers_are(h100, procs):
     st, state = h100
     emb_pid, emb_gpu_pid = procs(with_child=True)   # memory held by a child of the service
     old_pid, _ = procs()
@@ -130,7 +121,7 @@ def test_set_members_are_not_double_counted_but_leavers_are(h100, capsys, procs)
     register_process(state, old_pid, "python3", [0], 10 * GIB)
     set_pid(st, "emb", emb_pid)
     set_pid(st, "old", old_pid)
-    code, out, _ = run(capsys, "simulate", "--services", "emb,chat", "--json")
+    code, out, _ = run_cli("simulate", "--services", "emb,chat", "--json")
     data = json.loads(out)
     gpu = data["gpus"][0]
     assert code == 0 and data["usage"] == "live"
@@ -139,31 +130,32 @@ def test_set_members_are_not_double_counted_but_leavers_are(h100, capsys, procs)
     assert [o["label"] for o in gpu["occupied_by"]] == ["old"]
     assert dict((s["name"], s["mib"]) for s in gpu["services"])["emb"] == 2500
     # the same run without emb in the set: its memory is occupied too
-    code, out, _ = run(capsys, "simulate", "--services", "chat", "--json")
+    code, out, _ = run_cli("simulate", "--services", "chat", "--json")
     gpu = json.loads(out)["gpus"][0]
     assert gpu["used_mib"] == 10 * GIB + 2500
     assert {o["label"]: o["mib"] for o in gpu["occupied_by"]} == {"old": 10 * GIB, "emb": 2500}
 
 
-def test_running_neighbour_that_can_sleep_is_offered(h100, capsys, procs):
+@pytest.mark.spawns
+def test_running_neighbour_that_can_sleep_is_offered(h100, procs):
     st, state = h100
     old_pid, _ = procs()
     register_process(state, old_pid, "python3", [0], 35 * GIB)
     set_pid(st, "old", old_pid)
-    code, out, _ = run(capsys, "simulate", "--services", "emb,chat", "--json")
+    code, out, _ = run_cli("simulate", "--services", "emb,chat", "--json")
     data = json.loads(out)
     assert code == 8 and not data["fits"]
     kinds = {a["kind"]: a for a in data["alternatives"]}
     assert "sleep" in kinds and kinds["sleep"]["changes"] == {"sleep": ["old"]}
 
 
-def test_broken_nvidia_smi_falls_back_to_inventory_with_a_note(h100, capsys, tmp_path):
+def test_broken_nvidia_smi_falls_back_to_inventory_with_a_note(h100, tmp_path):
     (tmp_path / "gpu-state.json").unlink()          # the fake then fails like a dead driver
-    code, out, _ = run(capsys, "simulate", "--services", "emb,chat", "--json")
+    code, out, _ = run_cli("simulate", "--services", "emb,chat", "--json")
     data = json.loads(out)
     assert code == 0 and data["usage"] == "inventory"
     assert data["usage_note"].startswith("live usage unavailable: local: nvidia-smi")
-    code, out, _ = run(capsys, "simulate", "--services", "emb,chat")
+    code, out, _ = run_cli("simulate", "--services", "emb,chat")
     notes = [line for line in out.splitlines() if line.startswith("usage:")]
     assert len(notes) == 1 and "stored GPU inventory (live usage unavailable" in notes[0]
 
@@ -185,6 +177,7 @@ def test_unreachable_host_and_no_nvidia_smi(h100):
     assert r.to_json()["usage"] == "inventory"
 
 
+@pytest.mark.spawns
 def test_ps_failure_still_matches_by_pid(h100, procs):
     """Without `ps`, a set member whose own pid holds the memory is still not double counted."""
     from gpumod.hosts.transports.local import LocalTransport

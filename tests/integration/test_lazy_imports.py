@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.spawns
+
 
 def python(code: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GPUMOD_LLM_BASE_URL": "", "GPUMOD_LLM_MODEL": ""}

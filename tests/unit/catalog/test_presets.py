@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from gpumod.catalog import presets
-from gpumod.cli.main import cli
 from gpumod.errors import ConfigError
+from tests.support.cli import run_cli
 
 
 def test_shipped_presets_cover_the_seed() -> None:
@@ -59,20 +58,15 @@ def test_user_preset_overrides_and_a_bad_user_file_fails_alone(gpumod_home: Path
 
 
 def test_preset_cli_list_show_and_errors() -> None:
-    runner = CliRunner()
-    result = runner.invoke(cli, ["preset", "list"])
-    assert result.exit_code == 0 and "reranker" in result.output and "speak" in result.output
-    result = runner.invoke(cli, ["preset", "show", "chat"])
-    assert result.exit_code == 0 and "engine: vllm" in result.output and "sleep: l1" in result.output
-    result = runner.invoke(cli, ["preset", "list", "--json"])
-    assert result.exit_code == 0 and '"name": "code"' in result.output
+    result = run_cli("preset", "list", prog="gpumod")
+    assert result.code == 0 and "reranker" in result.output and "speak" in result.output
+    result = run_cli("preset", "show", "chat", prog="gpumod")
+    assert result.code == 0 and "engine: vllm" in result.output and "sleep: l1" in result.output
+    result = run_cli("preset", "list", "--json", prog="gpumod")
+    assert result.code == 0 and '"name": "code"' in result.output
 
 
-def test_unknown_preset_exits_non_zero(capsys) -> None:
-    from gpumod.cli.main import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(["preset", "show", "nope"])
-    assert exc.value.code == 3
-    err = capsys.readouterr().err
+def test_unknown_preset_exits_non_zero() -> None:
+    code, _, err = run_cli("preset", "show", "nope", prog="gpumod")
+    assert code == 3
     assert err.startswith("error: unknown preset 'nope'") and "known:" in err

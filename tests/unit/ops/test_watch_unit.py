@@ -12,7 +12,7 @@ from gpumod.errors import ConfigError, EngineError, RemoteCommandError, UsageErr
 from gpumod.hosts.transports.mock import MockTransport
 from gpumod.ops.watch import Policy, install_watch_unit, policy_flags, watch_unit
 from gpumod.supervise.units import render_watch_unit, watch_unit_name
-from tests.support.cli import run_main
+from tests.support.cli import run_cli
 
 EXE = "/opt/gpumod/bin/gpumod"
 
@@ -186,14 +186,12 @@ def home(tmp_path, monkeypatch):
     dbmod._open.clear()
 
 
-run = run_main  # (exit code, stdout, stderr)
-
-
-def test_print_unit(home, capsys) -> None:
+def test_print_unit(home) -> None:
     home_dir, exe = home
     if not os.access(exe, os.X_OK):
         pytest.fail(f"{exe}: the venv's gpumod script is missing (pip install -e .)")
-    code, out, err = run(capsys, "watch", "--print-unit", "--idle-ttl", "120", "--no-restart")
+    code, out, err = run_cli("watch", "--print-unit", "--idle-ttl", "120", "--no-restart",
+                             prog=str(Path(sys.argv[0])))  # the installed script
     assert code == 0, err
     assert f'Environment="GPUMOD_HOME={home_dir}"' in out
     assert (f'ExecStart="{exe}" "watch" "--pod" "local" "--interval" "10" '
@@ -210,7 +208,7 @@ def test_print_unit(home, capsys) -> None:
     (["--print-unit", "--idle-ttl", "inf"], "finite"),
     (["--print-unit", "--pod", "local\nExecStartPre=/bin/true"], "pod"),
 ])
-def test_cli_bad_input(home, capsys, argv, message) -> None:
-    code, out, err = run(capsys, "watch", *argv)
+def test_cli_bad_input(home, argv, message) -> None:
+    code, out, err = run_cli("watch", *argv)
     assert code != 0 and message in err, (code, out, err)
     assert "[Service]" not in out

@@ -13,8 +13,10 @@ import pytest
 from gpumod.hosts.transports.local import LocalTransport
 from gpumod.ops import probe
 from gpumod.supervise.base import LaunchPlan, ProcessState
-from gpumod.supervise.process import ProcessSupervisor, env_file_body
+from gpumod.supervise.process import ProcessSupervisor
 from tests.support.real import free_port
+
+pytestmark = pytest.mark.spawns
 
 
 class Always200(http.server.BaseHTTPRequestHandler):
@@ -96,11 +98,3 @@ def test_supervisor_env_secrets_and_state(tmp_path):
     finally:
         sup.stop(p, timeout=2)
     assert sup.state(p) is ProcessState.STOPPED
-
-
-def test_env_file_refuses_newlines_and_bad_names():
-    with pytest.raises(Exception, match="control character"):
-        env_file_body({"K": "a\nb"})
-    with pytest.raises(Exception, match="invalid environment variable"):
-        env_file_body({"A-B": "x"})
-    assert env_file_body({"K": "it's"}) == "K='it'\"'\"'s'\n"

@@ -7,23 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from gpumod.cli.main import main
 from gpumod.errors import ConfigError, NotFoundError
 from gpumod.ops.endpoints import endpoint_for
 from gpumod.ops.services import get_service
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
-from tests.unit.agent.stub_server import StubServer
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.support.cli import run_cli
+from tests.support.stub_server import StubServer
 
 
 @pytest.fixture
@@ -57,13 +47,13 @@ def add_pod(name: str, address: str | None, port_map: dict[str, str] | None = No
 # -- human output --------------------------------------------------------------
 
 
-def test_streams_labelled_thinking_tool_calls_results_and_answer(ws, capsys) -> None:
+def test_streams_labelled_thinking_tool_calls_results_and_answer(ws) -> None:
     script = [{"reasoning": "Let me look.",
                "tool_calls": [{"name": "ls", "arguments": json.dumps({"path": str(ws)})}]},
               {"content": "There is hello.txt."}]
     with StubServer(script) as stub:
-        code, out, err = run_cli(["prompt", "--base-url", stub.base_url, "--model", "m",
-                                  "what is here?"], capsys)
+        code, out, err = run_cli("prompt", "--base-url", stub.base_url, "--model", "m",
+                                 "what is here?")
     assert code == 0, err
     lines = out.splitlines()
     assert "[thinking]" in lines
@@ -76,38 +66,38 @@ def test_streams_labelled_thinking_tool_calls_results_and_answer(ws, capsys) -> 
     assert "20 prompt + 10 completion tokens" in out
 
 
-def test_model_text_is_never_rendered_as_markup(ws, capsys) -> None:
+def test_model_text_is_never_rendered_as_markup(ws) -> None:
     evil = "[bold red]boom[/bold red] [link=http://x]y[/link]"
     with StubServer([{"reasoning": evil, "content": evil}]) as stub:
-        code, out, _ = run_cli(["prompt", "--base-url", stub.base_url, "--model", "m",
-                                "hi"], capsys)
+        code, out, _ = run_cli("prompt", "--base-url", stub.base_url, "--model", "m",
+                               "hi")
     assert code == 0
     assert out.count(evil) == 2
 
 
-def test_max_turns_reached_is_said(ws, capsys) -> None:
+def test_max_turns_reached_is_said(ws) -> None:
     call = {"name": "ls", "arguments": json.dumps({"path": str(ws)})}
     with StubServer([{"tool_calls": [call]}] * 3) as stub:
-        code, out, _ = run_cli(["prompt", "--base-url", stub.base_url, "--model", "m",
-                                "--max-turns", "1", "loop"], capsys)
+        code, out, _ = run_cli("prompt", "--base-url", stub.base_url, "--model", "m",
+                               "--max-turns", "1", "loop")
     assert code == 0
     assert "stopped: reached --max-turns 1 without a final answer" in out
     assert len(stub.requests) == 1
 
 
-def test_tools_refused_is_one_line_and_the_answer_follows(ws, capsys) -> None:
+def test_tools_refused_is_one_line_and_the_answer_follows(ws) -> None:
     with StubServer([{"content": "4"}], reject_tools=True) as stub:
-        code, out, _ = run_cli(["prompt", "--base-url", stub.base_url, "--model", "m",
-                                "2+2?"], capsys)
+        code, out, _ = run_cli("prompt", "--base-url", stub.base_url, "--model", "m",
+                               "2+2?")
     assert code == 0
     notes = [line for line in out.splitlines() if line.startswith("note: ")]
     assert len(notes) == 1 and "continuing without tools" in notes[0]
     assert "4" in out.splitlines()
 
 
-def test_model_discovered_when_only_base_url_given(ws, capsys) -> None:
+def test_model_discovered_when_only_base_url_given(ws) -> None:
     with StubServer([{"content": "ok"}], model="served/model-x") as stub:
-        code, out, _ = run_cli(["prompt", "--base-url", stub.base_url, "hi"], capsys)
+        code, out, _ = run_cli("prompt", "--base-url", stub.base_url, "hi")
     assert code == 0
     assert stub.requests[0]["model"] == "served/model-x"
     assert "model served/model-x at" in out
@@ -116,13 +106,13 @@ def test_model_discovered_when_only_base_url_given(ws, capsys) -> None:
 # -- --json ------------------------------------------------------------------
 
 
-def test_json_prints_one_event_per_line(ws, capsys) -> None:
+def test_json_prints_one_event_per_line(ws) -> None:
     script = [{"reasoning": "r", "tool_calls": [
                   {"name": "read", "arguments": json.dumps({"file_path": str(ws / "hello.txt")})}]},
               {"content": "It says hi."}]
     with StubServer(script) as stub:
-        code, out, _ = run_cli(["prompt", "--base-url", stub.base_url, "--model", "m",
-                                "--json", "read hello.txt"], capsys)
+        code, out, _ = run_cli("prompt", "--base-url", stub.base_url, "--model", "m",
+                               "--json", "read hello.txt")
     assert code == 0
     events = [json.loads(line) for line in out.splitlines()]
     types = [e["type"] for e in events]
@@ -139,14 +129,11 @@ def test_json_prints_one_event_per_line(ws, capsys) -> None:
 # -- -i ----------------------------------------------------------------------
 
 
-def test_interactive_keeps_history_until_end_of_input(ws, capsys, monkeypatch) -> None:
-    import io
-
-    monkeypatch.setattr("sys.stdin", io.StringIO("second question\n\nthird\n"))
+def test_interactive_keeps_history_until_end_of_input(ws) -> None:
     script = [{"content": "one"}, {"content": "two"}, {"content": "three"}]
     with StubServer(script) as stub:
-        code, out, _ = run_cli(["prompt", "--base-url", stub.base_url, "--model", "m",
-                                "-i", "first"], capsys)
+        code, out, _ = run_cli("prompt", "--base-url", stub.base_url, "--model", "m",
+                               "-i", "first", input="second question\n\nthird\n")
     assert code == 0
     assert len(stub.requests) == 3
     contents = [m["content"] for m in stub.requests[2]["messages"][1:]]
@@ -157,7 +144,7 @@ def test_interactive_keeps_history_until_end_of_input(ws, capsys, monkeypatch) -
 # -- named deployments ---------------------------------------------------------
 
 
-def test_named_local_deployment_uses_loopback_and_served_name(ws, capsys) -> None:
+def test_named_local_deployment_uses_loopback_and_served_name(ws) -> None:
     with StubServer([{"content": "hello"}], api_key="k1") as stub:
         port = int(stub.base_url.split(":")[2].split("/")[0])
         add_service("qwen", "local", port, args=("--served-model-name", "qwen-small"))
@@ -165,7 +152,7 @@ def test_named_local_deployment_uses_loopback_and_served_name(ws, capsys) -> Non
 
         os.environ["PI_API_KEY"] = "k1"  # reset by the autouse fixture for the next test
         try:
-            code, out, err = run_cli(["prompt", "qwen", "hi"], capsys)
+            code, out, err = run_cli("prompt", "qwen", "hi")
         finally:
             del os.environ["PI_API_KEY"]
     assert code == 0, err
@@ -197,44 +184,43 @@ def test_bad_port_map_entry_is_a_config_error() -> None:
         endpoint_for(open_store(), spec)
 
 
-def test_unknown_deployment_exits_not_found(ws, capsys) -> None:
+def test_unknown_deployment_exits_not_found(ws) -> None:
     add_service("qwen", "local", 18123)
-    code, _, err = run_cli(["prompt", "nope", "hi"], capsys)
+    code, _, err = run_cli("prompt", "nope", "hi")
     assert code == NotFoundError.exit_code
     assert "error: unknown service 'nope'" in err and "qwen" in err
 
 
-def test_pod_that_does_not_hold_the_deployment_is_refused(ws, capsys) -> None:
+def test_pod_that_does_not_hold_the_deployment_is_refused(ws) -> None:
     add_pod("dc1", "203.0.113.5")
     add_service("qwen", "local", 18123)
-    code, _, err = run_cli(["prompt", "qwen", "--pod", "dc1", "hi"], capsys)
+    code, _, err = run_cli("prompt", "qwen", "--pod", "dc1", "hi")
     assert code == NotFoundError.exit_code
     assert "is on pod 'local', not 'dc1'" in err
-    code, _, err = run_cli(["prompt", "qwen", "--pod", "nowhere", "hi"], capsys)
+    code, _, err = run_cli("prompt", "qwen", "--pod", "nowhere", "hi")
     assert code == NotFoundError.exit_code and "unknown pod" in err
 
 
 # -- failures at the boundary ------------------------------------------------------
 
 
-def test_endpoint_down_is_one_line_and_exit_7(ws, capsys) -> None:
+def test_endpoint_down_is_one_line_and_exit_7(ws) -> None:
     from tests.support.real import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"
-    code, _, err = run_cli(["prompt", "--base-url", url, "--model", "m", "hi"], capsys)
+    code, _, err = run_cli("prompt", "--base-url", url, "--model", "m", "hi")
     assert code == 7
     assert err.splitlines()[0].startswith(f"error: cannot reach {url}")
     assert "Traceback" not in err
 
 
-def test_key_needed_but_unset_and_wrong_key(ws, capsys, monkeypatch) -> None:
+def test_key_needed_but_unset_and_wrong_key(ws, monkeypatch) -> None:
     with StubServer([{"content": "x"}], api_key="s3cret") as stub:
-        code, _, err = run_cli(["prompt", "--base-url", stub.base_url, "--model", "m", "hi"],
-                               capsys)
+        code, _, err = run_cli("prompt", "--base-url", stub.base_url, "--model", "m", "hi")
         assert code == 2 and "PI_API_KEY is not set" in err
         monkeypatch.setenv("PI_API_KEY", "not-the-key")
-        code, out, err = run_cli(["prompt", "--base-url", stub.base_url, "--model", "m",
-                                  "hi"], capsys)
+        code, out, err = run_cli("prompt", "--base-url", stub.base_url, "--model", "m",
+                                 "hi")
     assert code == 2 and "refused the key in PI_API_KEY" in err
     assert "not-the-key" not in out + err
 
@@ -248,13 +234,13 @@ def test_key_needed_but_unset_and_wrong_key(ws, capsys, monkeypatch) -> None:
     (["prompt", "--base-url", "ftp://x", "hi"], "must be an http(s) URL"),
     (["prompt", "--base-url", "http://127.0.0.1:1/v1", "--pod", "dc1", "hi"], "--pod"),
 ])
-def test_bad_input_is_a_usage_error(ws, capsys, argv, text) -> None:
-    code, _, err = run_cli(argv, capsys)
+def test_bad_input_is_a_usage_error(ws, argv, text) -> None:
+    code, _, err = run_cli(*argv)
     assert code == 2
     assert text in err
 
 
-def test_max_turns_zero_is_rejected(ws, capsys) -> None:
-    code, _, err = run_cli(["prompt", "--base-url", "http://127.0.0.1:1/v1", "--max-turns",
-                            "0", "hi"], capsys)
+def test_max_turns_zero_is_rejected(ws) -> None:
+    code, _, err = run_cli("prompt", "--base-url", "http://127.0.0.1:1/v1", "--max-turns",
+                           "0", "hi")
     assert code == 2 and "max-turns" in err

@@ -16,6 +16,8 @@ from gpumod.supervise.base import LaunchPlan
 from gpumod.supervise.process import ProcessSupervisor
 from tests.support.procs import alive, cwd_of
 
+pytestmark = pytest.mark.spawns
+
 
 def engine(tmp_path: Path, name: str = "svc") -> tuple[LaunchPlan, Path]:
     """An 'engine' that leaves a marker when it runs, then sleeps."""
