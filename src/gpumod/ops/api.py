@@ -205,7 +205,7 @@ def simulate_mode(mode: str | None = None, add: Sequence[str] = (),
                           remove=list(remove), contexts=dict(contexts or {}), live=True,
                           version=vllm_version)
         out = jsonable(result)
-        out["picture"] = _op("gpumod.planner.picture", "render_gpu_bars")(result.bars())
+        out["picture"] = _op("gpumod.ops.simulate", "picture")(result)
         return out
 
 

@@ -71,6 +71,13 @@ def simulate(store: Store, *, host: str, services: list[str] | None = None,
                                   warnings=warnings, margin_mib=margin_mib)
 
 
+def picture(result: Any) -> str:
+    """The ASCII VRAM picture of a simulation (`gpumod simulate --visual`)."""
+    from gpumod.planner.picture import render_gpu_bars
+
+    return render_gpu_bars(result.bars())
+
+
 def _host_or_none(store: Store, name: str, get_host: Any) -> Any:
     try:
         return get_host(store, name)
