@@ -28,6 +28,7 @@ from typing import Any
 from gpumod.errors import CapacityError, RemoteCommandError
 from gpumod.ops import launch, locks, machine
 from gpumod.ops.runtime import Runtime
+from gpumod.store import services as services_table
 from gpumod.store.db import Store
 
 Output = Callable[[str], None]
@@ -52,24 +53,22 @@ def pending(store: Store, rt: Runtime, snapshot: Any) -> Pending:
     """Reservations of the host's other starting services, less what they already hold."""
     from gpumod.hosts.processes import trees_memory
 
-    rows = store.query("SELECT name, pid, gpus, reserved_mib FROM services WHERE host = ? "
-                       "AND state = ? AND reserved_mib > 0 AND name != ?",
-                       (rt.host.name, machine.Phase.STARTING.value, rt.spec.name))
-    live = [r for r in rows if locks.service_holder(r["name"])]  # else: its start died
+    starting = [s for s in services_table.list_all(store, rt.host.name)
+                if s.state == machine.Phase.STARTING.value and (s.reserved_mib or 0) > 0
+                and s.name != rt.spec.name]
+    live = [s for s in starting if locks.service_holder(s.name)]  # else: its start died
     found = Pending()
     if not live:
         return found
-    import json
-
-    roots = {r["name"]: int(r["pid"]) for r in live if r["pid"]}
+    roots = {s.name: int(s.pid) for s in live if s.pid}
     held, _ = trees_memory(rt.transport, snapshot, roots) if roots else ({}, "")
-    for row in live:
-        have = held.get(row["name"])
-        for gpu in json.loads(row["gpus"]):
-            left = int(row["reserved_mib"]) - (have.per_gpu.get(gpu, 0) if have else 0)
+    for spec in live:
+        have = held.get(spec.name)
+        for gpu in spec.gpus:
+            left = int(spec.reserved_mib or 0) - (have.per_gpu.get(gpu, 0) if have else 0)
             if left > 0:
                 found.mib[gpu] = found.mib.get(gpu, 0) + left
-                found.names.setdefault(gpu, []).append(row["name"])
+                found.names.setdefault(gpu, []).append(spec.name)
     return found
 
 

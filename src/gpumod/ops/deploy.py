@@ -65,6 +65,7 @@ from gpumod.ops.startplan import (
 )
 from gpumod.ops.states import ServiceStatus
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as services_table
 from gpumod.store.db import Store
 from gpumod.supervise.process import tail_argv
 
@@ -176,8 +177,8 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     if req.port is not None:
         validate.port(req.port)
     host = inventory.refresh(store, hostops.resolve_host(store, req.pod))  # GPUs as they are now
-    if store.query_one("SELECT 1 FROM services WHERE name = ?", (req.name,)):
-        existing = records.get_service(store, req.name)
+    existing = services_table.get(store, req.name)
+    if existing is not None:
         raise ConflictError(f"a service named {req.name!r} already exists (on {existing.host})",
                             hint=f"pick another --name, or `pi stop {req.name}` first")
     plan = plan_start(req, host)

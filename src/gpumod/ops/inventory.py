@@ -18,7 +18,6 @@ and a hint. A host with no GPU at all may run llama.cpp on the CPU, and says so.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,6 +28,7 @@ from gpumod.hosts.model import GPU, Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as services_table
 from gpumod.store.db import Store
 
 #: engines that run on GPUs when the host has them (CUDA_VISIBLE_DEVICES pins them)
@@ -156,10 +156,10 @@ def choose_gpus(store: Store, spec: ServiceSpec, host: Host,
     free = {u.gpu.index: (u.free_mib if u.free_mib is not None else u.gpu.memory_mib)
             for u in usage or ()}
     load = {g.index: 0 for g in host.gpus}
-    for other in store.query("SELECT name, gpus FROM services WHERE host = ?", (host.name,)):
-        if other["name"] == spec.name:
+    for other in services_table.list_all(store, host.name):
+        if other.name == spec.name:
             continue
-        for index in json.loads(other["gpus"] or "[]"):
+        for index in other.gpus:
             if index in load:
                 load[index] += 1
     ranked = sorted(load, key=lambda i: (-free.get(i, 0), load[i], i))

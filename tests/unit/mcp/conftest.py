@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as services_table
 from gpumod.testing.fake_nvidia_smi import write_state
 from gpumod.testing.shims import install_shims
 
@@ -47,10 +48,7 @@ def register_gpu(store, index: int = 0, memory_mib: int = 81559,
 
 
 def define_service(store, spec: ServiceSpec) -> ServiceSpec:
-    values = spec.row_values()
-    with store.transaction() as db:
-        db.execute(f"INSERT INTO services ({', '.join(values)}) "
-                   f"VALUES ({', '.join('?' for _ in values)})", tuple(values.values()))
+    services_table.insert(store, spec)
     return spec
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from tests.support.cli import run_cli
 
-
 RAG = ("embedding-code", "embedding", "reranker", "chat")
 
 

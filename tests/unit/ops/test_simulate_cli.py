@@ -8,6 +8,7 @@ import pytest
 from gpumod.ops.facts import remember as save_cached
 from gpumod.planner.facts import facts_from_config
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as services_table
 from tests.support.cli import run_main
 
 from .conftest import config
@@ -45,9 +46,7 @@ def home(tmp_path, monkeypatch):
     ]
     with st.transaction() as db:
         for s in specs:
-            v = s.row_values()
-            db.execute(f"INSERT INTO services ({', '.join(v)}) VALUES "
-                       f"({', '.join('?' for _ in v)})", tuple(v.values()))
+            services_table.insert(st, s)
         db.execute("INSERT INTO modes (name, host) VALUES ('code', 'local')")
         db.execute("INSERT INTO mode_services (mode, service, position) VALUES "
                    "('code', 'emb', 0), ('code', 'chat', 1)")

@@ -14,6 +14,7 @@ from gpumod.hosts.transports.mock import MockTransport
 from gpumod.ops.facts import remember as save_cached
 from gpumod.planner.facts import facts_from_config
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as services_table
 from gpumod.testing.fake_nvidia_smi import register_process, write_state
 from gpumod.testing.shims import install_shims
 from tests.support.cli import run_main
@@ -72,9 +73,7 @@ def h100(tmp_path, monkeypatch):
     ]
     with st.transaction() as db:
         for s in specs:
-            v = s.row_values()
-            db.execute(f"INSERT INTO services ({', '.join(v)}) VALUES "
-                       f"({', '.join('?' for _ in v)})", tuple(v.values()))
+            services_table.insert(st, s)
     yield st, state
     st.close()
     from gpumod.store import db as dbmod
