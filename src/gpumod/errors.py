@@ -121,6 +121,15 @@ class Cancelled(GpumodError):
     code = "cancelled"
 
 
+def add_hint(exc: BaseException, note: str) -> None:
+    """Say NOTE with EXC: in the hint the CLI prints (a gpumod error), else as a note
+    on the traceback. For what a cleanup could not do while EXC goes on up."""
+    if isinstance(exc, GpumodError):
+        exc.hint = f"{exc.hint}; {note}" if exc.hint else note
+    else:
+        exc.add_note(note)
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP arrived: handled like Ctrl+C (clean up, then exit 130).
 

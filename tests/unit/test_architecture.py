@@ -3,7 +3,7 @@
 - front ends (cli/, mcp/, tui/) hold no logic: they import gpumod.ops, gpumod.errors
   and their own helpers, nothing else of gpumod (lazy imports inside functions too);
 - the store owns its SQL: no module outside store/ passes SQL to SQLite;
-- no import circle among gpumod's modules (module-level imports);
+- no import circle among gpumod's modules (module-level imports, and lazy ones too);
 - no module over about 500 lines.
 """
 
@@ -201,6 +201,14 @@ def test_no_import_circle_among_modules() -> None:
     graph = {m: {t for t in imports(m, lazy=False) if t in MODULES and t != m}
              for m in MODULES}
     assert not _cycles(graph), f"import circles: {_cycles(graph)}"
+
+
+def test_no_import_circle_through_lazy_imports_either() -> None:
+    """Imports inside functions (kept lazy for speed) must not hide a circle: two
+    modules that need each other are one concept split in two, or a layer climbing up."""
+    graph = {m: {t for t in imports(m, lazy=True) if t in MODULES and t != m}
+             for m in MODULES}
+    assert not _cycles(graph), f"import circles through lazy imports: {_cycles(graph)}"
 
 
 def test_the_circle_check_finds_a_circle() -> None:

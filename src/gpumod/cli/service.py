@@ -176,9 +176,9 @@ def logs_cmd(name: str, lines: int, follow: bool) -> None:
 @json_option
 def sleep_cmd(name: str, level: str | None, as_json: bool) -> None:
     """Put a service to sleep, verified (engine state and GPU memory); falls back 2->1->stop."""
-    from gpumod.ops.sleep import sleep_service
+    from gpumod.ops import lifecycle
 
-    report = sleep_service(store(), name, level, progress=_progress)
+    report = lifecycle.sleep(store(), name, level, progress=_progress)
     if as_json:
         print_json(report.to_json())
     else:
@@ -192,9 +192,9 @@ def sleep_cmd(name: str, level: str | None, as_json: bool) -> None:
 @json_option
 def wake_cmd(name: str, as_json: bool) -> None:
     """Wake a service, verified (health + a one-token canary); falls back to a restart."""
-    from gpumod.ops.sleep import wake_service
+    from gpumod.ops import lifecycle
 
-    report = wake_service(store(), name, progress=_progress)
+    report = lifecycle.wake(store(), name, progress=_progress)
     if as_json:
         print_json(report.to_json())
     else:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpumod.errors import CapacityError, RemoteCommandError
-from gpumod.ops import launch, locks, machine
+from gpumod.ops import locks, machine
 from gpumod.ops.runtime import Runtime
 from gpumod.store import services as services_table
 from gpumod.store.db import Store
@@ -112,6 +112,22 @@ def _refuse_over_reserved(rt: Runtime, need: int | None, usage: list[Any],
                      "--force to start anyway")
 
 
+def admit(store: Store, rt: Runtime, usage: list[Any] | None, *, force: bool,
+          progress: Callable[[str], None]) -> tuple[Runtime, dict[str, Any] | None]:
+    """Planner admission: memory settings computed, or CapacityError (unless force).
+
+    Returns the runtime to launch (with the admitted engine args) and the estimate used.
+    """
+    from gpumod.ops.sizing import check_start
+
+    admission = check_start(store, rt.host, rt.spec, usage, force=force)
+    for note in admission.notes:
+        progress(f"{rt.spec.name}: {note}")
+    if tuple(admission.args) != tuple(rt.spec.args):
+        rt = rt.with_args(admission.args)
+    return rt, getattr(admission, "estimate", None)
+
+
 def admit_and_reserve(store: Store, rt: Runtime, *, force: bool, progress: Output
                       ) -> tuple[Runtime, dict[str, Any] | None]:
     """Planner admission counting other starts' reservations, then this start's own."""
@@ -123,14 +139,14 @@ def admit_and_reserve(store: Store, rt: Runtime, *, force: bool, progress: Outpu
         except RemoteCommandError:  # nvidia-smi there but failing: no live figures
             snap = None
         if snap is None:
-            rt, estimate = launch.admit(store, rt, None, force=force, progress=progress)
+            rt, estimate = admit(store, rt, None, force=force, progress=progress)
             return rt, estimate
         extra = pending(store, rt, snap) if rt.spec.gpus else Pending()
         if extra.mib:
             progress(f"{rt.spec.name}: counting {extra.describe(rt.spec.gpus)}")
         usage = with_pending(list(snap.gpus), extra)
         try:
-            rt, estimate = launch.admit(store, rt, usage, force=force, progress=progress)
+            rt, estimate = admit(store, rt, usage, force=force, progress=progress)
             need = reservation(rt, estimate, usage)
             if estimate is None and not force:
                 _refuse_over_reserved(rt, need, usage, extra)

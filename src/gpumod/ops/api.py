@@ -139,14 +139,14 @@ def service_sleep(name: str, level: str | None = None,
                   progress: Progress | None = None) -> dict[str, Any]:
     """Put a service to sleep (`gpumod service sleep`); a failed sleep raises."""
     with session_store() as store:
-        return _report(_op("gpumod.ops.sleep", "sleep_service")(store, name, level,
+        return _report(_op("gpumod.ops.lifecycle", "sleep")(store, name, level,
                                                                 **_progress(progress)))
 
 
 def service_wake(name: str, progress: Progress | None = None) -> dict[str, Any]:
     """Wake a sleeping service (`gpumod service wake`); a failed wake raises."""
     with session_store() as store:
-        return _report(_op("gpumod.ops.sleep", "wake_service")(store, name,
+        return _report(_op("gpumod.ops.lifecycle", "wake")(store, name,
                                                                **_progress(progress)))
 
 

@@ -50,8 +50,8 @@ from gpumod.ops import hosts as hostops
 from gpumod.ops import inventory, lifecycle, locks, machine
 from gpumod.ops import launch as launcher
 from gpumod.ops import services as records
+from gpumod.ops.addresses import bind_address, probe_address, service_dir
 from gpumod.ops.endpoints import endpoint_url
-from gpumod.ops.launch import probe_address, service_dir
 from gpumod.ops.lifecycle import StopResult
 from gpumod.ops.preflight import Preflight, _engine_path_prefix, preflight
 from gpumod.ops.runtime import LaunchOptions, Runtime, runtime
@@ -252,7 +252,7 @@ def _runtime(store: Store, host: Host, transport: Transport, plan: StartPlan, pr
              reserved: ServiceSpec, model_path: str | None, cached: bool, api_key: str
              ) -> Runtime:
     """The reserved deployment's runtime: what the pre-flight found on the host added."""
-    bind = launcher.bind_address(reserved, host)
+    bind = bind_address(reserved, host)
     base_env = plan.engine.env(reserved)
     env = {"PATH": pre.path}
     if host.engine_env.get("venv") and "VIRTUAL_ENV" not in base_env:

@@ -26,7 +26,7 @@ def endpoint_url(host: Host, port: int) -> str:
 
 def endpoint_for(store: Store, spec: ServiceSpec) -> tuple[str, str]:
     """(base_url, served model id) of a deployment, as `pi prompt` and `gpumod plan` use it."""
-    from gpumod.engines.base import get_engine
+    from gpumod.engines.registry import get_engine
     from gpumod.ops.hosts import get_host
 
     host = get_host(store, spec.host)

@@ -12,11 +12,12 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from gpumod.engines.base import flag_value, get_engine, has_flag, replace_flag
+from gpumod.engines.base import flag_value, has_flag, replace_flag
+from gpumod.engines.registry import get_engine
 from gpumod.errors import UsageError
 from gpumod.export import kubernetes as k8s
 from gpumod.hosts.model import Host
-from gpumod.ops.launch import dev_mode
+from gpumod.ops.addresses import dev_mode
 from gpumod.ops.runtime import LaunchOptions, launch_plan
 from gpumod.spec import ServiceSpec
 

@@ -330,16 +330,12 @@ class _Steps:
                                  transport=self.transport)
 
     def sleep(self, service: str) -> Any:
-        from gpumod.ops.sleep import sleep_runtime
-
         with lifecycle.held(service, self.what):
-            return sleep_runtime(self.store, self._rt(service), progress=self.progress)
+            return lifecycle.sleep_held(self.store, self._rt(service), progress=self.progress)
 
     def wake(self, service: str) -> Any:
-        from gpumod.ops.sleep import wake_runtime
-
         with lifecycle.held(service, self.what):
-            return wake_runtime(self.store, self._rt(service), progress=self.progress,
+            return lifecycle.wake_held(self.store, self._rt(service), progress=self.progress,
                                 timeout=self.timeout)
 
     def stop(self, service: str) -> lifecycle.StopResult:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpumod.errors import ConflictError, GpumodError, NotFoundError, UsageError
+from gpumod.errors import ConflictError, GpumodError, NotFoundError, UsageError, add_hint
 from gpumod.store.db import Store
 
 
@@ -106,9 +106,8 @@ def create_mode_from_preset(store: Store, name: str, preset: str, *, pod: str | 
                 drop(store, added.spec.name)
             except GpumodError:
                 left.append(added.spec.name)
-        if left and isinstance(exc, GpumodError):
-            exc.hint = ((exc.hint + "; ") if exc.hint else "") + (
-                f"defined but not dropped again: {', '.join(left)} "
-                "(`gpumod service remove NAME`)")
+        if left:
+            add_hint(exc, f"defined but not dropped again: {', '.join(left)} "
+                          "(`gpumod service remove NAME`)")
         raise
     return result
