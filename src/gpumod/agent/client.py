@@ -51,12 +51,11 @@ def check_url(url: str, what: str) -> str:
 def make_client(base_url: str, api_key: str | None, *,
                 timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:
     """An OpenAI client for the endpoint; no retries, so failures show at once."""
-    import httpx
-    from openai import OpenAI
+    from openai import OpenAI, Timeout  # the SDK's own HTTP library (httpx2 in openai 3)
 
     # The SDK insists on a key; an endpoint without one ignores the placeholder.
     return OpenAI(base_url=base_url, api_key=api_key or "no-key", max_retries=0,
-                  timeout=httpx.Timeout(timeout_s, connect=10.0))
+                  timeout=Timeout(timeout_s, connect=10.0))
 
 
 def client_for(endpoint: Endpoint, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:

@@ -44,7 +44,7 @@ def resolve_endpoint(*, llm: str | None = None, base_url: str | None = None,
         # A deployment's key is the user's PI_API_KEY unless GPUMOD_LLM_API_KEY says otherwise.
         return Endpoint(url, model or served, api_key or os.environ.get("PI_API_KEY") or None,
                         label=llm)
-    url = base_url or os.environ.get(ENV_BASE_URL)
+    url = base_url or os.environ.get(ENV_BASE_URL) or ""
     if not url:
         raise ConfigError("no model to plan with",
                           hint=f"pass --llm NAME (a deployment) or --base-url URL --model ID, "

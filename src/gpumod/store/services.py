@@ -60,7 +60,7 @@ def list_all(store: Store, host: str | None = None) -> list[ServiceSpec]:
 
 
 def count_on_host(store: Store, host: str) -> int:
-    return int(store.query_one("SELECT COUNT(*) FROM services WHERE host = ?", (host,))[0])
+    return len(store.query("SELECT 1 FROM services WHERE host = ?", (host,)))
 
 
 def insert(store: Store, spec: ServiceSpec) -> None:
