@@ -6,8 +6,6 @@ engines turn it into argv and env, supervisors run it, the planner sizes it.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -64,27 +62,3 @@ class ServiceSpec:
             pid=data.get("pid"), reserved_mib=data.get("reserved_mib"),
             note=str(data.get("note") or ""),
         )
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> ServiceSpec:
-        return cls(
-            name=row["name"], host=row["host"], engine=row["engine"], model=row["model"],
-            port=row["port"], gpus=tuple(json.loads(row["gpus"])),
-            args=tuple(json.loads(row["args"])), env=json.loads(row["env"]),
-            supervisor=row["supervisor"], sleep_mode=row["sleep_mode"],
-            health_path=row["health_path"], depends_on=tuple(json.loads(row["depends_on"])),
-            vram_mib=row["vram_mib"], extra=json.loads(row["spec"]), state=row["state"],
-            pid=row["pid"], reserved_mib=row["reserved_mib"], note=row["note"],
-        )
-
-    def row_values(self) -> dict[str, Any]:
-        """Column values for INSERT/UPDATE into `services`."""
-        dump = lambda v: json.dumps(v, sort_keys=True)  # noqa: E731
-        return {
-            "name": self.name, "host": self.host, "engine": self.engine, "model": self.model,
-            "port": self.port, "gpus": dump(list(self.gpus)), "args": dump(list(self.args)),
-            "env": dump(self.env), "supervisor": self.supervisor, "sleep_mode": self.sleep_mode,
-            "health_path": self.health_path, "depends_on": dump(list(self.depends_on)),
-            "vram_mib": self.vram_mib, "spec": dump(self.extra), "state": self.state,
-            "pid": self.pid, "reserved_mib": self.reserved_mib, "note": self.note,
-        }

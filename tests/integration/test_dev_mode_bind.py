@@ -52,7 +52,7 @@ def test_values_vllm_crashes_on_are_refused_in_one_line(value):
 
 def test_bind_rule_and_launch_plan_follow_vllms_parsing():
     from gpumod.hosts.model import Host
-    from gpumod.ops import launch, runtime
+    from gpumod.ops import addresses, runtime
     from gpumod.spec import ServiceSpec
 
     pod = Host(name="dc1", kind="ssh", ssh_command="ssh root@h", root="/srv/gpumod")
@@ -61,16 +61,16 @@ def test_bind_rule_and_launch_plan_follow_vllms_parsing():
                                                         "--port", "{port}"))):
             spec = ServiceSpec("d", "dc1", engine, "m", 8000, args=args,
                                env={"VLLM_SERVER_DEV_MODE": value}, extra={"bind": "0.0.0.0"})
-            assert launch.bind_address(spec, pod) == "127.0.0.1", (engine, value)
+            assert addresses.bind_address(spec, pod) == "127.0.0.1", (engine, value)
             argv = list(runtime.launch_plan(spec, pod).argv)
             assert argv[argv.index("--host") + 1] == "127.0.0.1", (engine, value)
     off = ServiceSpec("d", "dc1", "vllm", "m", 8000, env={"VLLM_SERVER_DEV_MODE": "0"})
-    assert launch.bind_address(off, pod) == "0.0.0.0"
+    assert addresses.bind_address(off, pod) == "0.0.0.0"
     # unset: pinned off, so a value in the pod's own environment cannot turn it on
     unset = ServiceSpec("d", "dc1", "vllm", "m", 8000)
     assert runtime.launch_plan(unset, pod).env["VLLM_SERVER_DEV_MODE"] == "0"
     bad = ServiceSpec("d", "dc1", "vllm", "m", 8000, env={"VLLM_SERVER_DEV_MODE": "true"})
-    assert launch.bind_address(bad, pod) == "127.0.0.1"  # listing an old record never fails
+    assert addresses.bind_address(bad, pod) == "127.0.0.1"  # listing an old record never fails
     with pytest.raises(UsageError, match="VLLM_SERVER_DEV_MODE"):
         runtime.launch_plan(bad, pod)
 

@@ -11,6 +11,7 @@ gpumod puts in their environment, so another session's Ray is never touched).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -348,9 +349,13 @@ def test_sigterm_during_a_start_stops_ray_everywhere_and_a_down_pod_keeps_the_re
     assert pods.store.query_one("SELECT 1 FROM services WHERE name = ?", (name,)), \
         refused.output
 
-    kill_marked(name)      # while its pod was away, the worker died with the head
-    # Ray's renamed workers carry no marker: they exit once their raylet is gone. Until
-    # then the node's session still runs, and prune rightly keeps the record.
+    # While its pod was away, the worker died with the head: its whole process group (Ray's
+    # renamed children outlive a kill of the marked processes alone, and a group member
+    # still alive counts as running, as it should).
+    worker_pid = int((pods.sshds[1].remote_root / "ray" / name / "service.pid").read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker_pid, signal.SIGKILL)
+    kill_marked(name)
     wait_for(lambda: not processes_in(pods.sshds[1].remote_root), 60,
              "the worker node's last processes to exit")
     pods.sshds[1].start()

@@ -187,14 +187,12 @@ def test_named_deployment_from_the_store(vllm, ws: Path, gpumod_home: Path) -> N
     engine = vllm([{"content": "Hello from qwen."}], args=[*PARSERS, "--served-model-name",
                                                            "qwen-small"])
     from gpumod.spec import ServiceSpec
+    from gpumod.store import services
     from gpumod.store.db import open_store
 
-    spec = ServiceSpec(name="qwen", host="local", engine="vllm", model="Qwen/Qwen3-8B",
-                       port=engine.port, args=("--served-model-name", "qwen-small"))
-    values = spec.row_values()
-    with open_store().transaction() as db:
-        db.execute(f"INSERT INTO services ({', '.join(values)}) "
-                   f"VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
+    services.insert(open_store(), ServiceSpec(
+        name="qwen", host="local", engine="vllm", model="Qwen/Qwen3-8B", port=engine.port,
+        args=("--served-model-name", "qwen-small")))
     proc = pi(["qwen", "hi", "--pod", "local"], cwd=ws,
               env={"PI_API_KEY": "test-key", "GPUMOD_HOME": str(gpumod_home)})
     assert proc.returncode == 0, proc.stderr

@@ -7,7 +7,6 @@ import pytest
 from gpumod.engines.checks import canary
 from gpumod.engines.sleep import RouterSleep
 from gpumod.ops import lifecycle
-from gpumod.ops.sleep import sleep_service, wake_service
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import open_store
 from tests.support.real import free_port, llama_server_binary, tiny_gguf
@@ -38,10 +37,10 @@ def test_router_load_unload_and_wake_by_request(tmp_path):
         cap = rt.sleep
         assert isinstance(cap, RouterSleep)
         assert cap.models(rt.endpoint) == {"alpha": "unloaded", "beta": "unloaded"}
-        wake = wake_service(store, "router")  # load alpha, wait until loaded, canary
+        wake = lifecycle.wake(store, "router")  # load alpha, wait until loaded, canary
         assert wake.ok and wake.result == "awake", wake.summary()
         assert cap.models(rt.endpoint)["alpha"] == "loaded"
-        report = sleep_service(store, "router")  # unload, wait until really unloaded
+        report = lifecycle.sleep(store, "router")  # unload, wait until really unloaded
         assert report.ok and report.result == "asleep router", report.summary()
         assert set(cap.models(rt.endpoint).values()) == {"unloaded"}
         # wake by request: a chat request naming beta loads it on demand

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -26,6 +29,7 @@ GIB = 1024
 def procs():
     """Real processes (the fake nvidia-smi only lists live pids); killed afterwards."""
     started: list[subprocess.Popen] = []
+    children: list[int] = []  # a SIGKILLed parent cannot kill its child: we do
 
     def spawn(with_child: bool = False) -> tuple[int, int]:
         """(pid, pid that holds the GPU memory): a child of pid when with_child."""
@@ -36,12 +40,17 @@ def procs():
         p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         started.append(p)
         child = int(p.stdout.readline())
+        if child:
+            children.append(child)
         return p.pid, (child or p.pid)
 
     yield spawn
     for p in started:
         p.kill()
         p.wait(timeout=10)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture

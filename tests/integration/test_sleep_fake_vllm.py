@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from gpumod.ops import lifecycle
-from gpumod.ops.sleep import sleep_service, wake_service
 from gpumod.ops.watch import Policy, Watcher, parse_metrics
 from gpumod.store.db import open_store
 from tests.support.cli import run_cli
@@ -25,11 +24,11 @@ def store(tmp_path, monkeypatch):
 def test_sleep_and_wake_are_verified(store, level):
     lifecycle.add_service(store, vllm_spec("chat", free_port(), util="0.3", sleep=f"l{level}"))
     lifecycle.start_service(store, "chat")
-    report = sleep_service(store, "chat", level)
+    report = lifecycle.sleep(store, "chat", level)
     assert report.ok and report.result == f"asleep l{level}", report.summary()
     assert report.memory_before_mib > 5000 and report.memory_after_mib == 512  # CUDA context
     assert lifecycle.get_service(store, "chat").state == "sleeping"
-    wake = wake_service(store, "chat")
+    wake = lifecycle.wake(store, "chat")
     assert wake.ok and wake.result == "awake", wake.summary()
     assert wake.attempts[0].detail == "healthy, canary answered"
     assert wake.memory_after_mib == report.memory_before_mib
@@ -46,14 +45,14 @@ def test_fake_that_keeps_its_memory_is_detected_and_falls_back(store):
     lifecycle.add_service(store, vllm_spec("chat", free_port(), util="0.3", sleep="l2",
                                            env={"FAKE_VLLM_SLEEP_KEEPS_MEMORY": "1"}))
     lifecycle.start_service(store, "chat")
-    report = sleep_service(store, "chat", "2")
+    report = lifecycle.sleep(store, "chat", "2")
     steps = [(a.step, a.ok) for a in report.attempts]
     assert steps == [("l2", False), ("l1", False), ("stop", True)], report.summary()
     assert "GPU memory did not drop" in report.attempts[0].detail
     assert report.result == "stopped" and report.ok
     assert not lifecycle.runtime(store, lifecycle.get_service(store, "chat")).alive()
     # wake now means start again, verified with the canary
-    wake = wake_service(store, "chat")
+    wake = lifecycle.wake(store, "chat")
     assert wake.ok and wake.result == "started"
 
 
@@ -75,7 +74,7 @@ def test_bad_level_is_a_usage_error(store):
     lifecycle.add_service(store, vllm_spec("chat", free_port(), util="0.2", sleep="l1"))
     lifecycle.start_service(store, "chat")
     with pytest.raises(UsageError):
-        sleep_service(store, "chat", "3")
+        lifecycle.sleep(store, "chat", "3")
 
 
 def test_watch_restarts_a_crashed_service_and_sleeps_an_idle_one(store):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from gpumod.spec import ServiceSpec
+from gpumod.store import modes as modes_table
+from gpumod.store import services as services_table
 from tests.support.gpus import H100
 
 
@@ -20,16 +22,11 @@ def register_gpu(store: Any, index: int = 0, memory_mib: int = H100[1], name: st
 
 def define_service(store: Any, spec: ServiceSpec) -> ServiceSpec:
     """A service definition as `gpumod service add` stores it (nothing runs)."""
-    values = spec.row_values()
-    with store.transaction() as db:
-        db.execute(f"INSERT INTO services ({', '.join(values)}) "
-                   f"VALUES ({', '.join('?' for _ in values)})", tuple(values.values()))
+    services_table.insert(store, spec)
     return spec
 
 
 def define_mode(store: Any, name: str, services: list[str], host: str = "local") -> None:
     """A mode with its services in start order."""
-    with store.transaction() as db:
-        db.execute("INSERT INTO modes (name, host) VALUES (?, ?)", (name, host))
-        db.executemany("INSERT INTO mode_services (mode, service, position) VALUES (?,?,?)",
-                       [(name, s, i) for i, s in enumerate(services)])
+    modes_table.insert(store, name, host=host, description="", services=services,
+                       sleep_on_idle=())

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpumod.agent.client import error_detail, translate_error
 from gpumod.agent.events import (
     Event,
     Final,
@@ -59,82 +60,14 @@ def system_prompt(workspace: Path, tools: bool) -> str:
     return "\n".join(lines)
 
 
-def make_client(base_url: str, api_key: str | None, *, timeout_s: float = 300.0) -> Any:
-    """An OpenAI client for the endpoint; no retries, so failures show at once."""
-    from openai import OpenAI, Timeout  # the SDK's own HTTP library (httpx2 in openai 3)
-
-    # The SDK insists on a key; an endpoint without one ignores the placeholder.
-    return OpenAI(base_url=base_url, api_key=api_key or "no-key", max_retries=0,
-                  timeout=Timeout(timeout_s, connect=10.0))
-
-
-def _error_detail(exc: Exception) -> str:
-    """The server's own message, on one short line."""
-    body = getattr(exc, "body", None)
-    text = None
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict):
-            text = inner.get("message") or inner.get("detail")
-        elif isinstance(inner, str):
-            text = inner
-    if not text:
-        text = getattr(exc, "message", None) or str(exc)
-    text = " ".join(str(text).split())
-    return text if len(text) <= 300 else text[:300] + "..."
-
-
-def translate_error(exc: Exception, *, base_url: str, key_set: bool) -> GpumodError:
-    """SDK exceptions -> gpumod's typed errors, one clear line each (never the key)."""
-    import openai
-
-    if isinstance(exc, GpumodError):
-        return exc
-    if isinstance(exc, openai.APITimeoutError):
-        return EngineError(f"the endpoint {base_url} did not answer in time",
-                           hint="is the model still loading? see `pi logs NAME`")
-    if isinstance(exc, openai.APIConnectionError):
-        cause = " ".join(str(exc.__cause__ or exc).split()) or "no answer"
-        return EngineError(f"cannot reach {base_url}: {cause}",
-                           hint="is the deployment running? see `pi list` and `pi logs NAME`")
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        if not key_set:
-            return ConfigError(f"the endpoint {base_url} needs an API key and PI_API_KEY is "
-                               "not set", hint="export PI_API_KEY=<the deployment's key>")
-        return ConfigError(f"the endpoint {base_url} refused the key in PI_API_KEY "
-                           f"({exc.status_code})",
-                           hint="use the key the deployment was started with")
-    if isinstance(exc, openai.NotFoundError):
-        return EngineError(f"the endpoint {base_url} answered 404: {_error_detail(exc)}",
-                           hint="check the model id (--model) and that the URL ends in /v1")
-    if isinstance(exc, openai.APIStatusError):
-        return EngineError(f"the endpoint {base_url} answered {exc.status_code}: "
-                           f"{_error_detail(exc)}")
-    if isinstance(exc, openai.APIError):
-        return EngineError(f"the endpoint {base_url} failed: {_error_detail(exc)}")
-    return EngineError(f"talking to {base_url} failed: {type(exc).__name__}: {exc}")
-
-
 def _tools_rejected(exc: Exception) -> bool:
     """vLLM without a tool parser: 400 '"auto" tool choice requires --enable-auto-tool-choice'."""
     import openai
 
     if not isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
         return False
-    detail = _error_detail(exc).lower()
+    detail = error_detail(exc).lower()
     return "tool" in detail
-
-
-def discover_model(client: Any, *, base_url: str, key_set: bool) -> str:
-    """The first model id the endpoint serves (for --base-url without --model)."""
-    try:
-        models = list(client.models.list())
-    except Exception as exc:
-        raise translate_error(exc, base_url=base_url, key_set=key_set) from exc
-    if not models:
-        raise EngineError(f"the endpoint {base_url} lists no models",
-                          hint="pass --model ID")
-    return str(models[0].id)
 
 
 @dataclass
@@ -294,7 +227,7 @@ class Agent:
         except Exception as exc:
             if self.tools_enabled and _tools_rejected(exc):
                 yield Notice(text="tools are not enabled on this endpoint "
-                                  f"({_error_detail(exc)}); continuing without tools")
+                                  f"({error_detail(exc)}); continuing without tools")
                 self._disable_tools()
                 try:
                     return create(False)

@@ -9,7 +9,6 @@ read and act on; nothing here raises to the caller.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import shlex
 import shutil
@@ -17,6 +16,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gpumod.agent.client import parse_arguments
+from gpumod.errors import UsageError
 
 MAX_RESULT_CHARS = 32_000      # what one tool result may hand to the model
 MAX_LINE_CHARS = 2_000         # `read` cuts longer lines
@@ -132,7 +134,10 @@ class Tools:
             if name not in TOOL_NAMES:
                 raise ToolError(f"unknown tool {name!r}; the tools are: "
                                 + ", ".join(TOOL_NAMES))
-            args = _parse_arguments(arguments)
+            try:
+                args = parse_arguments(arguments)
+            except UsageError as exc:
+                raise ToolError(exc.message) from None
             text = getattr(self, f"_{name}")(**_check_arguments(name, args))
         except ToolError as exc:
             text = f"error: {exc}"
@@ -393,21 +398,6 @@ _RG_VALUE_LONG = {
     "--threads", "--type", "--type-add", "--type-clear", "--type-not",
 }
 _RG_PATH_VALUED = {"--file", "--ignore-file"}
-
-
-def _parse_arguments(arguments: str | dict[str, Any] | None) -> dict[str, Any]:
-    if arguments is None or arguments == "":
-        return {}
-    if isinstance(arguments, dict):
-        return arguments
-    try:
-        value = json.loads(arguments)
-    except json.JSONDecodeError as exc:
-        raise ToolError(f"the arguments are not valid JSON ({exc.msg} at position {exc.pos}); "
-                        "send a JSON object such as {\"path\": \"/abs/dir\"}") from exc
-    if not isinstance(value, dict):
-        raise ToolError("the arguments must be a JSON object")
-    return value
 
 
 def _check_arguments(name: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def json_option(func: F) -> F:
 
 
 def store() -> Store:
-    from gpumod.store.db import open_store
+    from gpumod.ops.session import open_store
 
     return open_store()
 

@@ -46,7 +46,6 @@ def kubernetes(name: str | None, services: tuple[str, ...], mode: str | None,
 
     Secrets are referenced, never written. Apply with `kubectl apply -f`.
     """
-    from gpumod.export.kubernetes import DEFAULT_PROXY_IMAGE
     from gpumod.ops.export import ExportOptions, Source, export_kubernetes, parse_image_options
 
     bare, named = parse_image_options(images)
@@ -55,7 +54,7 @@ def kubernetes(name: str | None, services: tuple[str, ...], mode: str | None,
     options = ExportOptions(namespace=namespace, images=named, image=bare,
                             storage_class=storage_class, cache_size=cache_size,
                             secret_name=secret_name, shm_size=shm_size,
-                            proxy_image=proxy_image or DEFAULT_PROXY_IMAGE)
+                            proxy_image=proxy_image)
     store = None
     if source.services or source.mode:
         from gpumod.cli.common import store as open_store

@@ -8,10 +8,6 @@ from gpumod.cli.common import console, info, json_option, plain, pod_option, pri
 from gpumod.cli.common import table as make_table
 
 
-def _names(text: str | None) -> list[str]:
-    return [x.strip() for x in (text or "").split(",") if x.strip()]
-
-
 @click.group()
 def mode() -> None:
     """Named groups of services on a host; `switch` moves between them safely."""
@@ -68,19 +64,41 @@ def status_cmd(pod: str | None, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--services", required=False, default="", help="Comma-separated service names.")
 @click.option("--sleep-on-idle", default="", help="Services `watch` may put to sleep when idle.")
-@click.option("--description", default="")
+@click.option("--preset", metavar="PRESET",
+              help="Take services, sleep-on-idle and description from a mode preset (see "
+                   "`gpumod preset list --kind mode`); its services not defined yet are "
+                   "defined from their service presets.")
+@click.option("--description", default=None)
 @pod_option
-def create_cmd(name: str, services: str, sleep_on_idle: str, description: str,
-               pod: str | None) -> None:
-    """Create a mode from existing services of one host."""
+def create_cmd(name: str, services: str, sleep_on_idle: str, preset: str | None,
+               description: str | None, pod: str | None) -> None:
+    """Create a mode from existing services of one host, or from a mode preset."""
+    from gpumod.errors import UsageError
     from gpumod.ops import hosts as hosts_ops
+    from gpumod.ops import inputs
     from gpumod.ops import modes as modes_ops
 
     st = store()
-    host = hosts_ops.resolve_host(st, pod).name
-    m = modes_ops.create_mode(st, name, _names(services), host=host, description=description,
-                              sleep_on_idle=_names(sleep_on_idle))
-    click.echo(f"created mode {m.name} on {host}: {', '.join(m.services) or '(no services)'}")
+    if preset is not None:
+        if services or sleep_on_idle:
+            raise UsageError("--preset gives the services; leave out --services and "
+                             "--sleep-on-idle", hint="or create the mode without --preset")
+        from gpumod.ops.presets import create_mode_from_preset
+
+        made = create_mode_from_preset(st, name, preset, pod=pod, description=description)
+        for added in made.defined:
+            info(f"defined {added.spec.name} from preset {added.spec.name}: "
+                 f"{added.spec.engine} {added.spec.model}, port {added.spec.port}, "
+                 f"{added.where}")
+            for note in added.notes:
+                info(f"note: {note}")
+        m = made.mode
+    else:
+        host = hosts_ops.resolve_host(st, pod).name
+        m = modes_ops.create_mode(st, name, inputs.names(services), host=host,
+                                  description=description or "",
+                                  sleep_on_idle=inputs.names(sleep_on_idle))
+    click.echo(f"created mode {m.name} on {m.host}: {', '.join(m.services) or '(no services)'}")
 
 
 @mode.command("delete")

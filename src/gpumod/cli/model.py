@@ -7,8 +7,6 @@ from typing import Any
 import click
 
 from gpumod.cli.common import console, json_option, plain, print_json, table
-from gpumod.errors import UsageError
-from gpumod.units import parse_tokens
 
 
 @click.group()
@@ -51,38 +49,15 @@ def estimate(model_id: str, engine: str, gpu: str | None, gpu_mib: int | None, t
              max_num_seqs: int | None, max_num_batched_tokens: int | None, batch: int | None,
              ubatch: int | None, version: str | None, refresh: bool, as_json: bool) -> None:
     """Per-GPU memory for MODEL (HF id, model folder or .gguf) on an engine."""
-    from gpumod.ops import api
+    from gpumod.ops.estimate import EstimateRequest
+    from gpumod.ops.estimate import estimate as run
 
-    length = parse_tokens(max_len, what="--max-model-len") if max_len else None
-    # The options become the engine's own args, read by the same parser the MCP tool
-    # and the start check use, so all of them apply a calibration identically.
-    argv: list[str] = []
-    if engine == "vllm":
-        if util is not None and not 0 < util <= 1:
-            raise UsageError(f"--gpu-memory-utilization {util} is outside (0, 1]",
-                             hint="a share of the whole card, e.g. 0.9")
-        argv += ["--tensor-parallel-size", str(tp), "--kv-cache-dtype", kv_cache_dtype]
-        if pp > 1:
-            argv += ["--pipeline-parallel-size", str(pp)]
-        if util is not None:
-            argv += ["--gpu-memory-utilization", repr(util)]
-        if length:
-            argv += ["--max-model-len", str(length)]
-        if max_num_seqs:
-            argv += ["--max-num-seqs", str(max_num_seqs)]
-        if max_num_batched_tokens:
-            argv += ["--max-num-batched-tokens", str(max_num_batched_tokens)]
-    else:
-        argv += ["-c", str(length or 4096), "-ctk", cache_type_k, "-ctv", cache_type_v,
-                 "-np", str(parallel)]
-        if ngl is not None:
-            argv += ["-ngl", str(ngl)]
-        if batch:
-            argv += ["-b", str(batch)]
-        if ubatch:
-            argv += ["-ub", str(ubatch)]
-    data = api.model_estimate(model_id, engine, gpu=gpu, gpu_mib=gpu_mib, args=argv,
-                              vllm_version=version, refresh=refresh)
+    data = run(EstimateRequest(
+        model_id, engine, gpu=gpu, gpu_mib=gpu_mib, tp=tp, pp=pp, gpu_memory_utilization=util,
+        max_model_len=max_len, kv_cache_dtype=kv_cache_dtype, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens, cache_type_k=cache_type_k,
+        cache_type_v=cache_type_v, n_gpu_layers=ngl, parallel=parallel, batch=batch,
+        ubatch=ubatch, version=version, refresh=refresh))
     if as_json:
         print_json(data)
         return

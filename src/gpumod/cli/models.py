@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import click
 
 from gpumod.cli.common import console, json_option, plain, pod_option, print_json, store, table
 
-if TYPE_CHECKING:
-    from gpumod.hosts.model import Host
-
-
-def fit_rows(host: Host) -> list[dict[str, Any]]:
-    from gpumod.catalog.models import load_catalog, select_config
-
-    rows = []
-    for model in load_catalog().values():
-        selection = select_config(model, host.gpus)
-        rows.append({
-            "id": model.id, "name": model.name, "engine": model.engine,
-            "fits": selection is not None,
-            "config": selection.config.label() if selection else None,
-            "type_matched": bool(selection and selection.type_matched),
-            "configs": [c.label() for c in model.configs],
-            "min_engine_version": (selection.min_engine_version if selection
-                                   else model.min_engine_version),
-            "notes": (selection.notes if selection else model.notes) or "",
-            "source": model.source,
-        })
-    return rows
-
 
 def show_models(pod: str | None, *, as_json: bool, all_models: bool) -> None:
-    from gpumod.ops.inventory import target_host
+    from gpumod.ops.models import known_models
 
-    host = target_host(store(), pod)
-    rows = fit_rows(host)
+    host, rows = known_models(store(), pod)
     if as_json:
         print_json({"host": host.name, "gpus": host.gpu_summary(), "models": rows})
         return

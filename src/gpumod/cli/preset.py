@@ -17,17 +17,16 @@ def preset() -> None:
 @json_option
 def list_cmd(kind: str | None, as_json: bool) -> None:
     """Every preset: shipped ones and yours ($GPUMOD_HOME/presets)."""
-    from gpumod.catalog.presets import scan
+    from gpumod.ops.presets import list_presets
 
-    found, broken = scan()
-    for bad in broken:  # listed, not fatal: the other presets stay usable
-        click.echo(f"warning: skipped {bad.error.message}", err=True)
-    items = [i for i in found if kind is None or i.preset.kind == kind]
+    listed = list_presets(kind)
+    for warning in listed.warnings:  # listed, not fatal: the other presets stay usable
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
-        print_json([{**i.preset.model_dump(mode="json"), "source": i.source} for i in items])
+        print_json(listed.to_json())
         return
     t = table("KIND", "NAME", "ENGINE", "MODEL / SERVICES", "SLEEP", "DESCRIPTION")
-    for i in items:
+    for i in listed.items:
         p = i.preset
         if p.kind == "service":
             t.add_row("service", plain(p.name), p.engine, plain(p.model), p.sleep,
@@ -44,19 +43,19 @@ def list_cmd(kind: str | None, as_json: bool) -> None:
 @json_option
 def show_cmd(name: str, kind: str | None, as_json: bool) -> None:
     """One preset in full (YAML)."""
-    from gpumod.catalog.presets import get_preset, to_yaml
+    from gpumod.ops.presets import show_preset
 
-    item = get_preset(name, kind)
+    item, text = show_preset(name, kind)
     if as_json:
         print_json({**item.preset.model_dump(mode="json"), "source": item.source})
         return
     click.echo(f"# {item.path} ({item.source})")
-    click.echo(to_yaml(item.preset), nl=False)
+    click.echo(text, nl=False)
 
 
 @preset.command("schema")
 def schema_cmd() -> None:
     """The JSON Schema presets are checked against."""
-    from gpumod.catalog.presets import preset_json_schema
+    from gpumod.ops.presets import preset_schema
 
-    print_json(preset_json_schema())
+    print_json(preset_schema())

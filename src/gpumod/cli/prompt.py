@@ -8,7 +8,6 @@ going until Ctrl+D.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -45,31 +44,14 @@ def prompt(args: tuple[str, ...], pod: str | None, max_turns: int, no_tools: boo
     pi prompt --base-url http://127.0.0.1:8080/v1 "hi"
     The API key comes from PI_API_KEY. Tools read files under the current directory only.
     """
-    from gpumod.agent.events import Start
-    from gpumod.agent.loop import Agent, discover_model, make_client
-    from gpumod.agent.tools import Tools
+    from gpumod.ops.prompt import PromptRequest, open_prompt
 
     name, message = _split_args(args, base_url is not None, interactive)
-    if base_url is not None:
-        if pod:
-            raise UsageError("--pod names a deployment's pod; it cannot go with --base-url")
-        url = _check_url(base_url)
-        model = model_id
-    else:
-        assert name is not None
-        url, model = _deployment_endpoint(name, pod)
-        model = model_id or model
-
-    api_key = os.environ.get("PI_API_KEY") or None
-    client = make_client(url, api_key)
-    if not model:
-        model = discover_model(client, base_url=url, key_set=api_key is not None)
-    agent = Agent(client, model, base_url=url, key_set=api_key is not None,
-                  tools=None if no_tools else Tools(), max_turns=max_turns, api=api)
-
+    session = open_prompt(PromptRequest(name=name, pod=pod, base_url=base_url, model=model_id,
+                                        api=api, max_turns=max_turns, tools=not no_tools))
+    agent = session.agent
     render = _JsonRenderer() if as_json else _RichRenderer()
-    render(Start(base_url=url, model=model, api=agent.api, tools=agent.tools_enabled,
-                 workspace=str(agent.workspace)))
+    render(session.start)
     if message is not None:
         for event in agent.run(message):
             render(event)
@@ -109,35 +91,6 @@ def _split_args(args: tuple[str, ...], has_url: bool,
     if message is not None and not message.strip():
         raise UsageError("the message is empty")
     return name, message
-
-
-def _check_url(url: str) -> str:
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise UsageError(f"--base-url must be an http(s) URL, got {url!r}",
-                         hint="e.g. --base-url http://127.0.0.1:8000/v1")
-    return url.rstrip("/")
-
-
-def _deployment_endpoint(name: str, pod: str | None) -> tuple[str, str]:
-    from gpumod import validate
-    from gpumod.cli.common import store
-    from gpumod.errors import NotFoundError
-    from gpumod.ops.endpoints import endpoint_for
-    from gpumod.ops.hosts import get_host
-    from gpumod.ops.services import get_service
-
-    validate.name(name, "deployment name")
-    db = store()
-    spec = get_service(db, name)
-    if pod:
-        host = get_host(db, pod)
-        if spec.host != host.name:
-            raise NotFoundError(f"deployment {name!r} is on pod {spec.host!r}, not {pod!r}",
-                                hint=f"drop --pod, or use --pod {spec.host}")
-    return endpoint_for(db, spec)
 
 
 class _JsonRenderer:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import shlex
-
 import click
 
 from gpumod.cli.common import info, json_option, plain, pod_option, print_json, store, table
-from gpumod.errors import EngineError, UsageError
-
-
-def _names(text: str | None) -> tuple[str, ...]:
-    return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+from gpumod.errors import EngineError
 
 
 def _progress(message: str) -> None:
@@ -53,123 +47,18 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
         supervisor: str, bind: str | None, image: str | None,
         container_port: int | None) -> None:
     """Define a service from a preset or from an engine and a model."""
-    from gpumod import validate
-    from gpumod.ops import hosts as hosts_ops
-    from gpumod.ops import inventory, lifecycle
-    from gpumod.spec import ServiceSpec
+    from gpumod.ops.define import AddRequest, define_service
 
-    validate.name(name, "service name")
-    st = store()
-    reading = inventory.read(st, hosts_ops.resolve_host(st, pod))  # GPUs as they are now
-    host = reading.host
-    extra: dict = {}
-    base: dict = {"args": [], "env": {}, "depends_on": [], "sleep": "none",
-                  "health_path": "/health", "gpus": None, "vram_mib": None, "port": None}
-    if preset:
-        from gpumod.catalog.presets import service_preset
-
-        p = service_preset(preset)
-        base.update(engine=p.engine, model=p.model, args=list(p.args), env=dict(p.env),
-                    depends_on=list(p.depends_on), sleep=p.sleep, health_path=p.health_path,
-                    gpus=p.gpus, vram_mib=p.vram_mib, port=p.port)
-        extra["preset"] = p.name
-        if p.docker:
-            extra["docker"] = dict(p.docker)
-        if p.router:
-            extra["router"] = p.router.model_dump()
-        if p.idle_ttl:
-            extra["idle_ttl"] = p.idle_ttl
-    elif not engine or not model:
-        raise UsageError("give --preset, or both --engine and --model",
-                         hint="`gpumod preset list` shows the presets")
-    if engine and preset and engine != base["engine"]:
-        raise UsageError(f"--engine {engine} conflicts with preset {preset} ({base['engine']})")
-    engine = engine or base["engine"]
-    model = model or base["model"]
-    if args_text is not None:
-        try:
-            base["args"] = shlex.split(args_text)
-        except ValueError as exc:
-            raise UsageError(f"--args {args_text!r}: {exc}",
-                             hint="quote it as you would in a shell, e.g. --args \"--foo 'a b'\"",
-                             ) from None
-    for item in env_items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--env {item!r} must be KEY=VALUE")
-        base["env"][key] = value
-    if depends_on is not None:
-        base["depends_on"] = list(_names(depends_on))
-    if engine == "docker":
-        docker_cfg = dict(extra.get("docker") or {})
-        if image:
-            docker_cfg["image"] = image
-        if container_port:
-            docker_cfg["port"] = container_port
-        if not docker_cfg.get("image"):
-            raise UsageError("engine docker needs --image (or a docker preset)")
-        from gpumod.engines.docker import parse_config
-
-        parse_config(docker_cfg)
-        extra["docker"] = docker_cfg
-    gpu_list = base["gpus"] or []
-    if gpus is not None and gpus.strip().lower() == "none":
-        if engine in inventory.GPU_ONLY_ENGINES:
-            raise UsageError(f"--gpus none: {engine} cannot run without a GPU")
-        gpu_list, extra["cpu"] = [], True
-    elif gpus is not None:
-        try:
-            gpu_list = [int(g) for g in _names(gpus)]
-        except ValueError:
-            raise UsageError(f"--gpus {gpus!r} must be GPU indexes like 0 or 0,1, or none"
-                             ) from None
-    known = {g.index for g in host.gpus}
-    if known and any(g not in known for g in gpu_list):
-        raise UsageError(f"{host.name} has GPUs {sorted(known)}, not {gpu_list}")
-    if bind:
-        extra["bind"] = bind
-    chosen = supervisor
-    if supervisor == "auto":
-        chosen = "process"
-        from gpumod.supervise.systemd import detect_scope
-
-        scope = detect_scope(hosts_ops.transport_for(host))
-        if scope:
-            chosen, extra["systemd_scope"] = "systemd", scope
-    elif supervisor == "systemd":
-        from gpumod.supervise.systemd import detect_scope
-
-        scope = detect_scope(hosts_ops.transport_for(host))
-        if scope is None:
-            raise UsageError(f"{host.name} runs no systemd manager gpumod can use",
-                             hint="use --supervisor process (or auto)")
-        extra["systemd_scope"] = scope
-    elif supervisor == "docker" and engine != "docker":
-        raise UsageError("--supervisor docker is for engine docker")
-    from gpumod.errors import GpumodError
-    from gpumod.ops.probe import listening_ports
-
-    try:  # ports other programs hold there are not offered (as `pi start` does)
-        listening = listening_ports(hosts_ops.transport_for(host))
-    except GpumodError:
-        listening = set()
-    spec = ServiceSpec(
-        name=name, host=host.name, engine=engine, model=model, port=port or base["port"] or 0,
-        gpus=tuple(gpu_list), args=tuple(base["args"]), env=dict(base["env"]),
-        supervisor=chosen, sleep_mode=sleep_mode or base["sleep"],
-        health_path=base["health_path"], depends_on=tuple(base["depends_on"]),
-        vram_mib=vram_mib or base["vram_mib"], extra=extra)
-    if not spec.gpus and host.gpus and not extra.get("cpu"):
-        spec = spec.with_(gpus=inventory.choose_gpus(st, spec, host, reading.usage))
-    spec = lifecycle.add_service(st, spec, listening=listening)
-    where = (f"GPU {','.join(map(str, spec.gpus))}" if spec.gpus else
-             "no GPU" if engine in inventory.GPU_ONLY_ENGINES or engine not in
-             inventory.GPU_ENGINES else "CPU")
-    click.echo(f"added {name}: {engine} {model} on {host.name}:{spec.port}, {where} "
-               f"(supervisor {chosen}, sleep {spec.sleep_mode})")
-    if not spec.gpus and engine in inventory.GPU_ONLY_ENGINES:
-        info(f"note: {host.name} has no GPU (nvidia-smi lists none); {engine} will not start "
-             "there")
+    added = define_service(store(), AddRequest(
+        name=name, preset=preset, engine=engine, model=model, pod=pod, port=port, gpus=gpus,
+        sleep_mode=sleep_mode, depends_on=depends_on, args=args_text, env=env_items,
+        vram_mib=vram_mib, supervisor=supervisor, bind=bind, image=image,
+        container_port=container_port))
+    spec = added.spec
+    click.echo(f"added {name}: {spec.engine} {spec.model} on {spec.host}:{spec.port}, "
+               f"{added.where} (supervisor {spec.supervisor}, sleep {spec.sleep_mode})")
+    for note in added.notes:
+        info(f"note: {note}")
 
 
 @service.command("list")
@@ -287,9 +176,9 @@ def logs_cmd(name: str, lines: int, follow: bool) -> None:
 @json_option
 def sleep_cmd(name: str, level: str | None, as_json: bool) -> None:
     """Put a service to sleep, verified (engine state and GPU memory); falls back 2->1->stop."""
-    from gpumod.ops.sleep import sleep_service
+    from gpumod.ops import lifecycle
 
-    report = sleep_service(store(), name, level, progress=_progress)
+    report = lifecycle.sleep(store(), name, level, progress=_progress)
     if as_json:
         print_json(report.to_json())
     else:
@@ -303,9 +192,9 @@ def sleep_cmd(name: str, level: str | None, as_json: bool) -> None:
 @json_option
 def wake_cmd(name: str, as_json: bool) -> None:
     """Wake a service, verified (health + a one-token canary); falls back to a restart."""
-    from gpumod.ops.sleep import wake_service
+    from gpumod.ops import lifecycle
 
-    report = wake_service(store(), name, progress=_progress)
+    report = lifecycle.wake(store(), name, progress=_progress)
     if as_json:
         print_json(report.to_json())
     else:
@@ -320,25 +209,9 @@ def wake_cmd(name: str, as_json: bool) -> None:
               help="Render for this systemd scope (default: the service's, else user).")
 def unit_cmd(name: str, scope: str | None) -> None:
     """Print the systemd unit gpumod would install for a service."""
-    from dataclasses import replace
+    from gpumod.ops.define import unit_text
 
-    from gpumod.ops import hosts as hosts_ops
-    from gpumod.ops import lifecycle
-    from gpumod.supervise.units import UnitOptions, render_unit
-
-    st = store()
-    spec = lifecycle.get_service(st, name)
-    host = hosts_ops.get_host(st, spec.host)
-    plan = lifecycle.launch_plan(spec, host)
-    if not plan.argv[0].startswith("/"):
-        from gpumod.supervise.systemd import SystemdSupervisor
-
-        sup = SystemdSupervisor(hosts_ops.transport_for(host))
-        try:
-            plan = sup.resolve_command(plan)
-        except EngineError:
-            plan = replace(plan, argv=(f"/usr/bin/{plan.argv[0]}", *plan.argv[1:]))
-            info(f"note: {spec.engine} binary not found on {host.name}; "
-                 f"showing {plan.argv[0]}")
-    chosen = scope or str(spec.extra.get("systemd_scope") or "user")
-    click.echo(render_unit(plan, UnitOptions(engine=spec.engine, scope=chosen)), nl=False)
+    text, notes = unit_text(store(), name, scope)
+    for note in notes:
+        info(f"note: {note}")
+    click.echo(text, nl=False)

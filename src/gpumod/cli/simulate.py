@@ -5,26 +5,6 @@ from __future__ import annotations
 import click
 
 from gpumod.cli.common import console, json_option, plain, pod_option, print_json, table
-from gpumod.errors import UsageError
-
-
-def _split(values: tuple[str, ...]) -> list[str]:
-    out: list[str] = []
-    for v in values:
-        out += [x.strip() for x in v.split(",") if x.strip()]
-    return out
-
-
-def _contexts(values: tuple[str, ...]) -> dict[str, int]:
-    from gpumod.units import parse_tokens
-
-    out: dict[str, int] = {}
-    for v in values:
-        name, sep, tokens = v.partition("=")
-        if not sep or not name.strip():
-            raise UsageError(f"--context {v!r}: expected SERVICE=TOKENS", hint="e.g. chat=16k")
-        out[name.strip()] = parse_tokens(tokens, what="context")
-    return out
 
 
 @click.command()
@@ -54,15 +34,17 @@ def simulate(services: tuple[str, ...], mode: str | None, add: tuple[str, ...],
     twice. Unreachable host or no nvidia-smi: the stored inventory, and a note.
     """
     from gpumod.cli.common import store
+    from gpumod.ops import inputs
     from gpumod.ops.inventory import target_host
+    from gpumod.ops.simulate import picture
     from gpumod.ops.simulate import simulate as run
-    from gpumod.planner.picture import render_gpu_bars
 
     st = store()
     # A mode names its host; --pod (or, without a mode, the active host) otherwise.
     host = target_host(st, pod, mode=mode, stored_if_known=no_live).name
-    result = run(st, host=host, services=_split(services) or None, mode=mode,
-                 add=_split(add), remove=_split(remove), contexts=_contexts(context),
+    result = run(st, host=host, services=inputs.names(*services) or None, mode=mode,
+                 add=inputs.names(*add), remove=inputs.names(*remove),
+                 contexts=inputs.contexts(context),
                  margin_mib=margin_mib, live=not no_live, version=vllm_version)
     if as_json:
         print_json(result.to_json())
@@ -79,7 +61,7 @@ def simulate(services: tuple[str, ...], mode: str | None, add: tuple[str, ...],
                           + (f" ({result.usage_note})" if result.usage_note else
                              " (--no-live)" if no_live else "")))
         if visual:
-            click.echo(render_gpu_bars(result.bars()))
+            click.echo(picture(result))
         t = table("GPU", "name", "usable GiB", "in use GiB", "planned GiB", "free after GiB",
                   "fits")
         for g in p.gpus:

@@ -1,5 +1,4 @@
-"""Engine drivers: vLLM, llama.cpp's llama-server, a generic command (and Docker)."""
+"""Engine drivers: vLLM, llama.cpp's llama-server, a generic command, Docker.
 
-from gpumod.engines.base import Engine, get_engine
-
-__all__ = ["Engine", "get_engine"]
+`engines.base` is the Engine contract, `engines.registry.get_engine` the driver for a name.
+"""

@@ -199,24 +199,3 @@ class Engine(ABC):
                 raise UsageError(f"{flag} in the engine args would override gpumod's choice",
                                  hint=f"give gpumod's own {flag} before --vllm"
                                  if flag == "--port" else "gpumod binds the engine itself")
-
-
-def get_engine(name: str) -> Engine:
-    """The engine driver for a name ('vllm', 'llamacpp', 'command')."""
-    if name == "vllm":
-        from gpumod.engines.vllm import VLLMEngine
-
-        return VLLMEngine()
-    if name == "llamacpp":
-        from gpumod.engines.llamacpp import LlamaCppEngine
-
-        return LlamaCppEngine()
-    if name == "command":
-        from gpumod.engines.command import CommandEngine
-
-        return CommandEngine()
-    if name == "docker":
-        from gpumod.engines.docker import DockerEngine
-
-        return DockerEngine()
-    raise UsageError(f"unknown engine {name!r}", hint="use vllm, llamacpp or command")

@@ -1,9 +1,7 @@
-"""Host and GPU records as the store keeps them."""
+"""Host and GPU records (the store maps them to rows: gpumod.store.hosts)."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,14 +62,3 @@ class Host:
             "engine_env": self.engine_env, "capabilities": self.capabilities,
             "gpus": [g.to_json() for g in self.gpus],
         }
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row, gpus: list[GPU]) -> Host:
-        return cls(
-            name=row["name"], kind=row["kind"], ssh_command=row["ssh_command"],
-            ssh_argv=tuple(json.loads(row["ssh_argv"] or "[]")), address=row["address"],
-            port_map=json.loads(row["port_map"] or "{}"), root=row["root"],
-            models_path=row["models_path"], mount_command=row["mount_command"],
-            vllm_channel=row["vllm_channel"], engine_env=json.loads(row["engine_env"] or "{}"),
-            capabilities=json.loads(row["capabilities"] or "{}"), gpus=tuple(gpus),
-        )

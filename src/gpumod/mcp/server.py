@@ -2,22 +2,24 @@
 
 Every tool is a thin call into `gpumod.ops.api`, which calls the same
 operations the CLI uses. A gpumod error comes back as a tool error
-(`isError: true`) carrying the error's message and hint; nothing a client
-sends can crash the server. Read-only tools say so (`readOnlyHint`), tools
-that change what runs on a GPU say they do (`readOnlyHint: false`, and
-`destructiveHint` where they stop or evict something).
+(`isError: true`): its message and hint as text, and as structured content
+`{"error", "kind", "exit_code", "hint"}`, where `kind` is the error class's code
+(`not_found`, `capacity`, `usage`, ...; `internal` for a bug) and `exit_code` what
+the CLI would exit with. Nothing a client sends can crash the server. Read-only tools
+say so (`readOnlyHint`), tools that change what runs on a GPU say they do
+(`readOnlyHint: false`, and `destructiveHint` where they stop or evict something).
 
 Works with the SDK's `MCPServer` (mcp 2.x) and `FastMCP` (mcp 1.x).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer as _Server  # mcp >= 2 (pyproject's `mcp` extra)
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from gpumod import __version__
@@ -48,16 +50,24 @@ DESTRUCTIVE = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempote
                               openWorldHint=False)
 
 
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run one bridge call; every failure becomes a tool error with a clear message."""
-    try:
-        return fn(*args, **kwargs)
-    except GpumodError as exc:
-        raise ToolError(bridge.error_text(exc)) from exc
-    except ToolError:
-        raise
-    except Exception as exc:  # a bug, not the client's doing: say so, keep serving
-        raise ToolError(f"internal error: {type(exc).__name__}: {exc}") from exc
+def tool_error(data: dict[str, Any], text: str) -> CallToolResult:
+    """A tool error a client can branch on: the text for the model, the kind as data."""
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True,
+                          structured_content=data)
+
+
+def _errors_as_results(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run one tool; a failure becomes a tool error carrying its kind and exit code."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GpumodError as exc:
+            return tool_error(exc.to_json(), exc.text())
+        except Exception as exc:  # a bug, not the client's doing: say so, keep serving
+            text = f"internal error: {type(exc).__name__}: {exc}"
+            return tool_error({"error": text, "kind": "internal", "exit_code": 70}, text)
+    return run
 
 
 def build_server() -> Any:
@@ -65,41 +75,44 @@ def build_server() -> Any:
     server = _Server(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__,
                      log_level="WARNING")
 
+    def tool(annotations: ToolAnnotations) -> Callable[[Callable[..., Any]], Any]:
+        return lambda fn: server.tool(annotations=annotations)(_errors_as_results(fn))
+
     # -- read-only ----------------------------------------------------------------
 
-    @server.tool(annotations=READ_ONLY)
+    @tool(READ_ONLY)
     def gpu_status(pod: Pod = None) -> dict[str, Any]:
         """GPUs of a host with memory total/used/free (MiB) and the processes using them,
         matched to gpumod services."""
-        return _call(bridge.gpu_status, pod)
+        return bridge.gpu_status(pod)
 
-    @server.tool(annotations=READ_ONLY)
+    @tool(READ_ONLY)
     def service_list(pod: Pod = None) -> dict[str, Any]:
         """Services (deployments) with their real state: running, sleeping, starting,
         crashed, stopped or unknown. Without pod: every host."""
-        return {"services": _call(bridge.service_list, pod)}
+        return {"services": bridge.service_list(pod)}
 
-    @server.tool(annotations=READ_ONLY)
+    @tool(READ_ONLY)
     def service_status(name: Name) -> dict[str, Any]:
         """One service: its spec (engine, model, port, GPUs, args) and its real state."""
-        return _call(bridge.service_status, name)
+        return bridge.service_status(name)
 
-    @server.tool(annotations=READ_ONLY)
+    @tool(READ_ONLY)
     def mode_list(pod: Pod = None) -> dict[str, Any]:
         """Modes (named sets of services) defined for a host."""
-        return {"modes": _call(bridge.mode_list, pod)}
+        return {"modes": bridge.mode_list(pod)}
 
-    @server.tool(annotations=READ_ONLY)
+    @tool(READ_ONLY)
     def mode_status(pod: Pod = None) -> dict[str, Any]:
         """The current mode of a host and the state of its services."""
-        return _call(bridge.mode_status, pod)
+        return bridge.mode_status(pod)
 
-    @server.tool(annotations=READ_ONLY)
+    @tool(READ_ONLY)
     def mode_verify(mode: ModeName) -> dict[str, Any]:
         """Whether every service of MODE is running and healthy, and which are not."""
-        return _call(bridge.mode_verify, mode)
+        return bridge.mode_verify(mode)
 
-    @server.tool(annotations=READ_ONLY)
+    @tool(READ_ONLY)
     def simulate_mode(
         mode: Annotated[str | None, Field(description="Mode to start from (optional).",
                                           max_length=64)] = None,
@@ -114,16 +127,16 @@ def build_server() -> Any:
         """Pre-flight VRAM check: would MODE, with services added or removed and these
         contexts, fit on the host's GPUs? Shows per-GPU totals and alternatives when it
         does not fit. Changes nothing."""
-        return _call(bridge.simulate_mode, mode, add, remove, contexts, pod)
+        return bridge.simulate_mode(mode, add, remove, contexts, pod)
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=True))
+    @tool(ToolAnnotations(readOnlyHint=True, openWorldHint=True))
     def model_info(model: Annotated[str, Field(
             description="Hugging Face id (owner/name), model folder or .gguf path.",
             min_length=1, max_length=300)]) -> dict[str, Any]:
         """Facts of a model: parameters, weights size, layers, attention, context, quantization."""
-        return _call(bridge.model_info, model)
+        return bridge.model_info(model)
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=True))
+    @tool(ToolAnnotations(readOnlyHint=True, openWorldHint=True))
     def model_estimate(
         model: Annotated[str, Field(description="Hugging Face id, folder or .gguf path.",
                                     min_length=1, max_length=300)],
@@ -139,9 +152,9 @@ def build_server() -> Any:
     ) -> dict[str, Any]:
         """Per-GPU VRAM estimate (weights, KV cache, activations, CUDA graphs) for serving a
         model with an engine."""
-        return _call(bridge.model_estimate, model, engine, context, gpu, args, pod)
+        return bridge.model_estimate(model, engine, context, gpu, args, pod)
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=True))
+    @tool(ToolAnnotations(readOnlyHint=True, openWorldHint=True))
     def plan_with_ai(
         prompt: Annotated[str, Field(description="What you want, e.g. 'add a reranker to my "
                                                  "code mode'.", min_length=1, max_length=4000)],
@@ -152,45 +165,42 @@ def build_server() -> Any:
     ) -> dict[str, Any]:
         """Ask an LLM to propose a change (a mode with services and contexts). The proposal is
         checked by the simulator before it is returned. Nothing is applied."""
-        def run() -> dict[str, Any]:
-            from gpumod.ops import planning
+        from gpumod.ops import planning
 
-            endpoint = planning.resolve_endpoint(llm=llm)
-            return planning.plan(prompt, endpoint, pod=pod).to_json()
-
-        return _call(run)
+        endpoint = planning.resolve_endpoint(llm=llm)
+        return planning.plan(prompt, endpoint, pod=pod).to_json()
 
     # -- mutating --------------------------------------------------------------------
 
-    @server.tool(annotations=ADDITIVE)
+    @tool(ADDITIVE)
     def service_start(name: Name) -> dict[str, Any]:
         """Start a defined service and wait until it is healthy."""
-        return _call(bridge.service_start, name)
+        return bridge.service_start(name)
 
-    @server.tool(annotations=DESTRUCTIVE)
+    @tool(DESTRUCTIVE)
     def service_stop(name: Name) -> dict[str, Any]:
         """Stop a service (its GPU memory is freed)."""
-        return _call(bridge.service_stop, name)
+        return bridge.service_stop(name)
 
-    @server.tool(annotations=DESTRUCTIVE)
+    @tool(DESTRUCTIVE)
     def service_sleep(
         name: Name,
         level: Annotated[Literal["l1", "l2"] | None, Field(
             description="vLLM sleep level (default: the service's own).")] = None,
     ) -> dict[str, Any]:
         """Put a service to sleep to free its GPU memory (vLLM sleep, llama.cpp router unload)."""
-        return _call(bridge.service_sleep, name, level)
+        return bridge.service_sleep(name, level)
 
-    @server.tool(annotations=ADDITIVE)
+    @tool(ADDITIVE)
     def service_wake(name: Name) -> dict[str, Any]:
         """Wake a sleeping service."""
-        return _call(bridge.service_wake, name)
+        return bridge.service_wake(name)
 
-    @server.tool(annotations=DESTRUCTIVE)
+    @tool(DESTRUCTIVE)
     def mode_switch(mode: ModeName) -> dict[str, Any]:
         """Switch the host to MODE: pre-flight VRAM check, stop or sleep what leaves, start or
         wake what enters, health gate; rolls back to the previous mode on failure."""
-        return _call(bridge.mode_switch, mode)
+        return bridge.mode_switch(mode)
 
     return server
 

@@ -21,14 +21,14 @@ budget) start side by side, kept apart by their reservations.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpumod.errors import CapacityError, RemoteCommandError
-from gpumod.ops import launch, locks, machine
+from gpumod.ops import locks, machine
 from gpumod.ops.runtime import Runtime
+from gpumod.store import services as services_table
 from gpumod.store.db import Store
 
 Output = Callable[[str], None]
@@ -64,34 +64,29 @@ def pending_on(store: Store, host: str, transport: Any, snapshot: Any, *,
     from gpumod.hosts.processes import trees_memory
     from gpumod.ops.multinode import on_host
 
-    rows = store.query("SELECT name, host, pid, gpus, reserved_mib, spec FROM services "
-                       "WHERE state = ? AND reserved_mib > 0 AND name != ?",
-                       (machine.Phase.STARTING.value, exclude))
+    starting = services_table.reserving(store, machine.Phase.STARTING.value)
     found = Pending()
     places: dict[str, tuple[tuple[int, ...], int | None]] = {}
-    for row in rows:
-        spread = on_host(json.loads(row["spec"] or "{}"), host)
+    for spec in starting:
+        if spec.name == exclude:
+            continue
+        spread = on_host(spec.extra, host)
         if spread is not None:
-            places[row["name"]] = spread
-        elif row["host"] == host:
-            places[row["name"]] = (tuple(json.loads(row["gpus"])),
-                                   int(row["pid"]) if row["pid"] else None)
-    live = [r for r in rows if r["name"] in places and locks.service_holder(r["name"])]
+            places[spec.name] = spread
+        elif spec.host == host:
+            places[spec.name] = (spec.gpus, int(spec.pid) if spec.pid else None)
+    live = [s for s in starting if s.name in places and locks.service_holder(s.name)]
     if not live:  # (a reservation whose start died with its command is not counted)
         return found
-    roots: dict[str, int] = {}
-    for r in live:
-        root = places[r["name"]][1]
-        if root:
-            roots[r["name"]] = root
+    roots = {s.name: root for s in live if (root := places[s.name][1])}
     held, _ = trees_memory(transport, snapshot, roots) if roots else ({}, "")
-    for row in live:
-        have = held.get(row["name"])
-        for gpu in places[row["name"]][0]:
-            left = int(row["reserved_mib"]) - (have.per_gpu.get(gpu, 0) if have else 0)
+    for spec in live:
+        have = held.get(spec.name)
+        for gpu in places[spec.name][0]:
+            left = int(spec.reserved_mib or 0) - (have.per_gpu.get(gpu, 0) if have else 0)
             if left > 0:
                 found.mib[gpu] = found.mib.get(gpu, 0) + left
-                found.names.setdefault(gpu, []).append(row["name"])
+                found.names.setdefault(gpu, []).append(spec.name)
     return found
 
 
@@ -135,6 +130,22 @@ def _refuse_over_reserved(rt: Runtime, need: int | None, usage: list[Any],
                      "--force to start anyway")
 
 
+def admit(store: Store, rt: Runtime, usage: list[Any] | None, *, force: bool,
+          progress: Callable[[str], None]) -> tuple[Runtime, dict[str, Any] | None]:
+    """Planner admission: memory settings computed, or CapacityError (unless force).
+
+    Returns the runtime to launch (with the admitted engine args) and the estimate used.
+    """
+    from gpumod.ops.sizing import check_start
+
+    admission = check_start(store, rt.host, rt.spec, usage, force=force)
+    for note in admission.notes:
+        progress(f"{rt.spec.name}: {note}")
+    if tuple(admission.args) != tuple(rt.spec.args):
+        rt = rt.with_args(admission.args)
+    return rt, getattr(admission, "estimate", None)
+
+
 def admit_and_reserve(store: Store, rt: Runtime, *, force: bool, progress: Output
                       ) -> tuple[Runtime, dict[str, Any] | None]:
     """Planner admission counting other starts' reservations, then this start's own."""
@@ -146,14 +157,14 @@ def admit_and_reserve(store: Store, rt: Runtime, *, force: bool, progress: Outpu
         except RemoteCommandError:  # nvidia-smi there but failing: no live figures
             snap = None
         if snap is None:
-            rt, estimate = launch.admit(store, rt, None, force=force, progress=progress)
+            rt, estimate = admit(store, rt, None, force=force, progress=progress)
             return rt, estimate
         extra = pending(store, rt, snap) if rt.spec.gpus else Pending()
         if extra.mib:
             progress(f"{rt.spec.name}: counting {extra.describe(rt.spec.gpus)}")
         usage = with_pending(list(snap.gpus), extra)
         try:
-            rt, estimate = launch.admit(store, rt, usage, force=force, progress=progress)
+            rt, estimate = admit(store, rt, usage, force=force, progress=progress)
             need = reservation(rt, estimate, usage)
             if estimate is None and not force:
                 _refuse_over_reserved(rt, need, usage, extra)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from gpumod.errors import GpumodError, UsageError
+from gpumod.errors import UsageError
+from gpumod.ops.session import session_store
 
 Progress = Callable[[str], None]
 
@@ -28,20 +28,6 @@ Progress = Callable[[str], None]
 def _op(module: str, name: str) -> Callable[..., Any]:
     """`module.name`, imported on first use."""
     return getattr(importlib.import_module(module), name)
-
-
-@contextmanager
-def session_store() -> Iterator[Any]:
-    """A store connection for this call (and this thread), closed afterwards."""
-    from gpumod import paths
-    from gpumod.store.db import Store
-
-    paths.ensure_home()
-    store = Store(paths.database_path())
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def jsonable(value: Any) -> Any:
@@ -58,18 +44,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
     return str(value)
-
-
-def error_json(exc: GpumodError) -> dict[str, Any]:
-    out: dict[str, Any] = {"error": exc.message, "kind": type(exc).__name__}
-    if exc.hint:
-        out["hint"] = exc.hint
-    return out
-
-
-def error_text(exc: GpumodError) -> str:
-    """One line, then the hint: what the CLI's error boundary prints."""
-    return exc.message + (f"\nhint: {exc.hint}" if exc.hint else "")
 
 
 # --------------------------------------------------------------------------- hosts, GPUs
@@ -165,14 +139,14 @@ def service_sleep(name: str, level: str | None = None,
                   progress: Progress | None = None) -> dict[str, Any]:
     """Put a service to sleep (`gpumod service sleep`); a failed sleep raises."""
     with session_store() as store:
-        return _report(_op("gpumod.ops.sleep", "sleep_service")(store, name, level,
+        return _report(_op("gpumod.ops.lifecycle", "sleep")(store, name, level,
                                                                 **_progress(progress)))
 
 
 def service_wake(name: str, progress: Progress | None = None) -> dict[str, Any]:
     """Wake a sleeping service (`gpumod service wake`); a failed wake raises."""
     with session_store() as store:
-        return _report(_op("gpumod.ops.sleep", "wake_service")(store, name,
+        return _report(_op("gpumod.ops.lifecycle", "wake")(store, name,
                                                                **_progress(progress)))
 
 
@@ -231,7 +205,7 @@ def simulate_mode(mode: str | None = None, add: Sequence[str] = (),
                           remove=list(remove), contexts=dict(contexts or {}), live=True,
                           version=vllm_version)
         out = jsonable(result)
-        out["picture"] = _op("gpumod.planner.picture", "render_gpu_bars")(result.bars())
+        out["picture"] = _op("gpumod.ops.simulate", "picture")(result)
         return out
 
 

@@ -11,12 +11,13 @@ import re
 from collections.abc import Iterable, Sequence
 
 from gpumod import validate
-from gpumod.engines.base import MAX_CONTEXT, get_engine
+from gpumod.engines.base import MAX_CONTEXT
+from gpumod.engines.registry import get_engine
 from gpumod.engines.vllm import DEV_MODE_ENV, check_dev_mode
 from gpumod.errors import ConfigError, NotFoundError, UsageError
 from gpumod.ops import hosts as hosts_ops
 from gpumod.ops import services as records
-from gpumod.ops.launch import BINDS
+from gpumod.ops.addresses import BINDS
 from gpumod.ops.services import get_service, list_services
 from gpumod.spec import ENGINES, SLEEP_MODES, ServiceSpec
 from gpumod.store.db import Store

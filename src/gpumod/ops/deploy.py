@@ -50,9 +50,9 @@ from gpumod.ops import hosts as hostops
 from gpumod.ops import inventory, lifecycle, locks, machine
 from gpumod.ops import launch as launcher
 from gpumod.ops import services as records
+from gpumod.ops.addresses import bind_address, probe_address, service_dir
 from gpumod.ops.endpoints import endpoint_url
-from gpumod.ops.launch import probe_address, service_dir
-from gpumod.ops.lifecycle import StopResult
+from gpumod.ops.machine import StopResult
 from gpumod.ops.preflight import Preflight, _engine_path_prefix, preflight
 from gpumod.ops.runtime import LaunchOptions, Runtime, runtime
 from gpumod.ops.startplan import (
@@ -65,6 +65,7 @@ from gpumod.ops.startplan import (
 )
 from gpumod.ops.states import ServiceStatus
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as services_table
 from gpumod.store.db import Store
 from gpumod.supervise.process import tail_argv
 
@@ -176,8 +177,8 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     if req.port is not None:
         validate.port(req.port)
     host = inventory.refresh(store, hostops.resolve_host(store, req.pod))  # GPUs as they are now
-    if store.query_one("SELECT 1 FROM services WHERE name = ?", (req.name,)):
-        existing = records.get_service(store, req.name)
+    existing = services_table.get(store, req.name)
+    if existing is not None:
         raise ConflictError(f"a service named {req.name!r} already exists (on {existing.host})",
                             hint=f"pick another --name, or `pi stop {req.name}` first")
     plan = plan_start(req, host)
@@ -251,7 +252,7 @@ def _runtime(store: Store, host: Host, transport: Transport, plan: StartPlan, pr
              reserved: ServiceSpec, model_path: str | None, cached: bool, api_key: str
              ) -> Runtime:
     """The reserved deployment's runtime: what the pre-flight found on the host added."""
-    bind = launcher.bind_address(reserved, host)
+    bind = bind_address(reserved, host)
     base_env = plan.engine.env(reserved)
     env = {"PATH": pre.path}
     if host.engine_env.get("venv") and "VIRTUAL_ENV" not in base_env:

@@ -26,9 +26,26 @@ def endpoint_url(host: Host, port: int) -> str:
 
 def endpoint_for(store: Store, spec: ServiceSpec) -> tuple[str, str]:
     """(base_url, served model id) of a deployment, as `pi prompt` and `gpumod plan` use it."""
-    from gpumod.engines.base import get_engine
+    from gpumod.engines.registry import get_engine
     from gpumod.ops.hosts import get_host
 
     host = get_host(store, spec.host)
     served = spec.extra.get("served_model") or get_engine(spec.engine).served_model(spec)
     return endpoint_url(host, spec.port), str(served)
+
+
+def deployment_endpoint(store: Store, name: str, pod: str | None = None) -> tuple[str, str]:
+    """(base_url, served model id) of the deployment NAME; with POD, it must run there."""
+    from gpumod import validate
+    from gpumod.errors import NotFoundError
+    from gpumod.ops.hosts import get_host
+    from gpumod.ops.services import get_service
+
+    validate.name(name, "deployment name")
+    spec = get_service(store, name)
+    if pod:
+        host = get_host(store, pod)
+        if spec.host != host.name:
+            raise NotFoundError(f"deployment {name!r} is on pod {spec.host!r}, not {pod!r}",
+                                hint=f"drop --pod, or use --pod {spec.host}")
+    return endpoint_for(store, spec)

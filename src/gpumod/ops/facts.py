@@ -50,8 +50,8 @@ def model_info(store: Store, model: str, *, ollama_url: str | None = None,
 
     With ``ollama_url`` the facts are read from that Ollama server and kept.
     """
-    from gpumod.ops.calibration import calibrations_for
     from gpumod.planner import facts as facts_mod
+    from gpumod.store import calibrations as cal_table
 
     if ollama_url:
         answer = facts_mod.fetch_ollama_show(ollama_url, model)
@@ -59,7 +59,7 @@ def model_info(store: Store, model: str, *, ollama_url: str | None = None,
         remember(store, facts)
     else:
         facts = model_facts(store, model, refresh=refresh)
-    return {"facts": facts.summary(), "calibrations": calibrations_for(store, facts.key)}
+    return {"facts": facts.summary(), "calibrations": cal_table.for_model(store, facts.key)}
 
 
 def search_models(query: str, limit: int = 20) -> list[dict[str, Any]]:

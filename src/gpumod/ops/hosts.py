@@ -2,42 +2,35 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from gpumod import paths, validate
 from gpumod.errors import ConflictError, NotFoundError, UsageError
 from gpumod.hosts.model import GPU, Host
 from gpumod.hosts.transports.base import Transport
-from gpumod.store.db import Store, dumps
+from gpumod.store import hosts as hosts_table
+from gpumod.store import services as services_table
+from gpumod.store.db import Store
 
 LOCAL = "local"
 
 
 def get_host(store: Store, name: str) -> Host:
-    row = store.query_one("SELECT * FROM hosts WHERE name = ?", (name,))
-    if row is None:
+    host = hosts_table.get(store, name)
+    if host is None:
         known = ", ".join(h.name for h in list_hosts(store))
         raise NotFoundError(f"unknown pod {name!r}",
                             hint=f"known: {known}; add one with `pi pods setup NAME \"ssh ...\"`")
-    gpus = [GPU(r["idx"], r["uuid"], r["name"], r["memory_mib"])
-            for r in store.query("SELECT * FROM gpus WHERE host = ? ORDER BY idx", (name,))]
-    return Host.from_row(row, gpus)
+    return host
 
 
 def list_hosts(store: Store) -> list[Host]:
-    rows = store.query("SELECT * FROM hosts ORDER BY kind = 'ssh', name")
-    gpus: dict[str, list[GPU]] = {}
-    for r in store.query("SELECT * FROM gpus ORDER BY host, idx"):
-        gpus.setdefault(r["host"], []).append(GPU(r["idx"], r["uuid"], r["name"], r["memory_mib"]))
-    return [Host.from_row(row, gpus.get(row["name"], [])) for row in rows]
+    return hosts_table.list_all(store)
 
 
 def active_host_name(store: Store) -> str:
     name = store.get_setting("active_host", LOCAL) or LOCAL
-    if store.query_one("SELECT 1 FROM hosts WHERE name = ?", (name,)) is None:
-        return LOCAL
-    return name
+    return name if hosts_table.exists(store, name) else LOCAL
 
 
 def resolve_host(store: Store, pod: str | None) -> Host:
@@ -54,49 +47,24 @@ def set_active(store: Store, name: str) -> Host:
 def save_host(store: Store, host: Host, *, replace: bool) -> None:
     """Insert or update a pod with its GPUs in one transaction."""
     validate.name(host.name, "pod name")
-    with store.transaction() as db:
-        exists = db.execute("SELECT 1 FROM hosts WHERE name = ?", (host.name,)).fetchone()
-        if exists and not replace:
+    with store.transaction():
+        if hosts_table.exists(store, host.name) and not replace:
             raise ConflictError(f"pod {host.name!r} already exists",
                                 hint="pick another name, or re-run setup for it")
-        values = (host.kind, host.ssh_command, dumps(list(host.ssh_argv)), host.address,
-                  dumps(host.port_map), host.root, host.models_path, host.mount_command,
-                  host.vllm_channel, dumps(host.engine_env), dumps(host.capabilities))
-        if exists:
-            db.execute(
-                "UPDATE hosts SET kind=?, ssh_command=?, ssh_argv=?, address=?, port_map=?, "
-                "root=?, models_path=?, mount_command=?, vllm_channel=?, engine_env=?, "
-                "capabilities=?, updated_at=datetime('now') WHERE name=?",
-                (*values, host.name))
-        else:
-            db.execute(
-                "INSERT INTO hosts (kind, ssh_command, ssh_argv, address, port_map, root, "
-                "models_path, mount_command, vllm_channel, engine_env, capabilities, name) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", (*values, host.name))
-        db.execute("DELETE FROM gpus WHERE host = ?", (host.name,))
-        db.executemany(
-            "INSERT INTO gpus (host, idx, uuid, name, memory_mib) VALUES (?,?,?,?,?)",
-            [(host.name, g.index, g.uuid, g.name, g.memory_mib) for g in host.gpus])
+        hosts_table.write(store, host)
 
 
 def update_local(store: Store, gpus: list[GPU], capabilities: dict, engine_env: dict) -> Host:
-    with store.transaction() as db:
-        db.execute("UPDATE hosts SET capabilities=?, engine_env=?, root=?, "
-                   "updated_at=datetime('now') WHERE name='local'",
-                   (dumps(capabilities), dumps(engine_env), str(paths.home())))
-        db.execute("DELETE FROM gpus WHERE host = 'local'")
-        db.executemany("INSERT INTO gpus (host, idx, uuid, name, memory_mib) VALUES (?,?,?,?,?)",
-                       [(LOCAL, g.index, g.uuid, g.name, g.memory_mib) for g in gpus])
+    with store.transaction():
+        hosts_table.update_facts(store, LOCAL, capabilities=capabilities,
+                                 engine_env=engine_env, root=str(paths.home()))
+        hosts_table.replace_gpus(store, LOCAL, gpus, touch=False)
     return get_host(store, LOCAL)
 
 
 def save_gpus(store: Store, name: str, gpus: Sequence[GPU]) -> None:
     """Replace a host's recorded GPUs (what nvidia-smi lists there now)."""
-    with store.transaction() as db:
-        db.execute("DELETE FROM gpus WHERE host = ?", (name,))
-        db.executemany("INSERT INTO gpus (host, idx, uuid, name, memory_mib) VALUES (?,?,?,?,?)",
-                       [(name, g.index, g.uuid, g.name, g.memory_mib) for g in gpus])
-        db.execute("UPDATE hosts SET updated_at=datetime('now') WHERE name = ?", (name,))
+    hosts_table.replace_gpus(store, name, gpus)
 
 
 def remove_host(store: Store, name: str) -> tuple[Host, int]:
@@ -104,21 +72,18 @@ def remove_host(store: Store, name: str) -> tuple[Host, int]:
     if name == LOCAL:
         raise UsageError("the local host cannot be removed")
     host = get_host(store, name)
-    with store.transaction() as db:
-        count = db.execute("SELECT COUNT(*) FROM services WHERE host = ?", (name,)).fetchone()[0]
-        db.execute("DELETE FROM hosts WHERE name = ?", (name,))
+    with store.transaction():
+        count = services_table.count_on_host(store, name)
+        hosts_table.delete(store, name)
         if (store.get_setting("active_host") or LOCAL) == name:
-            db.execute("UPDATE settings SET value = 'local' WHERE key = 'active_host'")
-    return host, int(count)
+            store.set_setting("active_host", LOCAL)
+    return host, count
 
 
 def set_port_map(store: Store, name: str, port_map: dict[str, str],
                  address: str | None) -> Host:
     host = get_host(store, name)
-    with store.transaction() as db:
-        db.execute("UPDATE hosts SET port_map = ?, address = COALESCE(?, address), "
-                   "updated_at=datetime('now') WHERE name = ?",
-                   (json.dumps(port_map, sort_keys=True), address, host.name))
+    hosts_table.set_port_map(store, host.name, port_map, address)
     return get_host(store, name)
 
 

@@ -18,7 +18,7 @@ and a hint. A host with no GPU at all may run llama.cpp on the CPU, and says so.
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -29,7 +29,10 @@ from gpumod.hosts.model import GPU, Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as services_table
 from gpumod.store.db import Store
+
+log = logging.getLogger(__name__)
 
 #: engines that run on GPUs when the host has them (CUDA_VISIBLE_DEVICES pins them)
 GPU_ENGINES = frozenset({"vllm", "llamacpp"})
@@ -110,7 +113,7 @@ def gpu_count(spec: ServiceSpec) -> int:
     """How many GPUs the service's engine asks for (0 for engines that need none)."""
     if spec.engine not in GPU_ENGINES:
         return 0
-    from gpumod.engines.base import get_engine
+    from gpumod.engines.registry import get_engine
 
     return get_engine(spec.engine).gpu_count(spec.args)
 
@@ -126,9 +129,13 @@ def _planner_choice(store: Store, spec: ServiceSpec, host: Host,
         facts = service_facts(store, unpinned, host)
         request = service_request(store, unpinned, host=host, facts=facts)
         placement = place(gpu_states(list(usage)), [request], with_alternatives=False)
-    except GpumodError:
+    except GpumodError:  # no facts (offline, gated, unknown model): the spread-out choice
         return None
-    except Exception:  # facts are a help, never a reason not to start
+    except Exception as exc:  # a planner bug must not block a start: say what broke
+        log.warning("the planner could not place %s (%s: %s); GPUs chosen by free memory",
+                    spec.name, type(exc).__name__, exc)
+        store.log_event("gpu-choice-failed", host=host.name, service=spec.name,
+                        detail=f"{type(exc).__name__}: {exc}")
         return None
     chosen = placement.assignments[0].gpus if placement.assignments else ()
     if not placement.fits or len(chosen) != count:
@@ -156,10 +163,10 @@ def choose_gpus(store: Store, spec: ServiceSpec, host: Host,
     free = {u.gpu.index: (u.free_mib if u.free_mib is not None else u.gpu.memory_mib)
             for u in usage or ()}
     load = {g.index: 0 for g in host.gpus}
-    for other in store.query("SELECT name, gpus FROM services WHERE host = ?", (host.name,)):
-        if other["name"] == spec.name:
+    for other in services_table.list_all(store, host.name):
+        if other.name == spec.name:
             continue
-        for index in json.loads(other["gpus"] or "[]"):
+        for index in other.gpus:
             if index in load:
                 load[index] += 1
     ranked = sorted(load, key=lambda i: (-free.get(i, 0), load[i], i))

@@ -12,11 +12,12 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from gpumod.engines.base import flag_value, get_engine, has_flag, replace_flag
+from gpumod.engines.base import flag_value, has_flag, replace_flag
+from gpumod.engines.registry import get_engine
 from gpumod.errors import UsageError
 from gpumod.export import kubernetes as k8s
 from gpumod.hosts.model import Host
-from gpumod.ops.launch import dev_mode
+from gpumod.ops.addresses import dev_mode
 from gpumod.ops.runtime import LaunchOptions, launch_plan
 from gpumod.spec import ServiceSpec
 
@@ -50,7 +51,7 @@ class ExportOptions:
     storage_class: str | None = None
     cache_size: str | None = None                          # per cache volume
     secret_name: str = "gpumod"  # noqa: S105 - the Secret's name, not a value
-    proxy_image: str = k8s.DEFAULT_PROXY_IMAGE
+    proxy_image: str | None = None                         # None: k8s.DEFAULT_PROXY_IMAGE
     shm_size: str | None = None
 
     def render_options(self) -> k8s.RenderOptions:
@@ -87,7 +88,8 @@ def workload(spec: ServiceSpec, host: Host | None, options: ExportOptions,
     if dev_mode(spec):
         loopback = ENGINE_LOOPBACK_PORT if spec.port != ENGINE_LOOPBACK_PORT else \
             ENGINE_LOOPBACK_PORT + 1
-        proxy = k8s.Proxy(engine_port=loopback, image=options.proxy_image)
+        proxy = k8s.Proxy(engine_port=loopback,
+                          image=options.proxy_image or k8s.DEFAULT_PROXY_IMAGE)
         annotations["gpumod.io/sleep"] = (f"{spec.sleep_mode}: dev endpoints on the pod's "
                                           f"loopback port {loopback}")
     binary = LLAMACPP_BINARY if spec.engine == "llamacpp" else None

@@ -22,30 +22,19 @@ defined service is recorded 'failed' (or 'stopped' when cancelled or refused bef
 launch). Not confirmed (the host dropped): the record stays 'stopping', says why, and
 `pi stop NAME` finishes the cleanup.
 
-One bind rule (:func:`bind_address`): vLLM's dev endpoints on (sleep enabled, or any
-``VLLM_SERVER_DEV_MODE`` value vLLM reads as on) always on 127.0.0.1 (they have no
-authentication); else the service's own
-``bind``; else 127.0.0.1 on `local` and 0.0.0.0 on pods.
+Where the engine listens: gpumod.ops.addresses (one bind rule).
 """
 
 from __future__ import annotations
 
-import posixpath
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gpumod.engines.vllm import DEV_MODE_ENV, dev_mode_enabled
-from gpumod.errors import (
-    Cancelled,
-    EngineError,
-    GpumodError,
-    UsageError,
-)
-from gpumod.hosts.model import Host
-from gpumod.ops import hosts as hosts_ops
-from gpumod.ops import inventory, machine
+from gpumod.errors import Cancelled, EngineError, GpumodError, add_hint
+from gpumod.ops import admission, inventory, machine
 from gpumod.ops import probe as probes
+from gpumod.ops.addresses import probe_address
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 
@@ -53,43 +42,10 @@ if TYPE_CHECKING:
     from gpumod.ops.runtime import Runtime
 
 Output = Callable[[str], None]
-BINDS = ("127.0.0.1", "0.0.0.0", "::1", "::", "localhost")  # noqa: S104
 
 
 def _quiet(_: str) -> None:
     pass
-
-
-# ---------------------------------------------------------------------------- addresses
-
-
-def dev_mode(spec: ServiceSpec) -> bool:
-    """vLLM's unauthenticated dev endpoints are on: sleep enabled, or the env turns them on
-    (read as vLLM reads it, whatever the engine: a command or container may run vLLM)."""
-    return (spec.engine == "vllm" and spec.sleep_mode in {"l1", "l2"}) \
-        or dev_mode_enabled(spec.env.get(DEV_MODE_ENV))
-
-
-def bind_address(spec: ServiceSpec, host: Host) -> str:
-    if dev_mode(spec):
-        return "127.0.0.1"  # dev endpoints have no auth
-    bind = str(spec.extra.get("bind") or "")
-    if bind:
-        if bind not in BINDS:
-            raise UsageError(f"invalid bind address {bind!r}", hint=f"use {', '.join(BINDS)}")
-        return bind
-    return "127.0.0.1" if host.is_local else "0.0.0.0"  # noqa: S104 - pods are reached remotely
-
-
-def probe_address(bind: str) -> str:
-    """Where, on the host itself, a server bound to `bind` answers."""
-    if bind in ("0.0.0.0", "::", "127.0.0.1", "", "localhost"):  # noqa: S104
-        return "127.0.0.1"
-    return "[::1]" if bind == "::1" else bind
-
-
-def service_dir(host: Host, name: str) -> str:
-    return posixpath.join(hosts_ops.host_root(host), "services", name)
 
 
 # ---------------------------------------------------------------------------- waiting
@@ -125,22 +81,6 @@ def wait_healthy(rt: Runtime, pid: int | None, deadline: float, log: Output) -> 
 # ---------------------------------------------------------------------------- planner hooks
 
 
-def admit(store: Store, rt: Runtime, usage: list[Any] | None, *, force: bool,
-          progress: Output) -> tuple[Runtime, dict[str, Any] | None]:
-    """Planner admission: memory settings computed, or CapacityError (unless force).
-
-    Returns the runtime to launch (with the admitted engine args) and the estimate used.
-    """
-    from gpumod.ops.sizing import check_start
-
-    admission = check_start(store, rt.host, rt.spec, usage, force=force)
-    for note in admission.notes:
-        progress(f"{rt.spec.name}: {note}")
-    if tuple(admission.args) != tuple(rt.spec.args):
-        rt = rt.with_args(admission.args)
-    return rt, getattr(admission, "estimate", None)
-
-
 def calibrate(store: Store, rt: Runtime, pid: int | None, *,
               estimate: dict[str, Any] | None) -> None:
     """Feed the planner what the engine reported (best effort: never fails a start)."""
@@ -170,8 +110,6 @@ def launch(store: Store, rt: Runtime, *, timeout: float, new: bool = False,
     rt.spec is a `pi start` reservation: a healthy start records the launch (pid, args,
     env, argv); a failed one whose engine is confirmed gone removes the record and folder.
     """
-    from gpumod.ops import admission
-
     name = rt.spec.name
     launched = released = False
     try:
@@ -247,8 +185,9 @@ def _failed(store: Store, rt: Runtime, exc: BaseException, *, new: bool,
             machine.move(store, name, machine.Phase.FAILED if failed else machine.Phase.STOPPED,
                          pid=None, reserved_mib=None,
                          note=f"its last start failed: {reason}" if failed else "")
-    except GpumodError:  # the original error matters more; the record says 'stopping'
-        pass
+    except GpumodError as record_exc:  # the original error goes on; the record says 'stopping'
+        add_hint(exc, f"{name}'s record could not be updated ({record_exc.message}); "
+                      f"it says stopping: `pi stop {name}` finishes it")
     store.log_event("start-failed", host=rt.spec.host, service=name,
                     detail=reason + (f"; cleanup not confirmed: {cleanup}" if cleanup else ""))
     kept = (f"; the engine may still run on {host}: its record is kept, `pi stop {name}` "

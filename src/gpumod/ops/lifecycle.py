@@ -35,10 +35,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from gpumod.errors import EngineError, GpumodError, TransportError, UsageError
+from gpumod.errors import EngineError, GpumodError, TransportError, UsageError, add_hint
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import locks, machine
 from gpumod.ops import probe as probes
@@ -49,30 +48,25 @@ from gpumod.ops.definitions import (
     set_context,
 )
 from gpumod.ops.launch import _quiet, launch
+from gpumod.ops.machine import StopResult
 from gpumod.ops.runtime import Runtime, launch_plan, runtime
 from gpumod.ops.services import get_service, is_deployment, is_multinode, list_services
+from gpumod.ops.sleep import Moves, SleepReport, sleep_runtime, wake_runtime
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 
 if TYPE_CHECKING:
     from gpumod.ops.states import ServiceStatus
 
-__all__ = ["Runtime", "add_service", "dependency_order", "ensure_ready", "get_service",
+__all__ = ["Runtime", "StopResult", "add_service", "dependency_order", "ensure_ready", "get_service",
            "launch_plan", "list_services", "remove_service", "restart_service", "runtime",
-           "set_context", "sleep", "start_service", "stop", "stop_service", "wake"]
+           "set_context", "sleep", "sleep_held", "start_service", "stop", "stop_service", "wake",
+           "wake_held"]
 
 Progress = Callable[[str], None]
 DEFAULT_HEALTH_TIMEOUT = 600.0
 LOCK_WAIT = 5.0          # how long a command waits for another one on the same service
 PORT_FREE_WAIT = 5.0     # after a stop, how long the port may take to close
-
-
-@dataclass(frozen=True)
-class StopResult:
-    name: str
-    host: str
-    outcome: str          # stopped | killed | not-running
-    forgotten: bool       # the record was removed (a `pi start` deployment)
 
 
 # ---------------------------------------------------------------------------- locks
@@ -142,9 +136,7 @@ def ensure_ready_held(store: Store, spec: ServiceSpec, *,
         progress(f"{name}: already running")
         return spec, "ready"
     if status.state == "sleeping":
-        from gpumod.ops.sleep import wake_runtime
-
-        report = wake_runtime(store, rt, progress=progress, timeout=timeout)
+        report = wake_held(store, rt, progress=progress, timeout=timeout)
         if not report.ok:
             raise EngineError(report.summary())
         return get_service(store, name), "woken"
@@ -192,13 +184,17 @@ def start_service(store: Store, name: str, *, timeout: float = DEFAULT_HEALTH_TI
                                                 timeout=timeout, progress=progress,
                                                 force=force, transport=transport)
             except Exception as exc:
-                for done in reversed(started):
-                    with contextlib.suppress(Exception), held(done, f"rollback of {name}"):
-                        stop_held(store, get_service(store, done), forget=False,
-                                  transport=transport, progress=progress)
                 if isinstance(exc, GpumodError):
                     exc.message = f"{item.name} did not start: {exc.message}"
                     exc.hint = exc.hint or f"see `gpumod service logs {item.name}`"
+                for done in reversed(started):  # stop what this call started
+                    try:
+                        with held(done, f"rollback of {name}"):
+                            stop_held(store, get_service(store, done), forget=False,
+                                      transport=transport, progress=progress)
+                    except GpumodError as stop_exc:
+                        add_hint(exc, f"{done} was started and could not be stopped again: "
+                                      f"{stop_exc.message}")
                 raise
             if what != "ready":
                 started.append(item.name)
@@ -316,31 +312,42 @@ def remove_service(store: Store, name: str, *, transport: Transport | None = Non
 # ---------------------------------------------------------------------------- sleep
 
 
-def sleep(store: Store, name: str, level: str | None = None, *, progress: Progress = _quiet,
-          transport: Transport | None = None, wait: float = LOCK_WAIT) -> Any:
-    """Put NAME to sleep, verified; returns the SleepReport (see gpumod.ops.sleep)."""
-    from gpumod.ops.sleep import sleep_service
+def _moves(store: Store, name: str, rt: Runtime, progress: Progress,
+           timeout: float) -> Moves:
+    """This lifecycle's stop and start of NAME, for the sleep and wake fallbacks."""
+    return Moves(
+        stop=lambda: stop_held(store, get_service(store, name), forget=False,
+                               transport=rt.transport, progress=progress),
+        start=lambda: ensure_ready_held(store, get_service(store, name), timeout=timeout,
+                                        progress=progress, transport=rt.transport))
 
-    return sleep_service(store, name, level, progress=progress, transport=transport,
-                         wait=wait)
+
+def sleep_held(store: Store, rt: Runtime, level: str | None = None, *,
+               progress: Progress = _quiet) -> SleepReport:
+    """sleep for a caller holding the service's lock (a mode switch, `gpumod watch`)."""
+    moves = _moves(store, rt.spec.name, rt, progress, DEFAULT_HEALTH_TIMEOUT)
+    return sleep_runtime(store, rt, level, moves=moves, progress=progress)
+
+
+def wake_held(store: Store, rt: Runtime, *, progress: Progress = _quiet,
+              timeout: float = DEFAULT_HEALTH_TIMEOUT) -> SleepReport:
+    """wake for a caller holding the service's lock."""
+    moves = _moves(store, rt.spec.name, rt, progress, timeout)
+    return wake_runtime(store, rt, moves=moves, progress=progress)
+
+
+def sleep(store: Store, name: str, level: str | None = None, *, progress: Progress = _quiet,
+          transport: Transport | None = None, wait: float = LOCK_WAIT) -> SleepReport:
+    """Put NAME to sleep, verified, with fallbacks (l2 -> l1 -> stop; see gpumod.ops.sleep)."""
+    with changing(store, name, f"service sleep {name}", wait=wait, progress=progress) as spec:
+        return sleep_held(store, runtime(store, spec, transport=transport), level,
+                          progress=progress)
 
 
 def wake(store: Store, name: str, *, progress: Progress = _quiet,
-         transport: Transport | None = None, wait: float = LOCK_WAIT) -> Any:
-    """Wake NAME, verified (health and a canary); returns the SleepReport."""
-    from gpumod.ops.sleep import wake_service
-
-    return wake_service(store, name, progress=progress, transport=transport, wait=wait)
-
-
-# ---------------------------------------------------------------------------- checks
-
-
-def check_ready(rt: Runtime, *, canary_check: bool = True) -> None:
-    """Health 200 and (for OpenAI-style engines) a one-token canary answer."""
-    from gpumod.engines.checks import canary, wait_healthy
-
-    wait_healthy(rt.endpoint, rt.health_path, timeout=60, alive=rt.alive, what=rt.spec.name)
-    if canary_check and rt.spec.engine in {"vllm", "llamacpp"}:
-        model = rt.sleep.canary_model(rt.endpoint) if rt.sleep else None
-        canary(rt.endpoint, model=model, what=rt.spec.name)
+         transport: Transport | None = None, wait: float = LOCK_WAIT,
+         timeout: float = DEFAULT_HEALTH_TIMEOUT) -> SleepReport:
+    """Wake NAME, verified (health and a canary), restarting it if that fails."""
+    with changing(store, name, f"service wake {name}", wait=wait, progress=progress) as spec:
+        return wake_held(store, runtime(store, spec, transport=transport), progress=progress,
+                         timeout=timeout)

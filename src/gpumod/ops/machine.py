@@ -26,11 +26,13 @@ in :func:`move` is the safety net that refuses a move from a state nobody expect
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from gpumod.errors import ConflictError
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as table
 from gpumod.store.db import Store
 
 
@@ -56,7 +58,17 @@ ALLOWED: dict[Phase, frozenset[str]] = {
 }
 #: states in which an engine may be running (or its cleanup is unconfirmed)
 ACTIVE = frozenset({"starting", "running", "sleeping", "stopping"})
-KEEP: Any = object()
+KEEP: Any = table.KEEP
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """What a confirmed stop did (single-pod or multi-node alike)."""
+
+    name: str
+    host: str
+    outcome: str          # stopped | killed | not-running
+    forgotten: bool       # the record was removed (a `pi start` deployment)
 
 
 def move(store: Store, name: str, to: Phase, *, pid: Any = KEEP,
@@ -65,58 +77,44 @@ def move(store: Store, name: str, to: Phase, *, pid: Any = KEEP,
 
     Raises ConflictError when the recorded state does not allow the move.
     """
-    with store.transaction() as db:
-        row = db.execute("SELECT state FROM services WHERE name = ?", (name,)).fetchone()
-        if row is None:
+    with store.transaction():
+        now = table.state(store, name)
+        if now is None:
             raise ConflictError(f"{name} was removed while it was being changed")
-        if row["state"] not in ALLOWED[to]:
-            raise ConflictError(f"{name} is {row['state']}; it cannot become {to.value} now",
+        if now not in ALLOWED[to]:
+            raise ConflictError(f"{name} is {now}; it cannot become {to.value} now",
                                 hint="another gpumod command changed it; look at `pi list`")
-        sets, values = ["state = ?", "note = ?"], [to.value, note]
-        if pid is not KEEP:
-            sets.append("pid = ?")
-            values.append(pid)
-        if reserved_mib is not KEEP:
-            sets.append("reserved_mib = ?")
-            values.append(reserved_mib)
-        db.execute(f"UPDATE services SET {', '.join(sets)}, "  # noqa: S608 - fixed columns
-                   "updated_at = datetime('now') WHERE name = ?", (*values, name))
-        found = db.execute("SELECT * FROM services WHERE name = ?", (name,)).fetchone()
-    return ServiceSpec.from_row(found)
+        table.set_state(store, name, to.value, note=note, pid=pid, reserved_mib=reserved_mib)
+        found = table.get(store, name)
+    assert found is not None  # written in this transaction
+    return found
 
 
 def ready(store: Store, launched: ServiceSpec) -> ServiceSpec:
     """A `pi start` deployment became healthy: record it as launched (args, env, pid)."""
     done = launched.with_(state=Phase.READY.value, reserved_mib=None, note="")
-    values = done.row_values()
-    with store.transaction() as db:
-        row = db.execute("SELECT state FROM services WHERE name = ?", (done.name,)).fetchone()
-        if row is None or row["state"] not in ALLOWED[Phase.READY]:
+    with store.transaction():
+        now = table.state(store, done.name)
+        if now is None or now not in ALLOWED[Phase.READY]:
             raise ConflictError(f"{done.name} is no longer starting",
                                 hint="another gpumod command changed it; look at `pi list`")
-        # Column names come from ServiceSpec.row_values(), never from input.
-        db.execute(f"UPDATE services SET {', '.join(f'{k} = ?' for k in values)}, "  # noqa: S608
-                   "updated_at = datetime('now') WHERE name = ?", (*values.values(), done.name))
+        table.replace(store, done)
     return done
 
 
 def record_identity(store: Store, name: str, pid: int | None) -> None:
     """The start's process identity, recorded while the record says starting."""
-    with store.transaction() as db:
-        row = db.execute("SELECT state FROM services WHERE name = ?", (name,)).fetchone()
-        if row is None or row["state"] != Phase.STARTING.value:
+    with store.transaction():
+        if table.state(store, name) != Phase.STARTING.value:
             raise ConflictError(f"{name} is no longer starting; its engine is not run")
-        db.execute("UPDATE services SET pid = ?, updated_at = datetime('now') WHERE name = ?",
-                   (pid, name))
+        table.set_pid(store, name, pid)
 
 
 def reserve_memory(store: Store, name: str, mib: int | None) -> None:
     """Memory admitted for a start, counted for other starts until it is ready."""
-    with store.transaction() as db:
-        db.execute("UPDATE services SET reserved_mib = ? WHERE name = ?", (mib, name))
+    table.set_reserved(store, name, mib)
 
 
 def forget(store: Store, name: str) -> None:
     """Drop a record (a `pi start` deployment whose engine is confirmed gone)."""
-    with store.transaction() as db:
-        db.execute("DELETE FROM services WHERE name = ?", (name,))
+    table.delete(store, name)

@@ -37,58 +37,35 @@ from gpumod.ops import hosts as hosts_ops
 from gpumod.ops import lifecycle, locks
 from gpumod.ops.launch import _quiet
 from gpumod.ops.lifecycle import Progress
+from gpumod.store import modes as table
 from gpumod.store.db import Store
+from gpumod.store.modes import Mode
 
 SWITCH_LOCK_WAIT = 3.0
 # live states (gpumod.ops.states) of a service that holds, or may hold, the host's GPUs
 LIVE_ACTIVE = frozenset({"running", "starting", "sleeping", "stopping", "unhealthy"})
 
 
-@dataclass(frozen=True)
-class Mode:
-    name: str
-    host: str
-    description: str
-    services: tuple[str, ...]
-    sleep_on_idle: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "host": self.host, "description": self.description,
-                "services": list(self.services), "sleep_on_idle": list(self.sleep_on_idle)}
-
-
 def get_mode(store: Store, name: str) -> Mode:
-    row = store.query_one("SELECT * FROM modes WHERE name = ?", (name,))
-    if row is None:
-        known = [r["name"] for r in store.query("SELECT name FROM modes ORDER BY name")]
+    mode = table.get(store, name)
+    if mode is None:
+        known = table.names(store)
         raise NotFoundError(f"unknown mode {name!r}",
                             hint=f"known: {', '.join(known)}" if known else
                             "create one with `gpumod mode create NAME --services a,b`")
-    items = store.query("SELECT service, sleep_on_idle FROM mode_services WHERE mode = ? "
-                        "ORDER BY position", (name,))
-    return Mode(row["name"], row["host"], row["description"],
-                tuple(r["service"] for r in items),
-                tuple(r["service"] for r in items if r["sleep_on_idle"]))
+    return mode
 
 
 def list_modes(store: Store, host: str | None = None) -> list[Mode]:
-    if host:
-        rows = store.query("SELECT name FROM modes WHERE host = ? ORDER BY name", (host,))
-    else:
-        rows = store.query("SELECT name FROM modes ORDER BY host, name")
-    return [get_mode(store, r["name"]) for r in rows]
+    return [get_mode(store, name) for name in table.names(store, host)]
 
 
 def current_mode(store: Store, host: str) -> str | None:
-    row = store.query_one("SELECT current_mode FROM host_state WHERE host = ?", (host,))
-    return row["current_mode"] if row else None
+    return table.current(store, host)
 
 
 def _record_current(store: Store, host: str, mode: str | None) -> None:
-    with store.transaction() as db:
-        db.execute("INSERT INTO host_state (host, current_mode) VALUES (?, ?) "
-                   "ON CONFLICT(host) DO UPDATE SET current_mode = excluded.current_mode, "
-                   "updated_at = datetime('now')", (host, mode))
+    table.set_current(store, host, mode)
 
 
 def create_mode(store: Store, name: str, services: list[str], *, host: str,
@@ -107,24 +84,18 @@ def create_mode(store: Store, name: str, services: list[str], *, host: str,
         if spec.host != host:
             raise UsageError(f"service {item} runs on {spec.host}, not {host}",
                              hint="a mode groups services of one host")
-    with store.transaction() as db:
-        if db.execute("SELECT 1 FROM modes WHERE name = ?", (name,)).fetchone():
+    with store.transaction():
+        if table.get(store, name) is not None:
             raise ConflictError(f"mode {name!r} already exists",
                                 hint="delete it first, or pick another name")
-        db.execute("INSERT INTO modes (name, host, description) VALUES (?, ?, ?)",
-                   (name, host, description))
-        db.executemany("INSERT INTO mode_services (mode, service, position, sleep_on_idle) "
-                       "VALUES (?, ?, ?, ?)",
-                       [(name, s, i, int(s in sleepy)) for i, s in enumerate(services)])
+        table.insert(store, name, host=host, description=description, services=services,
+                     sleep_on_idle=sleepy)
     return get_mode(store, name)
 
 
 def delete_mode(store: Store, name: str) -> Mode:
     mode = get_mode(store, name)
-    with store.transaction() as db:
-        db.execute("DELETE FROM modes WHERE name = ?", (name,))
-        db.execute("UPDATE host_state SET current_mode = NULL WHERE host = ? AND "
-                   "current_mode = ?", (mode.host, name))
+    table.delete(store, mode)
     return mode
 
 
@@ -176,9 +147,7 @@ def plan_switch(store: Store, name: str, *, keep_warm: bool = False,
         raise NotFoundError(f"mode {name} lists unknown services: {', '.join(missing)}")
     ordered = lifecycle.dependency_order(specs, target_specs)
     target = {s.name for s in ordered}
-    listed = {r["service"] for r in store.query(
-        "SELECT ms.service FROM mode_services ms JOIN modes m ON m.name = ms.mode "
-        "WHERE m.host = ?", (mode.host,))}
+    listed = table.services_in_modes(store, mode.host)
     # a mode's services and the dependencies started with them
     in_modes = {s.name for s in lifecycle.dependency_order(
         specs, [by_name[n] for n in listed if n in by_name])}
@@ -361,16 +330,12 @@ class _Steps:
                                  transport=self.transport)
 
     def sleep(self, service: str) -> Any:
-        from gpumod.ops.sleep import sleep_runtime
-
         with lifecycle.held(service, self.what):
-            return sleep_runtime(self.store, self._rt(service), progress=self.progress)
+            return lifecycle.sleep_held(self.store, self._rt(service), progress=self.progress)
 
     def wake(self, service: str) -> Any:
-        from gpumod.ops.sleep import wake_runtime
-
         with lifecycle.held(service, self.what):
-            return wake_runtime(self.store, self._rt(service), progress=self.progress,
+            return lifecycle.wake_held(self.store, self._rt(service), progress=self.progress,
                                 timeout=self.timeout)
 
     def stop(self, service: str) -> lifecycle.StopResult:

@@ -27,7 +27,6 @@ still run, and `pi stop NAME` / `pi list --prune` finish it later.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +46,7 @@ from gpumod.ops import machine, ray_nodes
 from gpumod.ops import probe as probes
 from gpumod.ops.services import is_multinode
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as services_table
 from gpumod.store.db import Store
 from gpumod.supervise.base import ProcessState
 
@@ -111,18 +111,15 @@ def update(store: Store, name: str, change: Callable[[dict[str, Any]], None], *,
     starting: only while the record says 'starting' (else ConflictError: a start
     recording a node's identity must not run it once somebody else changed the record).
     """
-    with store.transaction() as db:
-        row = db.execute("SELECT state, spec FROM services WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise ConflictError(f"{name} was removed while it was being changed")
-        if starting and row["state"] != machine.Phase.STARTING.value:
+    def edit(state: str, extra: dict[str, Any]) -> None:
+        if starting and state != machine.Phase.STARTING.value:
             raise ConflictError(f"{name} is no longer starting; its Ray node is not run")
-        extra = json.loads(row["spec"])
         mn = dict(extra.get(KEY) or {})
         change(mn)
         extra[KEY] = mn
-        db.execute("UPDATE services SET spec = ?, updated_at = datetime('now') WHERE name = ?",
-                   (json.dumps(extra, sort_keys=True), name))
+
+    if not services_table.change_extra(store, name, edit):
+        raise ConflictError(f"{name} was removed while it was being changed")
 
 
 def record_node(store: Store, name: str, pod: str, pid: int | None) -> None:
@@ -250,7 +247,8 @@ def stop_everywhere(store: Store, spec: ServiceSpec, pods: Sequence[str], *, vll
 
 
 def stop_held(store: Store, spec: ServiceSpec, *, forget: bool, timeout: float = 20,
-              progress: Callable[[str], None] = lambda s: None, failed: str = "") -> Any:
+              progress: Callable[[str], None] = lambda s: None, failed: str = ""
+              ) -> machine.StopResult:
     """The lifecycle's stop for a multi-node deployment (the caller holds its lock).
 
     'stopping' is recorded first; then vLLM on the head and the Ray node of every pod not
@@ -259,8 +257,6 @@ def stop_held(store: Store, spec: ServiceSpec, *, forget: bool, timeout: float =
     names the others, and the error (its kind kept: exit 5 for an unreachable pod) says
     `pi stop NAME` finishes it.
     """
-    from gpumod.ops.lifecycle import StopResult
-
     mn = record(spec)
     done = set(mn.get("stopped") or [])
     pending = [p for p in mn["pods"] if p not in done]
@@ -286,7 +282,7 @@ def stop_held(store: Store, spec: ServiceSpec, *, forget: bool, timeout: float =
                      pid=None, reserved_mib=None, note=failed)
     store.log_event("stop", host=spec.host, service=spec.name,
                     detail=f"{outcome}; Ray stopped on {', '.join(mn['pods'])}")
-    return StopResult(spec.name, spec.host, outcome, forget)
+    return machine.StopResult(spec.name, spec.host, outcome, forget)
 
 
 def unconfirmed(store: Store, spec: ServiceSpec, done: list[str],

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from gpumod.engines.base import get_engine
+from gpumod.engines.registry import get_engine
 from gpumod.errors import (
     Cancelled,
     CapacityError,
@@ -42,8 +42,9 @@ from gpumod.errors import (
 from gpumod.ops import lifecycle, locks, machine, ray_nodes
 from gpumod.ops import multinode as mn_ops
 from gpumod.ops import services as records
+from gpumod.ops.addresses import bind_address, service_dir
 from gpumod.ops.endpoints import endpoint_url
-from gpumod.ops.launch import bind_address, service_dir, wait_healthy
+from gpumod.ops.launch import wait_healthy
 from gpumod.ops.runtime import LaunchOptions, Runtime, runtime
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store

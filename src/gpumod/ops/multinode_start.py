@@ -34,7 +34,8 @@ from typing import Any
 
 from gpumod import validate
 from gpumod.catalog.models import Selection, find_model, select_multinode
-from gpumod.engines.base import flag_value, get_engine, parse_context, parse_memory, replace_flag
+from gpumod.engines.base import flag_value, parse_context, parse_memory, replace_flag
+from gpumod.engines.registry import get_engine
 from gpumod.errors import (
     CapacityError,
     ConflictError,
@@ -61,6 +62,7 @@ from gpumod.ops.startplan import (
     validate_model,
 )
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as services_table
 from gpumod.store.db import Store
 
 Output = Callable[[str], None]
@@ -224,8 +226,8 @@ def start(store: Store, req: StartRequest, pods: list[str], *,
         raise UsageError(f"invalid model {req.model!r}",
                          hint="OWNER/REPO:FILE is for GGUF files with llama.cpp, on one pod")
     hosts = _check_pods(store, req, pods)
-    if store.query_one("SELECT 1 FROM services WHERE name = ?", (req.name,)):
-        existing = records.get_service(store, req.name)
+    existing = services_table.get(store, req.name)
+    if existing is not None:
         raise ConflictError(f"a service named {req.name!r} already exists (on {existing.host})",
                             hint=f"pick another --name, or `pi stop {req.name}` first")
     if all(h.gpus for h in hosts):  # the arguments checked before any pod is asked

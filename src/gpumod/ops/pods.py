@@ -22,6 +22,7 @@ from gpumod.errors import (
     Cancelled,
     ConfigError,
     ConflictError,
+    GpumodError,
     NotFoundError,
     RemoteCommandError,
     UsageError,
@@ -211,7 +212,12 @@ def run_bootstrap(transport: Transport, root: str, argv: list[str],
                 on_event(event)
         code = out.returncode
     except KeyboardInterrupt:
-        _kill_remote_setup(transport, root)
+        problem = _kill_remote_setup(transport, root)
+        if problem:
+            raise Cancelled(f"{transport.label}: setup cancelled and nothing was recorded; "
+                            f"the remote script could not be stopped ({problem})",
+                            hint=f"it may still run there; its process id is in "
+                                 f"{root}/setup.pid") from None
         raise Cancelled(f"{transport.label}: setup cancelled; the remote script was stopped "
                         "and nothing was recorded") from None
     if code != 0:
@@ -225,16 +231,18 @@ def run_bootstrap(transport: Transport, root: str, argv: list[str],
     return facts
 
 
-def _kill_remote_setup(transport: Transport, root: str) -> None:
+def _kill_remote_setup(transport: Transport, root: str) -> str | None:
+    """Stop the setup script's process group on the host; why it could not, or None."""
     script = ('pid=$(cat "$1/setup.pid" 2>/dev/null) || exit 0; '
               'kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; '
               'for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 -- "-$pid" 2>/dev/null || break; '
               'sleep 0.5; done; kill -KILL -- "-$pid" 2>/dev/null; rm -f "$1/setup.pid"; exit 0')
     try:
         # bash, not sh: dash's kill does not take `--` before a process group.
-        transport.run(["bash", "-c", script, "bash", root], timeout=30)
-    except Exception:
-        pass
+        result = transport.run(["bash", "-c", script, "bash", root], timeout=30)
+    except GpumodError as exc:  # the pod dropped, the command timed out
+        return exc.message
+    return None if result.ok else f"exit {result.returncode}: {result.stderr.strip()[:200]}"
 
 
 def parse_progress(line: str) -> SetupEvent:

@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gpumod.engines.base import Engine, get_engine
+from gpumod.engines.base import Engine
+from gpumod.engines.registry import get_engine
 from gpumod.engines.sleep import SleepCapable, sleep_capability
 from gpumod.engines.vllm import DEV_MODE_ENV, check_dev_mode, prepare_vllm_launch
 from gpumod.errors import UsageError
@@ -19,7 +20,7 @@ from gpumod.hosts.http import Endpoint
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
-from gpumod.ops.launch import bind_address, dev_mode, probe_address, service_dir
+from gpumod.ops.addresses import bind_address, dev_mode, probe_address, service_dir
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 from gpumod.supervise.base import LaunchPlan, ProcessState, Supervisor

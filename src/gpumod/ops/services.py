@@ -13,13 +13,13 @@ state 'stopped'.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 
 from gpumod import validate
 from gpumod.errors import CapacityError, ConflictError, NotFoundError, UsageError
 from gpumod.hosts.model import Host
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as table
 from gpumod.store.db import Store
 
 FIRST_PORT = 8001
@@ -28,20 +28,16 @@ ORIGIN_START = "pi start"
 
 
 def get_service(store: Store, name: str) -> ServiceSpec:
-    row = store.query_one("SELECT * FROM services WHERE name = ?", (name,))
-    if row is None:
-        names = [r["name"] for r in store.query("SELECT name FROM services ORDER BY name")]
+    spec = table.get(store, name)
+    if spec is None:
+        names = table.names(store)
         hint = f"known: {', '.join(names)}" if names else "nothing is deployed; see `pi start`"
         raise NotFoundError(f"unknown service {name!r}", hint=hint)
-    return ServiceSpec.from_row(row)
+    return spec
 
 
 def list_services(store: Store, host: str | None = None) -> list[ServiceSpec]:
-    if host is None:
-        rows = store.query("SELECT * FROM services ORDER BY host, port")
-    else:
-        rows = store.query("SELECT * FROM services WHERE host = ? ORDER BY port", (host,))
-    return [ServiceSpec.from_row(r) for r in rows]
+    return table.list_all(store, host)
 
 
 def is_deployment(spec: ServiceSpec) -> bool:
@@ -82,15 +78,14 @@ def reserve(store: Store, spec: ServiceSpec, host: Host, *, listening: set[int],
     GPUs, or None to keep spec.gpus. Dependencies must exist on the same host.
     """
     validate.name(spec.name, "service name")
-    with store.transaction() as db:
-        row = db.execute("SELECT host FROM services WHERE name = ?", (spec.name,)).fetchone()
-        if row:
-            raise ConflictError(f"a service named {spec.name!r} already exists (on {row['host']})",
+    with store.transaction():
+        same = table.get(store, spec.name)
+        if same is not None:
+            raise ConflictError(f"a service named {spec.name!r} already exists (on {same.host})",
                                 hint=name_hint or f"pick another --name, or `pi stop {spec.name}` "
                                                   "first")
-        rows = db.execute("SELECT name, port, gpus FROM services WHERE host = ?",
-                          (host.name,)).fetchall()
-        taken = {r["port"]: r["name"] for r in rows}
+        neighbours = table.list_all(store, host.name)
+        taken = {s.port: s.name for s in neighbours}
         if port is not None:
             validate.port(port)
             if port in taken:
@@ -107,33 +102,25 @@ def reserve(store: Store, spec: ServiceSpec, host: Host, *, listening: set[int],
                 raise CapacityError(f"no free port between {FIRST_PORT} and {LAST_PORT} "
                                     f"on {host.name}")
         for dep in spec.depends_on:
-            found = db.execute("SELECT host FROM services WHERE name = ?", (dep,)).fetchone()
+            found = table.get(store, dep)
             if found is None:
                 raise NotFoundError(f"dependency {dep!r} is not a service", hint="add it first")
-            if found["host"] != host.name:
-                raise UsageError(f"dependency {dep!r} runs on {found['host']}, not {host.name}")
+            if found.host != host.name:
+                raise UsageError(f"dependency {dep!r} runs on {found.host}, not {host.name}")
         gpus = spec.gpus if gpu_count is None else \
-            pick_gpus(host, gpu_count, (json.loads(r["gpus"]) for r in rows))
+            pick_gpus(host, gpu_count, (s.gpus for s in neighbours))
         reserved = spec.with_(host=host.name, port=chosen, gpus=gpus, state=state, pid=None)
-        values = reserved.row_values()
-        # Column names come from ServiceSpec.row_values(), never from input.
-        db.execute(f"INSERT INTO services ({', '.join(values)}) "  # noqa: S608
-                   f"VALUES ({', '.join('?' for _ in values)})", tuple(values.values()))
+        table.insert(store, reserved)
     return reserved
 
 
 def save_args(store: Store, name: str, args: Sequence[str]) -> None:
-    with store.transaction() as db:
-        db.execute("UPDATE services SET args = ?, updated_at = datetime('now') WHERE name = ?",
-                   (json.dumps(list(args)), name))
+    table.set_args(store, name, args)
 
 
 def save_gpus(store: Store, name: str, gpus: Sequence[int]) -> None:
-    with store.transaction() as db:
-        db.execute("UPDATE services SET gpus = ?, updated_at = datetime('now') WHERE name = ?",
-                   (json.dumps(list(gpus)), name))
+    table.set_gpus(store, name, gpus)
 
 
 def drop(store: Store, name: str) -> None:
-    with store.transaction() as db:
-        db.execute("DELETE FROM services WHERE name = ?", (name,))
+    table.delete(store, name)

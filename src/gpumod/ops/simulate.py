@@ -18,6 +18,9 @@ from gpumod.hosts.transports.base import Transport
 from gpumod.ops import sizing
 from gpumod.planner import estimate as est
 from gpumod.spec import ServiceSpec
+from gpumod.store import hosts as hosts_table
+from gpumod.store import modes as modes_table
+from gpumod.store import services as services_table
 from gpumod.store.db import Store
 
 
@@ -72,6 +75,13 @@ def simulate(store: Store, *, host: str, services: list[str] | None = None,
                                   warnings=warnings, margin_mib=margin_mib)
 
 
+def picture(result: Any) -> str:
+    """The ASCII VRAM picture of a simulation (`gpumod simulate --visual`)."""
+    from gpumod.planner.picture import render_gpu_bars
+
+    return render_gpu_bars(result.bars())
+
+
 def _host_or_none(store: Store, name: str, get_host: Any) -> Any:
     try:
         return get_host(store, name)
@@ -112,34 +122,31 @@ def _request(store: Store, spec: ServiceSpec, host: Any, context: int | None, hu
 def service_specs(store: Any, names: list[str]) -> list[ServiceSpec]:
     specs = []
     for name in names:
-        row = store.query_one("SELECT * FROM services WHERE name = ?", (name,))
-        if row is None:
-            known = [r["name"] for r in store.query("SELECT name FROM services ORDER BY name")]
+        spec = services_table.get(store, name)
+        if spec is None:
+            known = services_table.names(store)
             raise NotFoundError(f"unknown service {name!r}",
                                 hint=("known: " + ", ".join(known)) if known else
                                 "define one with `gpumod service add`")
-        specs.append(ServiceSpec.from_row(row))
+        specs.append(spec)
     return specs
 
 
 def mode_services(store: Any, mode: str) -> tuple[str, list[str]]:
-    row = store.query_one("SELECT * FROM modes WHERE name = ?", (mode,))
-    if row is None:
-        known = [r["name"] for r in store.query("SELECT name FROM modes ORDER BY name")]
+    found = modes_table.get(store, mode)
+    if found is None:
+        known = modes_table.names(store)
         raise NotFoundError(f"unknown mode {mode!r}",
                             hint=("known: " + ", ".join(known)) if known else
                             "define one with `gpumod mode create`")
-    names = [r["service"] for r in store.query(
-        "SELECT service FROM mode_services WHERE mode = ? ORDER BY position, service", (mode,))]
-    return row["host"], names
+    return found.host, list(found.services)
 
 
 def host_gpus(store: Store, host: str) -> list[Any]:
     """The host's GPUs as the inventory recorded them (nothing in use)."""
     from gpumod.planner.placement import GPUState
 
-    rows = store.query("SELECT * FROM gpus WHERE host = ? ORDER BY idx", (host,))
-    return [GPUState(r["idx"], r["name"], int(r["memory_mib"]), 0) for r in rows]
+    return [GPUState(g.index, g.name, g.memory_mib, 0) for g in hosts_table.gpus(store, host)]
 
 
 def live_usage(store: Store, host: str, names: list[str], transport: Transport, *,
@@ -155,10 +162,9 @@ def live_usage(store: Store, host: str, names: list[str], transport: Transport, 
     snap = snapshot(transport, timeout=timeout)
     if snap is None:
         return None
-    rows = store.query("SELECT name, pid, sleep_mode, gpus FROM services "
-                       "WHERE host = ? AND pid IS NOT NULL AND pid > 0", (host,))
-    roots = {r["name"]: int(r["pid"]) for r in rows}
-    sleep_modes = {r["name"]: r["sleep_mode"] for r in rows}
+    running = [s for s in services_table.list_all(store, host) if s.pid and s.pid > 0]
+    roots = {s.name: int(s.pid or 0) for s in running}
+    sleep_modes = {s.name: s.sleep_mode for s in running}
     owner, tree_note = owners(transport, roots) if snap.processes else ({}, "")
     return plan_usage(snap, names, owner, sleep_modes, tree_note, leaving=leaving)
 

@@ -13,27 +13,39 @@ fails: restart (stop, start, health, canary). Engines without sleep are started.
 Every step is logged in the events table and returned in a SleepReport. The record
 moves through the lifecycle's states (gpumod.ops.machine): 'sleeping' is written before
 the sleep request it announces, 'running' once a wake is verified; a fallback stop is
-the lifecycle's own stop. Callers hold the service's lock (``sleep_service`` /
-``wake_service`` take it).
+the lifecycle's own stop. The lifecycle (gpumod.ops.lifecycle: ``sleep``, ``wake``,
+``sleep_held``, ``wake_held``) is the API: it takes the service's lock and hands in its own
+stop and start (:class:`Moves`) for the fallbacks, so this module never imports it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpumod.engines.checks import memory_dropped
 from gpumod.errors import EngineError, GpumodError, UsageError
 from gpumod.hosts.processes import tree_gpu_mib
-from gpumod.hosts.transports.base import Transport
-from gpumod.ops import lifecycle, machine
+from gpumod.ops import machine
 from gpumod.ops.launch import _quiet
-from gpumod.ops.lifecycle import Progress, Runtime
+from gpumod.ops.runtime import Runtime
+from gpumod.ops.services import get_service
 from gpumod.store.db import Store
 
+Progress = Callable[[str], None]
+
 LEVELS = {"1": "l1", "2": "l2", "l1": "l1", "l2": "l2", "router": "router"}
+
+
+@dataclass(frozen=True)
+class Moves:
+    """The lifecycle's own moves for one service, which the fallbacks use."""
+
+    stop: Callable[[], object]       # stop it, recorded (its memory is then surely free)
+    start: Callable[[], object]      # start it (or wake it) and wait until it is ready
 
 
 @dataclass
@@ -93,8 +105,19 @@ def _fallbacks(rt: Runtime, requested: str) -> list[str]:
     return ["router", "stop"]
 
 
-def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
+def check_ready(rt: Runtime, *, canary_check: bool = True) -> None:
+    """Health 200 and (for OpenAI-style engines) a one-token canary answer."""
+    from gpumod.engines.checks import canary, wait_healthy
+
+    wait_healthy(rt.endpoint, rt.health_path, timeout=60, alive=rt.alive, what=rt.spec.name)
+    if canary_check and rt.spec.engine in {"vllm", "llamacpp"}:
+        model = rt.sleep.canary_model(rt.endpoint) if rt.sleep else None
+        canary(rt.endpoint, model=model, what=rt.spec.name)
+
+
+def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *, moves: Moves,
                   progress: Progress = _quiet) -> SleepReport:
+    """Put the service of RT to sleep, verified; the caller holds its lock."""
     spec = rt.spec
     if rt.sleep is None:
         requested = "stop"
@@ -117,8 +140,7 @@ def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
     for step in steps:
         if step == "stop":
             try:
-                lifecycle.stop_held(store, lifecycle.get_service(store, spec.name), forget=False,
-                                    transport=rt.transport, progress=progress)
+                moves.stop()
                 report.attempts.append(Attempt("stop", True, "stopped to free the memory"))
                 report.result, report.ok = "stopped", True
                 report.memory_after_mib = 0 if report.memory_before_mib is not None else None
@@ -165,8 +187,10 @@ def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
     return report
 
 
-def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
-                 timeout: float = lifecycle.DEFAULT_HEALTH_TIMEOUT) -> SleepReport:
+def wake_runtime(store: Store, rt: Runtime, *, moves: Moves,
+                 progress: Progress = _quiet) -> SleepReport:
+    """Wake the service of RT, verified, restarting it if that fails; the caller holds its
+    lock."""
     spec = rt.spec
     level = spec.sleep_mode if spec.sleep_mode != "none" else "start"
     report = SleepReport(spec.name, "wake", level)
@@ -174,10 +198,8 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
     if not rt.alive():
         # stopped (no sleep support, or a sleep that fell back to stop): start it
         try:
-            lifecycle.ensure_ready_held(store, lifecycle.get_service(store, spec.name),
-                                        timeout=timeout, progress=progress,
-                                        transport=rt.transport)
-            lifecycle.check_ready(rt)
+            moves.start()
+            check_ready(rt)
             report.attempts.append(Attempt("start", True))
             report.result, report.ok = "started", True
         except GpumodError as exc:
@@ -195,7 +217,7 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
                 rt.sleep.wake(rt.endpoint, level)
             if rt.sleep.is_sleeping(rt.endpoint):
                 raise EngineError("the engine still reports sleeping after wake")
-            lifecycle.check_ready(rt)
+            check_ready(rt)
             report.attempts.append(Attempt(f"wake {level}", True, "healthy, canary answered"))
             report.result, report.ok = "awake", True
         except GpumodError as exc:
@@ -203,49 +225,26 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
             progress(f"{spec.name}: wake failed ({exc.message}); restarting")
     else:
         try:
-            lifecycle.check_ready(rt)
+            check_ready(rt)
             report.attempts.append(Attempt("check", True, "already awake"))
             report.result, report.ok = "awake", True
         except GpumodError as exc:
             report.attempts.append(Attempt("check", False, exc.message))
     if not report.ok:
         try:
-            lifecycle.stop_held(store, lifecycle.get_service(store, spec.name), forget=False,
-                                transport=rt.transport, progress=progress)
-            lifecycle.ensure_ready_held(store, lifecycle.get_service(store, spec.name),
-                                        timeout=timeout, progress=progress,
-                                        transport=rt.transport)
-            lifecycle.check_ready(rt)
+            moves.stop()
+            moves.start()
+            check_ready(rt)
             report.attempts.append(Attempt("restart", True))
             report.result, report.ok = "restarted", True
         except GpumodError as exc:
             report.attempts.append(Attempt("restart", False, exc.message))
             report.result = "failed"
     if report.ok:
-        if lifecycle.get_service(store, spec.name).state != machine.Phase.READY.value:
+        if get_service(store, spec.name).state != machine.Phase.READY.value:
             machine.move(store, spec.name, machine.Phase.READY, pid=rt.pid())
         report.memory_after_mib = _memory(rt)
     report.seconds = time.monotonic() - t0
     store.log_event("wake" if report.ok else "wake-failed", host=spec.host, service=spec.name,
                     detail=report.summary())
     return report
-
-
-def sleep_service(store: Store, name: str, level: str | None = None, *,
-                  progress: Progress = _quiet, transport: Transport | None = None,
-                  wait: float = lifecycle.LOCK_WAIT) -> SleepReport:
-    """Put NAME to sleep, verified, with fallbacks (the lifecycle's sleep)."""
-    with lifecycle.changing(store, name, f"service sleep {name}", wait=wait,
-                            progress=progress) as spec:
-        rt = lifecycle.runtime(store, spec, transport=transport)
-        return sleep_runtime(store, rt, level, progress=progress)
-
-
-def wake_service(store: Store, name: str, *, progress: Progress = _quiet,
-                 transport: Transport | None = None, wait: float = lifecycle.LOCK_WAIT
-                 ) -> SleepReport:
-    """Wake NAME, verified (health and a canary), restarting it if that fails."""
-    with lifecycle.changing(store, name, f"service wake {name}", wait=wait,
-                            progress=progress) as spec:
-        rt = lifecycle.runtime(store, spec, transport=transport)
-        return wake_runtime(store, rt, progress=progress)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from gpumod import validate
 from gpumod.catalog.models import KnownModel, Selection, find_model, require_selection
-from gpumod.engines.base import Engine, get_engine, parse_context, parse_memory
+from gpumod.engines.base import Engine, parse_context, parse_memory
+from gpumod.engines.registry import get_engine
 from gpumod.errors import ConfigError, NotFoundError, UsageError
 from gpumod.hosts.model import Host
 from gpumod.spec import ServiceSpec

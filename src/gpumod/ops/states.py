@@ -28,15 +28,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpumod.engines.base import Engine, get_engine
+from gpumod.engines.base import Engine
+from gpumod.engines.registry import get_engine
 from gpumod.errors import GpumodError, TransportError, UsageError
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
 from gpumod.ops import probe as probes
 from gpumod.ops import services as records
+from gpumod.ops.addresses import bind_address, probe_address, service_dir
 from gpumod.ops.endpoints import endpoint_url
-from gpumod.ops.launch import bind_address, probe_address, service_dir
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 from gpumod.supervise.base import LaunchPlan, ProcessState

@@ -8,6 +8,7 @@ from typing import Any
 from gpumod.errors import RemoteCommandError
 from gpumod.hosts import gpus as gpuinfo
 from gpumod.ops import hosts as hostops
+from gpumod.store import services as services_table
 from gpumod.store.db import Store
 
 
@@ -34,8 +35,8 @@ def host_status(store: Store, pod: str | None) -> HostStatus:
             raise RemoteCommandError(f"pod {host.name}: nvidia-smi is not available any more",
                                      returncode=127, hint="is the driver loaded on the pod?")
         return status
-    by_pid = {row["pid"]: row["name"] for row in store.query(
-        "SELECT name, pid FROM services WHERE host = ? AND pid IS NOT NULL", (host.name,))}
+    by_pid = {s.pid: s.name for s in services_table.list_all(store, host.name)
+              if s.pid is not None}
     index_of = {u.gpu.uuid: u.gpu.index for u in snap.gpus}
     for usage in snap.gpus:
         status.gpus.append({

@@ -202,10 +202,8 @@ class Watcher:
             return
         if now - track.idle_since < ttl:
             return
-        from gpumod.ops.sleep import sleep_runtime
-
         with lifecycle.changing(self.store, spec.name, "watch: idle sleep", wait=0) as cur:
-            report = sleep_runtime(self.store, lifecycle.runtime(
+            report = lifecycle.sleep_held(self.store, lifecycle.runtime(
                 self.store, cur, transport=self.transport), progress=lambda _m: None)
         track.idle_since = None
         self.action(spec.name, "idle-sleep" if report.ok else "idle-sleep-failed",

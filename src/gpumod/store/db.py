@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 
 from gpumod import paths
 from gpumod.errors import ConfigError
-from gpumod.store import faults
+from gpumod.store import faults, settings
 from gpumod.store.migrations import MIGRATIONS
 
 #: how long a command waits for another command's write lock before giving up (exit 4)
@@ -199,25 +199,16 @@ class Store:
     def query_one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
         return self.db.execute(sql, params).fetchone()
 
+    # The settings and events tables (store/settings.py), at hand on every store.
     def get_setting(self, key: str, default: str | None = None) -> str | None:
-        row = self.query_one("SELECT value FROM settings WHERE key = ?", (key,))
-        return row["value"] if row else default
+        return settings.get(self, key, default)
 
     def set_setting(self, key: str, value: str) -> None:
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO settings (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+        settings.put(self, key, value)
 
     def log_event(self, action: str, *, host: str | None = None, service: str | None = None,
                   detail: str = "") -> None:
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO events (host, service, action, detail) VALUES (?, ?, ?, ?)",
-                (host, service, action, detail),
-            )
+        settings.log_event(self, action, host=host, service=service, detail=detail)
 
     def close(self) -> None:
         self.db.close()

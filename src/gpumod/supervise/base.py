@@ -20,12 +20,13 @@ engine never runs.
 
 from __future__ import annotations
 
-import contextlib
 import posixpath
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+
+from gpumod.errors import GpumodError, add_hint
 
 
 class ProcessState(str, Enum):
@@ -99,9 +100,12 @@ class Supervisor(ABC):
         if before_run is not None:
             try:
                 before_run(held)
-            except BaseException:
-                with contextlib.suppress(Exception):
+            except BaseException as exc:
+                try:
                     self.stop(plan, timeout=5)
+                except GpumodError as stop_exc:  # say so: the held launcher may be left
+                    add_hint(exc, f"the held launcher of {plan.service} could not be "
+                                  f"stopped: {stop_exc.message}")
                 raise
         return self.release(plan, held)
 

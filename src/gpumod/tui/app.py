@@ -169,7 +169,7 @@ class GpumodApp(App[None]):
         try:
             hosts = self.bridge.host_list()
         except GpumodError as exc:
-            self.call_from_thread(self.say, self.bridge.error_text(exc), "red")
+            self.call_from_thread(self.say, exc.text(), "red")
             hosts = []
         self.call_from_thread(self._show_hosts, hosts)
 
@@ -291,7 +291,7 @@ class GpumodApp(App[None]):
         try:
             command = parse(line)
         except GpumodError as exc:
-            self.say(Text(self.bridge.error_text(exc), style="red"))
+            self.say(Text(exc.text(), style="red"))
             return
         self.run_command(command)
 
@@ -344,7 +344,7 @@ class GpumodApp(App[None]):
             result = call(progress)
         except GpumodError as exc:
             self.call_from_thread(self._command_done, command, label, None,
-                                  self.bridge.error_text(exc))
+                                  exc.text())
             return
         except Exception as exc:  # a bug: show it, keep the dashboard alive
             self.call_from_thread(self._command_done, command, label, None,

@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from gpumod.errors import UsageError
-from gpumod.units import parse_tokens
+from gpumod.ops import inputs
 
 # name -> (usage, help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,7 +51,7 @@ def help_lines() -> list[str]:
 
 
 def _names(value: str, option: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    names = tuple(inputs.names(value))
     if not names:
         raise UsageError(f"{option} needs service names, e.g. {option} a,b")
     return names
@@ -124,14 +124,8 @@ def _parse_simulate(words: list[str]) -> Command:
             elif option == "--remove":
                 remove += _names(value, option)
             else:
-                service, sep, tokens = value.partition("=")
-                try:
-                    if not sep or not service:
-                        raise UsageError("no NAME=")
-                    contexts[service] = parse_tokens(tokens, what="--context")
-                except UsageError:
-                    raise UsageError(f"--context wants NAME=TOKENS (e.g. chat=16384 or "
-                                     f"chat=16k), got {value!r}") from None
+                service, tokens = inputs.context_item(value, option)
+                contexts[service] = tokens
         elif word.startswith("-"):
             raise UsageError(f"unknown option {word!r} for /simulate",
                              hint="use --add, --remove, --context")

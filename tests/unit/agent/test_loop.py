@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from gpumod.agent.client import make_client
 from gpumod.agent.events import Final, Notice, TextDelta, ThinkingDelta, ToolCall, ToolResult, Usage
-from gpumod.agent.loop import Agent, make_client, needs_responses_api, system_prompt
+from gpumod.agent.loop import Agent, needs_responses_api, system_prompt
 from gpumod.agent.tools import Tools
 from gpumod.errors import ConfigError, EngineError
 from tests.support.real import free_port

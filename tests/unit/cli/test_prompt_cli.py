@@ -11,6 +11,7 @@ from gpumod.errors import ConfigError, NotFoundError
 from gpumod.ops.endpoints import endpoint_for
 from gpumod.ops.services import get_service
 from gpumod.spec import ServiceSpec
+from gpumod.store import services as services_table
 from gpumod.store.db import open_store
 from tests.support.cli import run_cli
 from tests.support.stub_server import StubServer
@@ -28,11 +29,7 @@ def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def add_service(name: str, host: str, port: int, model: str = "Qwen/Qwen3-0.6B",
                 args: tuple[str, ...] = ()) -> ServiceSpec:
     spec = ServiceSpec(name=name, host=host, engine="vllm", model=model, port=port, args=args)
-    values = spec.row_values()
-    store = open_store()
-    with store.transaction() as db:
-        db.execute(f"INSERT INTO services ({', '.join(values)}) "
-                   f"VALUES ({', '.join('?' * len(values))})", tuple(values.values()))
+    services_table.insert(open_store(), spec)
     return spec
 
 

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpumod.engines.base import (
-    flag_value,
-    get_engine,
-    parse_context,
-    parse_memory,
-    replace_flag,
-)
+from gpumod.engines.base import flag_value, parse_context, parse_memory, replace_flag
+from gpumod.engines.registry import get_engine
 from gpumod.errors import UsageError
 from gpumod.spec import ServiceSpec
 

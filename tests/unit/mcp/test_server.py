@@ -144,6 +144,35 @@ def test_simulate_mode_errors(tmp_path: Path) -> None:
     assert bad_ctx.is_error and "contexts" in bad_ctx.content[0].text
 
 
+def test_tool_errors_carry_their_kind_and_exit_code(tmp_path: Path, monkeypatch) -> None:
+    """A client branches on the error's kind (the error class's code) and exit code, not
+    on the wording of the message: through the SDK's own client session."""
+    _two_services(tmp_path)
+    define_mode(open_store(), "huge", ["chat", "coder", "big"])
+    monkeypatch.delenv("GPUMOD_LLM_BASE_URL", raising=False)
+
+    async def action(client):
+        return {
+            "not_found": await client.call_tool("gpu_status", {"pod": "nosuchpod"}),
+            "usage": await client.call_tool("simulate_mode", {}),
+            "capacity": await client.call_tool("mode_switch", {"mode": "huge"}),
+            "config": await client.call_tool("plan_with_ai", {"prompt": "add a reranker"}),
+        }
+
+    results = with_client(action)
+    exit_codes = {"not_found": 3, "usage": 2, "capacity": 8, "config": 2}
+    for kind, result in results.items():
+        assert result.is_error, (kind, result.content)
+        data = result.structured_content
+        assert data is not None, kind
+        assert data["kind"] == kind and data["exit_code"] == exit_codes[kind], data
+        assert data["error"] and data["error"] in result.content[0].text
+    assert results["not_found"].structured_content["hint"].startswith("known: local")
+    assert "does not fit" in results["capacity"].structured_content["error"]
+    # the refused switch changed nothing: no mode became current
+    assert structured(call("mode_status"))["current_mode"] is None
+
+
 def test_plan_with_ai_without_an_endpoint_says_what_to_set(monkeypatch) -> None:
     for var in ("GPUMOD_LLM_BASE_URL", "GPUMOD_LLM_MODEL", "GPUMOD_LLM_API_KEY"):
         monkeypatch.delenv(var, raising=False)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gpumod.engines.base import get_engine
+from gpumod.engines.registry import get_engine
 from gpumod.errors import CapacityError, ConflictError, UsageError
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.local import LocalTransport
-from gpumod.ops import launch, lifecycle, probe, runtime, services
+from gpumod.ops import addresses, admission, launch, lifecycle, probe, runtime, services
 from gpumod.ops.probe import Probe
 from gpumod.ops.states import classify, host_status, service_status
 from gpumod.spec import ServiceSpec
@@ -60,16 +60,16 @@ def test_llamacpp_loading_is_starting():
 
 
 def test_one_bind_rule():
-    assert launch.bind_address(spec(), LOCAL) == "127.0.0.1"
-    assert launch.bind_address(spec(), POD) == "0.0.0.0"
+    assert addresses.bind_address(spec(), LOCAL) == "127.0.0.1"
+    assert addresses.bind_address(spec(), POD) == "0.0.0.0"
     # vLLM with sleep (dev endpoints, no auth): loopback whatever was asked
     for s in (spec(sleep_mode="l1", extra={"bind": "0.0.0.0"}),
               spec(env={"VLLM_SERVER_DEV_MODE": "1"})):
-        assert launch.bind_address(s, POD) == "127.0.0.1"
-    assert launch.bind_address(spec(engine="llamacpp", sleep_mode="router"), POD) == "0.0.0.0"
-    assert launch.bind_address(spec(extra={"bind": "0.0.0.0"}), LOCAL) == "0.0.0.0"
+        assert addresses.bind_address(s, POD) == "127.0.0.1"
+    assert addresses.bind_address(spec(engine="llamacpp", sleep_mode="router"), POD) == "0.0.0.0"
+    assert addresses.bind_address(spec(extra={"bind": "0.0.0.0"}), LOCAL) == "0.0.0.0"
     with pytest.raises(UsageError, match="invalid bind"):
-        launch.bind_address(spec(extra={"bind": "10.0.0.1;reboot"}), LOCAL)
+        addresses.bind_address(spec(extra={"bind": "10.0.0.1;reboot"}), LOCAL)
 
 
 def test_launch_plan_of_a_sleeping_vllm_on_a_pod_binds_loopback():
@@ -185,14 +185,14 @@ def test_admission_sets_the_launch_args_and_refuses_what_does_not_fit(fake_admis
     store = open_store()
     rt = runtime.runtime(store, spec("defined", gpus=(0,)), secrets={})
     notes: list[str] = []
-    admitted, estimate = launch.admit(store, rt, [], force=False, progress=notes.append)
+    admitted, estimate = admission.admit(store, rt, [], force=False, progress=notes.append)
     assert admitted.plan.argv[-2:] == ("--gpu-memory-utilization", "0.42")
     assert estimate == {"kv": 1} and notes == ["s: computed 0.42"]
     assert fake_admission == [("local", (0,), [], False)]
     huge = runtime.runtime(store, spec("defined", name="huge"), secrets={})
     with pytest.raises(CapacityError, match="does not fit"):
-        launch.admit(store, huge, None, force=False, progress=notes.append)
-    assert launch.admit(store, huge, None, force=True, progress=notes.append)[0].spec.args
+        admission.admit(store, huge, None, force=False, progress=notes.append)
+    assert admission.admit(store, huge, None, force=True, progress=notes.append)[0].spec.args
 
 
 def test_a_refused_pi_start_reservation_is_removed(fake_admission):

@@ -50,8 +50,8 @@ def test_simulate_options() -> None:
     ("/simulate a b", "one mode"),
     ("/simulate code --add", "--add needs a value"),
     ("/simulate code --add ,", "--add needs service names"),
-    ("/simulate code --context chat", "--context wants NAME=TOKENS"),
-    ("/simulate code --context chat=-5", "--context wants NAME=TOKENS"),
+    ("/simulate code --context chat", "--context wants SERVICE=TOKENS"),
+    ("/simulate code --context chat=-5", "--context wants SERVICE=TOKENS"),
     ("/simulate code --force", "unknown option"),
     ("/switch 'unclosed", "cannot read the command"),
 ])
