@@ -138,22 +138,31 @@ class Scheduler:
         try:
             await asyncio.wait({fut, watcher}, timeout=limit,
                                return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._abandon(slot, fut)
+            raise
         finally:
             watcher.cancel()
-        if fut.done() and not fut.cancelled():
-            if fut.exception() is None and not gone.is_set():
-                return
-            if fut.exception() is None:  # granted as the client left: give the slot back
-                self.release(slot)
-            elif not gone.is_set():
-                raise fut.exception()  # type: ignore[misc]
-        else:
-            fut.cancel()
-            if fut in slot.waiters:
-                slot.waiters.remove(fut)
+        if fut.done() and not fut.cancelled() and fut.exception() is None \
+                and not gone.is_set():
+            return
+        if fut.done() and not fut.cancelled() and fut.exception() is not None \
+                and not gone.is_set():
+            raise fut.exception()  # type: ignore[misc]
+        self._abandon(slot, fut)
         if gone.is_set():
             raise ClientGone()
         raise GatewayError(504, f"{slot.name} was not ready within {limit:g}s", "timeout")
+
+    def _abandon(self, slot: Slot, fut: asyncio.Future) -> None:
+        """A waiter that will not use its grant: give back what it got, leave the queue."""
+        if fut in slot.waiters:
+            slot.waiters.remove(fut)
+        if not fut.done():
+            fut.cancel()
+        elif not fut.cancelled():
+            if fut.exception() is None:
+                self.release(slot)  # granted just as the client left
 
     def release(self, slot: Slot) -> None:
         slot.activity.end(self.clock())
