@@ -116,10 +116,14 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
     from gpumod.ops import hosts as hostops
     from gpumod.ops.states import list_status, raise_if_unreachable
 
+    from gpumod.ops import gateway
+
     s = store()
     if all_pods and pod:
         raise UsageError("--pod and --all-pods exclude each other")
     names = None if all_pods else [hostops.resolve_host(s, pod).name]
+    hosts = names if names is not None else [h.name for h in hostops.list_hosts(s)]
+    gateway.reconcile_hosts(s, hosts)  # a pod's gateway may have slept or started services
     statuses = list_status(s, names)
     removed = deploy.prune(s, statuses) if prune else []
     shown = [st for st in statuses if st.spec.name not in removed]
@@ -142,6 +146,11 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
                 _err(f"{st.spec.name}: {st.state}: {st.detail}")
     for name in removed:
         _err(f"pruned {name}")
+    if not as_json:
+        for host in hosts:
+            rec = gateway.record(s, host)
+            if rec is not None:
+                click.echo(f"gateway on {host}: {rec.url}  (`gpumod gateway status`)")
     raise_if_unreachable(shown)
 
 

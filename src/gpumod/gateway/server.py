@@ -56,8 +56,11 @@ def serve(config: GatewayConfig, key: str) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = uvicorn.Server(uvicorn_config(build_app(config, key), config))
+    import gpumod
+
     logging.getLogger("gpumod.gateway").info(
-        "gateway for %s on http://%s:%d", config.host, config.bind, config.port)
+        "gateway for %s on http://%s:%d (gpumod %s from %s)", config.host, config.bind,
+        config.port, gpumod.__version__, os.path.dirname(gpumod.__file__))
     server.run()
     if not server.started:
         raise SystemExit(3)
