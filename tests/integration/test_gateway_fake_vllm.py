@@ -126,7 +126,7 @@ def test_sleeping_model_wakes_once_for_concurrent_requests(store, gateway):
     assert done.choices[0].text.strip() == "Echo: say"
     resp = gw.client().responses.create(model="chat", input="hello")
     assert resp.output_text
-    status, page = get(gw, "/metrics")
+    _status, page = get(gw, "/metrics")
     assert 'gpumod_gateway_requests_total{model="chat",code="200"} 9' in page
     assert 'gpumod_gateway_activation_seconds_count{model="chat",kind="wake",result="ok"} 1' \
         in page

@@ -49,12 +49,18 @@ def _err(message: str) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Do not stream the engine log while waiting.")
 @click.option("--force", is_flag=True,
               help="Start even where the planner says the model does not fit.")
+@click.option("--idle-ttl", metavar="TTL",
+              help="Put it to rest after this long idle (10m, 90s, 1h, never): the "
+                   "gateway and `gpumod watch` sleep or stop it.")
+@click.option("--alias", "aliases", multiple=True, metavar="NAME",
+              help="Another `model` name the gateway routes to it (repeatable).")
 @json_option
 @click.pass_context
 def start(ctx: click.Context, model: str | None, name: str | None, pod: str | None,
           engine: str | None, memory: str | None, context: str | None, gpus: int | None,
           port: int | None, deadline: float | None, health_path: str | None,
-          no_download: bool, quiet: bool, force: bool, as_json: bool) -> None:
+          no_download: bool, quiet: bool, force: bool, idle_ttl: str | None,
+          aliases: tuple[str, ...], as_json: bool) -> None:
     """Start MODEL (HF id, or a path on the host) as an OpenAI-compatible endpoint.
 
     \b
@@ -83,7 +89,8 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
     req = deploy.StartRequest(model=model, name=name, pod=pod, engine=engine, memory=memory,
                               context=context, gpus=gpus, port=port, custom_args=custom,
                               deadline=deadline, health_path=health_path,
-                              download=not no_download, force=force)
+                              download=not no_download, force=force, idle_ttl=idle_ttl,
+                              aliases=aliases)
     log = (lambda line: None) if quiet else (lambda line: _err(f"  | {line}"))
     result = deploy.start(store(), req, out=_err, log=log)
     if as_json:
@@ -112,11 +119,9 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
 def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> None:
     """Deployments with their real state (process and HTTP health, checked on the host)."""
     from gpumod.errors import UsageError
-    from gpumod.ops import deploy
+    from gpumod.ops import deploy, gateway
     from gpumod.ops import hosts as hostops
     from gpumod.ops.states import list_status, raise_if_unreachable
-
-    from gpumod.ops import gateway
 
     s = store()
     if all_pods and pod:

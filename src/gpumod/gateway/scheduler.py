@@ -160,9 +160,8 @@ class Scheduler:
             slot.waiters.remove(fut)
         if not fut.done():
             fut.cancel()
-        elif not fut.cancelled():
-            if fut.exception() is None:
-                self.release(slot)  # granted just as the client left
+        elif not fut.cancelled() and fut.exception() is None:
+            self.release(slot)  # granted just as the client left
 
     def release(self, slot: Slot) -> None:
         slot.activity.end(self.clock())

@@ -248,6 +248,8 @@ class StartRequest:
     health_path: str | None = None
     download: bool = True
     force: bool = False                     # start even where the planner says it won't fit
+    idle_ttl: str | None = None             # gateway/watch idle TTL (10m, 90s, never)
+    aliases: tuple[str, ...] = ()           # other `model` names the gateway routes here
 
 
 @dataclass
@@ -477,6 +479,9 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     validate.name(req.name, "service name")
     if req.port is not None:
         validate.port(req.port)
+    from gpumod.ops.idle import gateway_extra
+
+    gateway = gateway_extra(req.idle_ttl, req.aliases)
     host = hostops.resolve_host(store, req.pod)
     if store.query_one("SELECT 1 FROM services WHERE name = ?", (req.name,)):
         existing = records.get_service(store, req.name)
@@ -521,7 +526,7 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
                                "config": plan.selection.config.label() if plan.selection
                                else None,
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                           time.gmtime())})
+                                                           time.gmtime()), **gateway})
     reserved = records.reserve(store, draft, host, gpu_count=plan.gpu_count,
                                listening=pre.listening, port=req.port)
     try:

@@ -67,6 +67,24 @@ def service_ttl(spec: Any, default: float | None) -> float | None:
     return ttl
 
 
+def gateway_extra(idle_ttl: str | None, aliases: tuple[str, ...] | list[str] = ()
+                  ) -> dict[str, Any]:
+    """The `extra` keys `--idle-ttl` and `--alias` store on a service (validated)."""
+    extra: dict[str, Any] = {}
+    if idle_ttl is not None:
+        extra["idle_ttl"] = parse_ttl(idle_ttl)
+    names = []
+    for raw in aliases:
+        alias = raw.strip(" ")
+        if not alias or len(alias) > 200 or any(ord(c) < 33 or ord(c) == 127 for c in alias):
+            raise UsageError(f"invalid alias {raw!r}",
+                             hint="an alias is one word of up to 200 printable characters")
+        names.append(alias)
+    if names:
+        extra["aliases"] = names
+    return extra
+
+
 @dataclass
 class Activity:
     """Requests in flight and when the last one ended (monotonic seconds)."""
