@@ -108,7 +108,7 @@ def test_sleeping_model_wakes_once_for_concurrent_requests(store, gateway):
     add(store, "chat", aliases=["assistant"])
     lifecycle.start_service(store, "chat")
     assert sleep_service(store, "chat", "1").ok
-    gw = gateway()
+    gw = gateway(refresh=3600)  # only its own view: no background probe
     assert gw.slot("chat").state == "sleeping"
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda m: chat(gw, m), ["chat", "fake/chat", "assistant"] * 2))
@@ -130,6 +130,11 @@ def test_sleeping_model_wakes_once_for_concurrent_requests(store, gateway):
     assert 'gpumod_gateway_requests_total{model="chat",code="200"} 9' in page
     assert 'gpumod_gateway_activation_seconds_count{model="chat",kind="wake",result="ok"} 1' \
         in page
+    # put to sleep behind the gateway's back: the engine's 503 makes it wake and retry
+    assert sleep_service(store, "chat", "1").ok
+    assert gw.slot("chat").state == "ready"
+    assert chat(gw, "chat") == "Echo: hi"
+    assert gw.gateway.metrics.activations[("chat", "wake", "ok")].count == 2
 
 
 def test_stopped_model_starts_and_idle_ttl_counts_from_the_end_of_requests(store, gateway):

@@ -42,8 +42,8 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 CLIENT_CLOSED = 499  # nginx's code for "the client went away"; only in metrics
 
 
-class BackendDied(Exception):
-    """The engine dropped the connection in the middle of an answer."""
+class EngineAsleep(Exception):
+    """The engine answered 503 "sleeping": someone put it to sleep behind the gateway."""
 
 
 class GatewayApp:
@@ -194,7 +194,7 @@ class GatewayApp:
         slot, body = await self.resolve(body)
         gone = asyncio.Event()
         task = asyncio.current_task()
-        state = {"cancellable": True, "sent": False}
+        state = {"cancellable": True, "sent": False, "retried": False}
 
         async def watch() -> None:
             while True:
@@ -207,21 +207,25 @@ class GatewayApp:
 
         watcher = asyncio.ensure_future(watch())
         status = CLIENT_CLOSED
+        held = False
         try:
             try:
                 await self.scheduler.acquire(slot, gone)
-            except GatewayError as err:
-                status = err.status
-                await self.reply(send, err.status, err.body(), headers=err.headers())
-                return
-            try:
-                status = await self.forward(scope, send, slot, body, gone, began, state)
+                held = True
+                try:
+                    status = await self.forward(scope, send, slot, body, began, state)
+                except EngineAsleep:  # wake it (verified) and try once more
+                    held = False
+                    self.scheduler.release(slot)
+                    self.scheduler.engine_asleep(slot)
+                    await self.scheduler.acquire(slot, gone)
+                    held = True
+                    state["retried"] = True
+                    status = await self.forward(scope, send, slot, body, began, state)
             except GatewayError as err:
                 status = err.status
                 if not state["sent"]:
                     await self.reply(send, err.status, err.body(), headers=err.headers())
-            finally:
-                self.scheduler.release(slot)
         except (ClientGone, asyncio.CancelledError):
             if not gone.is_set():
                 raise  # cancelled for another reason (shutdown): let it through
@@ -229,10 +233,12 @@ class GatewayApp:
         finally:
             state["cancellable"] = False
             watcher.cancel()
+            if held:
+                self.scheduler.release(slot)
             self.metrics.request(slot.name, status, time.monotonic() - began)
 
     async def forward(self, scope: dict[str, Any], send: Any, slot: Slot, body: bytes,
-                      gone: asyncio.Event, began: float, state: dict[str, bool]) -> int:
+                      began: float, state: dict[str, bool]) -> int:
         import aiohttp
 
         query = scope.get("query_string") or b""
@@ -256,6 +262,9 @@ class GatewayApp:
                     self.scheduler.backend_failed(slot)
                     raise GatewayError(502, f"{slot.name} died while answering: {exc}",
                                        "backend_died") from None
+                if resp.status == 503 and slot.route.can_sleep and not state["retried"] \
+                        and b"sleeping" in data.lower():
+                    raise EngineAsleep()
                 scanner.feed(data)
                 state["sent"] = True
                 await send({"type": "http.response.start", "status": resp.status,

@@ -90,16 +90,18 @@ class Scheduler:
                 if not slot.activity.in_flight and slot.activation is None:
                     del self.slots[name]
             self.router = Router([s.route for s in self.slots.values()])
+        before = {name: slot.generation for name, slot in self.slots.items()}
         states = await self.call(self.lifecycle.states)
         now = self.clock()
         for name, state in states.items():
             slot = self.slots.get(name)
             if slot is None or slot.activation is not None or slot.state in TRANSIENT \
-                    or slot.activity.in_flight:
-                continue
+                    or slot.activity.in_flight or before.get(name) != slot.generation:
+                continue  # busy, or changed by the scheduler since the probe began
             if state == READY and slot.state != READY:
                 slot.activity.observe(now)  # idle time counts from when we saw it up
-            slot.state = state
+            if state != slot.state:
+                slot.set(state)
         self._notify()
 
     def resolve(self, model: str) -> Slot | None:
@@ -175,13 +177,20 @@ class Scheduler:
         task.add_done_callback(self._background.discard)
 
     async def _reprobe(self, slot: Slot) -> None:
+        before = slot.generation
         try:
             state = await self._probe(slot)
         except Exception as exc:  # a probe is best effort; the next refresh tries again
             log.warning("probe of %s failed: %s", slot.name, exc)
             return
-        if slot.activation is None and slot.state not in TRANSIENT:
-            slot.state = state
+        if slot.activation is None and slot.state not in TRANSIENT \
+                and slot.generation == before:
+            slot.set(state)
+
+    def engine_asleep(self, slot: Slot) -> None:
+        """The engine answered that it sleeps (put to sleep behind our back): wake it next."""
+        if slot.activation is None and slot.state == READY:
+            slot.set(SLEEPING)
 
     # -- activation -----------------------------------------------------------------------
     def _grant(self, slot: Slot) -> None:
@@ -311,7 +320,7 @@ class Scheduler:
 
     async def _evict(self, victim: Slot, reason: str) -> None:
         before = victim.state
-        victim.state = RESTING
+        victim.set(RESTING)
         began = self.clock()
         try:
             if before == SLEEPING:
@@ -319,12 +328,12 @@ class Scheduler:
             else:
                 rested = await self.call(self.lifecycle.rest, victim.name)
         except (GpumodError, OSError) as exc:
-            victim.state = await self._probe(victim)
+            victim.set(await self._probe(victim))
             message = getattr(exc, "message", str(exc))
             victim.last_error = message
             raise GatewayError(503, f"could not put {victim.name} to rest {reason}: {message}",
                                "evict_failed") from exc
-        victim.state = rested.state
+        victim.set(rested.state)
         if rested.awake_mib:
             victim.awake_mib = rested.awake_mib
         if rested.asleep_mib is not None:
@@ -339,7 +348,7 @@ class Scheduler:
 
     async def _bring_up_now(self, slot: Slot) -> None:
         kind = "wake" if slot.state == SLEEPING else "start"
-        slot.state = WAKING if kind == "wake" else STARTING
+        slot.set(WAKING if kind == "wake" else STARTING)
         began = self.clock()
         while True:
             try:
@@ -352,15 +361,15 @@ class Scheduler:
                     if victim is not None:
                         await self._evict(victim, f"to make room for {slot.name}")
                         continue
-                slot.state = await self._probe(slot)
+                slot.set(await self._probe(slot))
                 self.metrics.activation(slot.name, kind, "failed", self.clock() - began)
                 raise _activation_error(slot.name, exc) from exc
             except TimeoutError:
-                slot.state = UNKNOWN
+                slot.set(UNKNOWN)
                 self.metrics.activation(slot.name, kind, "timeout", self.clock() - began)
                 raise GatewayError(504, f"{slot.name} was not ready within "
                                         f"{self.config.start_timeout:g}s", "start_timeout") from None
-        slot.state = READY
+        slot.set(READY)
         slot.key_loaded = False  # a start writes a new env file
         slot.last_error = ""
         slot.activity.observe(self.clock())

@@ -37,6 +37,11 @@ class Slot:
     last_error: str = ""
     key: str | None = None             # the backend's own key, read from its env file
     key_loaded: bool = False
+    generation: int = 0                # bumped on every change the scheduler makes
+
+    def set(self, state: str) -> None:
+        self.state = state
+        self.generation += 1
 
     @property
     def name(self) -> str:
