@@ -2,7 +2,8 @@
 
 `POST /v1/chat/completions` answers at once: JSON, or (``"stream": true``) an SSE
 stream of ``max_tokens`` chunks (default 32), ``GATEWAY_BENCH_CHUNK_DELAY`` seconds
-apart (default 0), then ``data: [DONE]``. `GET /health` is 200. Nothing else.
+apart (default 0), then ``data: [DONE]``; ``GATEWAY_BENCH_REPLY_DELAY`` seconds before
+any answer (an engine's service time; default 0). `GET /health` is 200. Nothing else.
 
 Run: python bench/gateway_upstream.py PORT
 It is as small as an upstream can be, so the bench measures the proxy, not the engine.
@@ -16,6 +17,7 @@ import os
 import sys
 
 CHUNK_DELAY = float(os.environ.get("GATEWAY_BENCH_CHUNK_DELAY", "0"))
+REPLY_DELAY = float(os.environ.get("GATEWAY_BENCH_REPLY_DELAY", "0"))
 REPLY = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
@@ -50,6 +52,8 @@ async def app(scope, receive, send) -> None:
         await send({"type": "http.response.body", "body": b""})
         return
     request = json.loads(body or b"{}")
+    if REPLY_DELAY:
+        await asyncio.sleep(REPLY_DELAY)  # an engine's service time
     if not request.get("stream"):
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json")]})

@@ -154,7 +154,8 @@ class Lifecycle:
             if rt.alive():  # asleep, starting or unhealthy: wake (health + canary), else restart
                 with lifecycle.host_lock(spec.host, wait=self.start_timeout,
                                          what=f"gateway wake {name}"):
-                    report = wake_runtime(store, rt, timeout=self.start_timeout)
+                    report = wake_runtime(store, rt, timeout=self.start_timeout,
+                                          measure=False)
                 if not report.ok:
                     raise classify(GpumodError(report.summary()))
                 return "woke"

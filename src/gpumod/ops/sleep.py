@@ -112,8 +112,12 @@ def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
 
 
 def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
-                 timeout: float = lifecycle.DEFAULT_HEALTH_TIMEOUT) -> SleepReport:
+                 timeout: float = lifecycle.DEFAULT_HEALTH_TIMEOUT,
+                 measure: bool = True) -> SleepReport:
+    """measure=False skips the GPU memory figures (two nvidia-smi reads): the gateway,
+    holding a request, wants the verified wake (engine state, health, canary) only."""
     spec = rt.spec
+    memory = _memory if measure else (lambda _rt: None)
     level = spec.sleep_mode if spec.sleep_mode != "none" else "start"
     report = SleepReport(spec.name, "wake", level)
     t0 = time.monotonic()
@@ -126,12 +130,12 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
             report.result, report.ok = "started", True
         except GpumodError as exc:
             report.attempts.append(Attempt("start", False, exc.message))
-        report.memory_after_mib = _memory(rt) if report.ok else None
+        report.memory_after_mib = memory(rt) if report.ok else None
         report.seconds = time.monotonic() - t0
         store.log_event("wake" if report.ok else "wake-failed", host=spec.host,
                         service=spec.name, detail=report.summary())
         return report
-    report.memory_before_mib = _memory(rt)
+    report.memory_before_mib = memory(rt)
     if rt.sleep is not None:
         try:
             progress(f"{spec.name}: wake ({level})")
@@ -164,7 +168,7 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
             report.result = "failed"
     if report.ok:
         lifecycle.save_state(store, spec.name, "running", rt.pid())
-        report.memory_after_mib = _memory(rt)
+        report.memory_after_mib = memory(rt)
     report.seconds = time.monotonic() - t0
     store.log_event("wake" if report.ok else "wake-failed", host=spec.host, service=spec.name,
                     detail=report.summary())
