@@ -2,7 +2,7 @@
 
 Backends, defined and started through gpumod's own lifecycle in a temporary home:
   fast     bench/gateway_upstream.py answering at once (measures the proxy alone)
-  engine   the same with 20 ms of service time per request (an engine's pace)
+  engine   the same with 100 ms of service time per request (an LLM engine's pace)
   sse      the same streaming 64 chunks 10 ms apart
   vllm     the fake vLLM, sleep level 1 (for request-to-first-token while asleep)
   llama    the real llama-server with SmolLM2-135M, when it is built and runs
@@ -158,7 +158,7 @@ def setup(tmp: Path, with_llama: bool) -> dict:
     defs = {
         "fast": ServiceSpec("fast", "local", "command", "fast", free_port(), args=tuple(upstream)),
         "engine": ServiceSpec("engine", "local", "command", "engine", free_port(),
-                              args=tuple(upstream), env={"GATEWAY_BENCH_REPLY_DELAY": "0.02"}),
+                              args=tuple(upstream), env={"GATEWAY_BENCH_REPLY_DELAY": "0.1"}),
         "sse": ServiceSpec("sse", "local", "command", "sse", free_port(), args=tuple(upstream),
                            env={"GATEWAY_BENCH_CHUNK_DELAY": "0.01"}),
         "vllm": ServiceSpec("vllm", "local", "vllm", "fake/vllm", free_port(), gpus=(0,),
@@ -249,7 +249,7 @@ async def measure(ports: dict, gw: int, rounds: int) -> dict[str, list[tuple[flo
         for _ in range(rounds):
             await pair("seq1 p50 ms (fast)", load.seq_p50, "fast", n=300)
             await pair("c64 req/s (fast)", load.throughput, "fast", workers=64, each=25)
-            await pair("c64 req/s (engine 20 ms)", load.throughput, "engine", workers=64,
+            await pair("c64 req/s (engine 100 ms)", load.throughput, "engine", workers=64,
                        each=10)
             if "sse" in ports:
                 async def gaps(url, body, key):
