@@ -126,7 +126,12 @@ def launch_plan(spec: ServiceSpec, host: Host, engine: Engine | None = None,
                            autoload=bool(router.get("autoload", True)), args=spec.args)
     else:
         engine.validate(spec)
-        argv = engine.argv(spec, bind=bind, binary=binary, model_path=options.model_path)
+        # a `pi start` deployment relaunched later (wake by restart, the gateway) finds its
+        # GGUF file where its first start did
+        model_path = options.model_path or spec.extra.get("model_path") or None
+        argv = engine.argv(spec, bind=bind, binary=binary,
+                           model_path=model_path if spec.engine == "llamacpp" else
+                           options.model_path)
         if spec.engine == "command" and options.binary:
             argv[0] = options.binary
     env = {**engine.env(spec), **options.env}
