@@ -200,7 +200,7 @@ def main() -> None:
     finally:
         upstream.terminate()
         upstream.wait()
-    print(f"load average before/after: {os.getloadavg()[0]:.2f} (1 min); "
+    print(f"load average (1 min) after the runs: {os.getloadavg()[0]:.2f}; "
           f"{os.cpu_count()} CPUs; {args.rounds} paired rounds, medians")
     keys = ["seq1_p50_ms", "c64_rps", "stream64_chunks_s", "stream64_max_gap_ms"]
     base = {k: statistics.median(r[k] for r in results["aiohttp"]) for k in keys}

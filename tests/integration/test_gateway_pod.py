@@ -8,8 +8,11 @@ lifecycle; the local records are reconciled by `gateway status` and `pi list`.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import openai
 import pytest
@@ -94,6 +97,32 @@ def test_gateway_runs_on_the_pod_and_wakes_its_services(pod, sshd):
     assert lifecycle.get_service(store, "chat").state == "running"
     listing = run_cli("list", "--pod", "dc1")
     assert f"gateway on dc1: {url}" in listing.output
+
+    # and through an SSH tunnel, as for a pod without public ports
+    local = free_port()
+    tunnel = subprocess.Popen([sys.executable, "-m", "gpumod.cli.main", "gateway", "tunnel",
+                               "--pod", "dc1", "--local-port", str(local)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert tunnel.stdout is not None
+        assert tunnel.stdout.readline().strip() == \
+            f"export OPENAI_BASE_URL=http://127.0.0.1:{local}/v1"
+        via = openai.OpenAI(base_url=f"http://127.0.0.1:{local}/v1", api_key=KEY,
+                            max_retries=3)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                models = via.models.list()
+                break
+            except openai.APIConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert [m.id for m in models.data] == ["fake/chat"]
+    finally:
+        os.killpg(tunnel.pid, signal.SIGTERM)  # the CLI and its ssh child
+        tunnel.wait(timeout=10)
 
     stopped = run_cli("gateway", "stop", "--pod", "dc1")
     assert stopped.code == 0, stopped.output

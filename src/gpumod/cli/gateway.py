@@ -107,3 +107,26 @@ def run_cmd(port: int | None, bind: str | None, idle_ttl: str | None,
 
     info(f"gateway on http://{bind or '127.0.0.1'}:{port or 8000}/v1 (Ctrl+C stops)")
     ops.run(store(), port=port, bind=bind, idle_ttl=_ttl(idle_ttl), queue_wait=queue_wait)
+
+
+@gateway.command("tunnel")
+@pod_option
+@click.option("--local-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Local port (default: the gateway's port if free, else any free one).")
+def tunnel_cmd(pod: str | None, local_port: int | None) -> None:
+    """Forward a local port to a pod's gateway over SSH (pods without public ports)."""
+    import subprocess
+
+    from gpumod.errors import TransportError
+    from gpumod.ops import gateway as ops
+
+    rec, argv, url = ops.tunnel_plan(store(), pod, local_port)
+    info(f"forwarding {url} -> the gateway on {rec.host} (port {rec.port}); Ctrl+C closes")
+    click.echo(f"export OPENAI_BASE_URL={url}")
+    try:
+        code = subprocess.call(argv)
+    except KeyboardInterrupt:
+        return
+    if code not in (0, 130, -2):
+        raise TransportError(f"the tunnel to {rec.host} closed (ssh exit {code})",
+                             hint="is the local port free?")

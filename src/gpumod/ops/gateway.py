@@ -326,6 +326,26 @@ def reconcile_hosts(store: Store, hosts: list[str]) -> None:
             continue  # the listing itself reports an unreachable host
 
 
+def tunnel_plan(store: Store, pod: str | None, local_port: int | None
+                ) -> tuple[GatewayRecord, list[str], str]:
+    """(record, ssh -N -L argv, local base URL) to reach a pod's gateway from here."""
+    from gpumod import validate
+    from gpumod.ops import hosts as hosts_ops
+    from gpumod.ops.deploy import _free_local_port, tunnel_argv
+
+    host = hosts_ops.resolve_host(store, pod)
+    rec = record(store, host.name)
+    if rec is None:
+        raise NotFoundError(f"no gateway was started on {host.name}",
+                            hint=f"start one with `gpumod gateway start --pod {host.name}`")
+    if host.is_local:
+        raise UsageError("the gateway runs on this machine: no tunnel needed",
+                         hint=f"use {rec.url}")
+    port = local_port if local_port is not None else _free_local_port(rec.port)
+    validate.port(port)
+    return rec, tunnel_argv(host, rec.port, port, rec.bind), f"http://127.0.0.1:{port}/v1"
+
+
 def run(store: Store, *, port: int | None = None, bind: str | None = None,
         idle_ttl: float | None = None, queue_wait: float | None = None) -> None:
     """`gpumod gateway run`: this machine's gateway in the foreground (Ctrl+C stops)."""
