@@ -104,10 +104,11 @@ def test_wrong_key_unknown_model_and_open_health(store, gateway):
     assert lifecycle.get_service(store, "chat").state == "stopped"
 
 
-def test_sleeping_model_wakes_once_for_concurrent_requests(store, gateway):
-    add(store, "chat", aliases=["assistant"])
+@pytest.mark.parametrize("level", ["l1", "l2"])
+def test_sleeping_model_wakes_once_for_concurrent_requests(store, gateway, level):
+    add(store, "chat", sleep=level, aliases=["assistant"])
     lifecycle.start_service(store, "chat")
-    assert sleep_service(store, "chat", "1").ok
+    assert sleep_service(store, "chat").ok
     gw = gateway(refresh=3600)  # only its own view: no background probe
     assert gw.slot("chat").state == "sleeping"
     with ThreadPoolExecutor(6) as pool:
@@ -131,7 +132,7 @@ def test_sleeping_model_wakes_once_for_concurrent_requests(store, gateway):
     assert 'gpumod_gateway_activation_seconds_count{model="chat",kind="wake",result="ok"} 1' \
         in page
     # put to sleep behind the gateway's back: the engine's 503 makes it wake and retry
-    assert sleep_service(store, "chat", "1").ok
+    assert sleep_service(store, "chat").ok
     assert gw.slot("chat").state == "ready"
     assert chat(gw, "chat") == "Echo: hi"
     assert gw.gateway.metrics.activations[("chat", "wake", "ok")].count == 2

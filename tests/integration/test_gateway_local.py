@@ -60,3 +60,34 @@ def test_start_status_stop(store, gpumod_home):
     with pytest.raises(openai.APIConnectionError):
         client.models.list()
     assert lifecycle.get_service(store, "chat").state == "running"  # its models keep running
+
+
+def test_a_killed_gateway_shows_as_crashed_and_starts_again(store, gpumod_home):
+    import os
+    import signal
+
+    port = free_port()
+    assert run_cli("gateway", "start", "--port", str(port), "--supervisor", "process",
+                   "-q").code == 0
+    pid = int((gpumod_home / "gateway/service.pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    deadline = __import__("time").monotonic() + 10
+    while subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0:
+        assert __import__("time").monotonic() < deadline
+    status = json.loads(run_cli("gateway", "status", "--json").stdout)
+    assert status["state"] == "crashed" and "service.log" in status["detail"]
+    again = run_cli("gateway", "start", "--port", str(port), "--supervisor", "process", "-q")
+    assert again.code == 0, again.output
+    assert json.loads(run_cli("gateway", "status", "--json").stdout)["state"] == "running"
+
+
+def test_gateway_start_fails_cleanly_when_its_port_is_taken(store):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("gateway", "start", "--port", str(port), "--supervisor", "process")
+    assert result.code == 4 and "taken by another program" in result.stderr
+    assert run_cli("gateway", "status").stdout.startswith("gateway on local: not started")

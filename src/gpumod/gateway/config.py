@@ -10,7 +10,7 @@ Routes are built from the service records by the adapter; this module is plain d
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from gpumod.errors import ConfigError
@@ -73,7 +73,6 @@ class GatewayConfig:
     start_timeout: float = DEFAULT_START_TIMEOUT
     refresh: float = 15.0                 # seconds between checks of the services' real state
     margin_mib: int = 512                 # kept free on a GPU when deciding what fits
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -378,8 +378,10 @@ class Scheduler:
         slot.key_loaded = False  # a start writes a new env file
         slot.last_error = ""
         slot.activity.observe(self.clock())
-        self.metrics.activation(slot.name, "wake" if outcome == "woke" else "start", "ok",
-                                self.clock() - began)
+        took = self.clock() - began
+        self.metrics.activation(slot.name, "wake" if outcome == "woke" else "start", "ok", took)
+        log.info("%s: %s in %.2fs for %d waiting request(s)", slot.name, outcome, took,
+                 len(slot.waiters))
         self._grant(slot)
 
     async def _probe(self, slot: Slot) -> str:

@@ -152,13 +152,10 @@ def start(store: Store, pod: str | None = None, *, port: int | None = None,
           log: Output = _quiet) -> GatewayStatus:
     """Start (or restart, with the current route table) the gateway of a host."""
     from gpumod import validate
-    from gpumod.gateway.config import DEFAULT_PORT, GatewayConfig
-    from gpumod.ops import gateway_remote as remote
+    from gpumod.gateway.config import DEFAULT_PORT
     from gpumod.ops import hosts as hosts_ops
     from gpumod.ops.deploy import api_key_from_env
-    from gpumod.ops.endpoints import endpoint_url
     from gpumod.ops.launch import BINDS
-    from gpumod.ops.probe import listening_ports
 
     key = api_key_from_env()
     host = hosts_ops.resolve_host(store, pod)
@@ -171,10 +168,28 @@ def start(store: Store, pod: str | None = None, *, port: int | None = None,
     if host.is_local:
         _check_installed()
     transport = hosts_ops.transport_for(host)
+    from gpumod.ops.lifecycle import host_lock
+
+    with host_lock(f"{host.name}.gateway", what="gateway start"):
+        return _start_locked(store, host, transport, key=key, port=port, bind=bind,
+                             idle_ttl=idle_ttl, queue_wait=queue_wait, supervisor=supervisor,
+                             timeout=timeout, progress=progress, log=log)
+
+
+def _start_locked(store: Store, host: Host, transport: Transport, *, key: str, port: int,
+                  bind: str, idle_ttl: float | None, queue_wait: float | None,
+                  supervisor: str, timeout: float, progress: Output, log: Output
+                  ) -> GatewayStatus:
+    from gpumod.gateway.config import GatewayConfig
+    from gpumod.ops import gateway_remote as remote
+    from gpumod.ops.endpoints import endpoint_url
+    from gpumod.ops.probe import listening_ports
+
     old = record(store, host.name)
     if old is not None:
         progress(f"gateway on {host.name}: stopping the running one first")
         _stop_process(host, old, transport)
+        _drop(store, host.name)
     taken = {s.port: s.name for s in _services(store, host.name)}
     if port in taken:
         raise ConflictError(f"port {port} on {host.name} is used by service {taken[port]}",
@@ -201,17 +216,22 @@ def start(store: Store, pod: str | None = None, *, port: int | None = None,
     plan = plan_for(host, rec)
     sup = supervisor_for(rec, transport)
     progress(f"gateway on {host.name}: starting on {bind}:{port} ({sup_name})")
-    pid = sup.start(plan, {"PI_API_KEY": key})
+    _save(store, rec)  # recorded before it can run: a failed cleanup is finished by `stop`
     try:
+        pid = sup.start(plan, {"PI_API_KEY": key})
         _wait_healthy(transport, host, plan, rec, pid if sup_name != "process" else None,
                       timeout, log)
-    except BaseException:
+    except BaseException as exc:
         try:
             sup.stop(plan, timeout=10)
-        except GpumodError as exc:
-            progress(f"gateway on {host.name}: cleanup failed: {exc.message}")
+        except GpumodError as stop_exc:
+            if isinstance(exc, GpumodError):
+                exc.hint = (f"the gateway may still run on {host.name} ({stop_exc.message}); "
+                            f"`gpumod gateway stop{'' if host.is_local else ' --pod ' + host.name}`"
+                            " finishes the cleanup")
+            raise
+        _drop(store, host.name)
         raise
-    _save(store, rec)
     store.log_event("gateway-start", host=host.name, detail=f"{rec.url} ({sup_name})")
     return status(store, host.name, transport=transport)
 
