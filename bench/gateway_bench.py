@@ -161,9 +161,10 @@ def setup(tmp: Path, with_llama: bool) -> dict:
                               args=tuple(upstream), env={"GATEWAY_BENCH_REPLY_DELAY": "0.1"}),
         "sse": ServiceSpec("sse", "local", "command", "sse", free_port(), args=tuple(upstream),
                            env={"GATEWAY_BENCH_CHUNK_DELAY": "0.01"}),
+        # the gateway puts it to sleep itself, 1 s after each request (its idle TTL)
         "vllm": ServiceSpec("vllm", "local", "vllm", "fake/vllm", free_port(), gpus=(0,),
                             args=("--gpu-memory-utilization", "0.3", "--max-model-len", "1024"),
-                            sleep_mode="l1"),
+                            sleep_mode="l1", extra={"idle_ttl": 1}),
     }
     if with_llama:
         try:
@@ -193,7 +194,7 @@ def start_gateway(tmp: Path) -> tuple[subprocess.Popen, int]:
 
     port = free_port()
     config = tmp / "gateway.json"
-    config.write_text(json.dumps(GatewayConfig(port=port, refresh=0.5).to_json()))
+    config.write_text(json.dumps(GatewayConfig(port=port).to_json()))
     proc = subprocess.Popen([sys.executable, "-m", "gpumod.gateway", "serve", "--config",
                              str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/health")
@@ -226,10 +227,15 @@ def gateway_state(port: int, name: str) -> str:
     return next(m["state"] for m in models if m["name"] == name)
 
 
-async def measure(ports: dict, gw: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
-    from gpumod.ops.sleep import sleep_service, wake_service
-    from gpumod.store.db import open_store
+async def wait_state(port: int, name: str, state: str, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while gateway_state(port, name) != state:
+        if time.monotonic() > end:
+            raise RuntimeError(f"{name} did not become {state}")
+        await asyncio.sleep(0.05)
 
+
+async def measure(ports: dict, gw: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
     load = Load()
     out: dict[str, list[tuple[float, float]]] = {}
     gw_url = f"http://127.0.0.1:{gw}/v1"
@@ -261,27 +267,20 @@ async def measure(ports: dict, gw: int, rounds: int) -> dict[str, list[tuple[flo
                 await pair("c8 req/s (llama-server)", load.throughput, "llama", workers=8,
                            each=3)
             if "vllm" in ports:
-                store = open_store()
+                engine = f"http://127.0.0.1:{ports['vllm']}"
                 direct, through = urls("vllm")
-                awake_ttft = await load.first_token(direct, {**BODY, "model": "fake/vllm"}, KEY)
-                # the engine's own wake, then the verified one `gpumod service wake` does
-                sleep_service(store, "vllm", "1")
-                t0 = time.perf_counter()
-                await load.post(f"http://127.0.0.1:{ports['vllm']}/wake_up", {}, None)
-                raw_wake = (time.perf_counter() - t0) * 1000
-                sleep_service(store, "vllm", "1")
-                t0 = time.perf_counter()
-                wake_service(store, "vllm")
-                verified = (time.perf_counter() - t0) * 1000
-                sleep_service(store, "vllm", "1")
-                end = time.monotonic() + 10
-                while gateway_state(gw, "vllm") != "sleeping" and time.monotonic() < end:
-                    await asyncio.sleep(0.1)
+                await wait_state(gw, "vllm", "sleeping")
                 ttft = await load.first_token(through, {**BODY, "model": "vllm"}, KEY)
-                out.setdefault("asleep: first token ms vs engine wake + awake TTFT",
+                await wait_state(gw, "vllm", "sleeping")
+                # the engine's own wake and first token, behind the gateway's back; then
+                # asleep again, as the gateway left it
+                t0 = time.perf_counter()
+                await load.post(f"{engine}/wake_up", {}, None)
+                raw_wake = (time.perf_counter() - t0) * 1000
+                awake_ttft = await load.first_token(direct, {**BODY, "model": "fake/vllm"}, KEY)
+                await load.post(f"{engine}/sleep?level=1", {}, None)
+                out.setdefault("asleep: first token ms vs engine wake + first token",
                                []).append((raw_wake + awake_ttft, ttft))
-                out.setdefault("asleep: first token ms vs verified wake + awake TTFT",
-                               []).append((verified + awake_ttft, ttft))
     finally:
         await load.close()
     return out

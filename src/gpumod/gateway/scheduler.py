@@ -295,8 +295,8 @@ class Scheduler:
             return []  # memory unknown: the lifecycle's admission decides
         alone = not any(o is not slot and o.shares_gpu(slot) and o.state not in (STOPPED, UNKNOWN)
                         for o in self.slots.values())
-        if alone and slot.route.need_mib is None and slot.awake_mib is None:
-            return []  # a share of the card and nobody to make room from: no nvidia-smi
+        if alone and slot.route.need_mib is None:
+            return []  # nobody to make room from, no declared budget to check: no nvidia-smi
         free = await self.call(self.lifecycle.free_mib)
         if free is None or any(g not in free for g in gpus):
             return []  # no figures: the lifecycle's admission decides
