@@ -9,7 +9,8 @@ Backends, defined and started through gpumod's own lifecycle in a temporary home
 
 The gateway runs as its own process (`python -m gpumod.gateway serve`), the load
 generator (aiohttp, uvloop) in this one. Each figure is measured direct and through
-the gateway one after the other, for --rounds rounds; medians are printed.
+the gateway one after the other (which goes first alternates between rounds), for
+--rounds rounds; medians are printed.
 
 Targets (issue 13): added p50 at 1 concurrent <= 2 ms; throughput at 64 concurrent
 >= 90% of direct; an SSE stream's largest inter-chunk gap not above direct's by more
@@ -244,15 +245,22 @@ async def measure(ports: dict, gw: int, rounds: int) -> dict[str, list[tuple[flo
         return (f"http://127.0.0.1:{ports[name]}/v1/chat/completions",
                 f"{gw_url}/chat/completions")
 
+    turn = [0]
+
     async def pair(label: str, fn, name: str, **kw) -> None:
+        """Direct and through the gateway, the first one alternating between rounds."""
         direct, through = urls(name)
-        body = {**BODY, "model": name if name != "vllm" else "fake/vllm", **kw.pop("body", {})}
-        d = await fn(direct, body, KEY, **kw)
-        g = await fn(through, {**body, "model": name}, KEY, **kw)
+        body = {**BODY, "model": name, **kw.pop("body", {})}
+        if turn[0] % 2 == 0:
+            d = await fn(direct, body, KEY, **kw)
+            g = await fn(through, body, KEY, **kw)
+        else:
+            g = await fn(through, body, KEY, **kw)
+            d = await fn(direct, body, KEY, **kw)
         out.setdefault(label, []).append((d, g))
 
     try:
-        for _ in range(rounds):
+        for turn[0] in range(rounds):
             await pair("seq1 p50 ms (fast)", load.seq_p50, "fast", n=300)
             await pair("c64 req/s (fast)", load.throughput, "fast", workers=64, each=25)
             await pair("c64 req/s (engine 100 ms)", load.throughput, "engine", workers=64,
