@@ -152,6 +152,11 @@ class Lifecycle:
             spec = lifecycle.get_service(store, name)
             rt = lifecycle.runtime(store, spec)
             if rt.alive():  # asleep, starting or unhealthy: wake (health + canary), else restart
+                if spec.state == "starting":  # started elsewhere: let it finish, do not restart
+                    from gpumod.engines.sleep import wait_healthy
+
+                    wait_healthy(rt.endpoint, rt.health_path, timeout=self.start_timeout,
+                                 alive=rt.alive, what=name)
                 with lifecycle.host_lock(spec.host, wait=self.start_timeout,
                                          what=f"gateway wake {name}"):
                     report = wake_runtime(store, rt, timeout=self.start_timeout,

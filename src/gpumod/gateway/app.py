@@ -56,6 +56,7 @@ class GatewayApp:
         self.metrics = metrics or scheduler.metrics
         self.background = background
         self.tasks: list[asyncio.Task] = []
+        self.last_miss_refresh = 0.0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -176,7 +177,9 @@ class GatewayApp:
             raise GatewayError(400, "the request names no model: give \"model\" (a served "
                                     "model name, a service name or an alias)")
         slot = self.scheduler.resolve(model)
-        if slot is None:  # a service added since the last refresh?
+        now = time.monotonic()
+        if slot is None and now - self.last_miss_refresh > 1.0:
+            self.last_miss_refresh = now  # a service added since the last refresh? (once a s)
             await self.scheduler.refresh()
             slot = self.scheduler.resolve(model)
         if slot is None:
