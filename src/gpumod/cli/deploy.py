@@ -51,13 +51,18 @@ def _err(message: str) -> None:
               help="Start even where the planner says the model does not fit.")
 @click.option("--vllm-version", metavar="X.Y",
               help="vLLM version the VRAM check plans for (default: the pod's, from setup).")
+@click.option("--idle-ttl", metavar="TTL",
+              help="Put it to rest after this long idle (10m, 90s, 1h, never): the "
+                   "gateway and `gpumod watch` sleep or stop it.")
+@click.option("--alias", "aliases", multiple=True, metavar="NAME",
+              help="Another `model` name the gateway routes to it (repeatable).")
 @json_option
 @click.pass_context
 def start(ctx: click.Context, model: str | None, name: str | None, pod: str | None,
           engine: str | None, memory: str | None, context: str | None, gpus: int | None,
           port: int | None, deadline: float | None, health_path: str | None,
           no_download: bool, quiet: bool, force: bool, vllm_version: str | None,
-          as_json: bool) -> None:
+          idle_ttl: str | None, aliases: tuple[str, ...], as_json: bool) -> None:
     """Start MODEL (HF id, or a path on the host) as an OpenAI-compatible endpoint.
 
     \b
@@ -87,7 +92,7 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
                               context=context, gpus=gpus, port=port, custom_args=custom,
                               deadline=deadline, health_path=health_path,
                               download=not no_download, force=force,
-                              vllm_version=vllm_version)
+                              vllm_version=vllm_version, idle_ttl=idle_ttl, aliases=aliases)
     log = (lambda line: None) if quiet else (lambda line: _err(f"  | {line}"))
     result = deploy.start(store(), req, out=_err, log=log)
     if as_json:
@@ -116,7 +121,7 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
 def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> None:
     """Deployments with their real state (process and HTTP health, checked on the host)."""
     from gpumod.errors import UsageError
-    from gpumod.ops import deploy
+    from gpumod.ops import deploy, gateway
     from gpumod.ops import hosts as hostops
     from gpumod.ops.states import list_status, raise_if_unreachable
 
@@ -124,6 +129,8 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
     if all_pods and pod:
         raise UsageError("--pod and --all-pods exclude each other")
     names = None if all_pods else [hostops.resolve_host(s, pod).name]
+    hosts = names if names is not None else [h.name for h in hostops.list_hosts(s)]
+    gateway.reconcile_hosts(s, hosts)  # a pod's gateway may have slept or started services
     statuses = list_status(s, names)
     removed = deploy.prune(s, statuses) if prune else []
     shown = [st for st in statuses if st.spec.name not in removed]
@@ -146,6 +153,11 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
                 _err(f"{st.spec.name}: {st.state}: {st.detail}")
     for name in removed:
         _err(f"pruned {name}")
+    if not as_json:
+        for host in hosts:
+            rec = gateway.record(s, host)
+            if rec is not None:
+                click.echo(f"gateway on {host}: {rec.url}  (`gpumod gateway status`)")
     raise_if_unreachable(shown)
 
 

@@ -46,11 +46,16 @@ def service() -> None:
 @click.option("--image", help="Docker image (engine docker).")
 @click.option("--container-port", type=click.IntRange(1, 65535),
               help="Port inside the container (engine docker).")
+@click.option("--idle-ttl", metavar="TTL",
+              help="Put it to rest after this long idle (10m, 90s, 1h, never): the "
+                   "gateway and `gpumod watch` sleep it (or stop it if it cannot sleep).")
+@click.option("--alias", "aliases", multiple=True, metavar="NAME",
+              help="Another `model` name the gateway routes to it (repeatable).")
 def add(name: str, preset: str | None, engine: str | None, model: str | None, pod: str | None,
         port: int | None, gpus: str | None, sleep_mode: str | None, depends_on: str | None,
         args_text: str | None, env_items: tuple[str, ...], vram_mib: int | None,
         supervisor: str, bind: str | None, image: str | None,
-        container_port: int | None) -> None:
+        container_port: int | None, idle_ttl: str | None, aliases: tuple[str, ...]) -> None:
     """Define a service from a preset or from an engine and a model."""
     from gpumod import validate
     from gpumod.ops import hosts as hosts_ops
@@ -123,6 +128,9 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
         gpu_list = [min(known)]
     if bind:
         extra["bind"] = bind
+    from gpumod.ops.idle import gateway_extra
+
+    extra.update(gateway_extra(idle_ttl, aliases))
     chosen = supervisor
     if supervisor == "auto":
         chosen = "process"

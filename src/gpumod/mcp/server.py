@@ -85,6 +85,12 @@ def build_server() -> Any:
         return _call(bridge.service_status, name)
 
     @server.tool(annotations=READ_ONLY)
+    def gateway_status(pod: Pod = None) -> dict[str, Any]:
+        """The host's gateway (one keyed OpenAI endpoint): its URL and state, and each
+        model's state (ready, sleeping, stopped, starting), idle seconds and idle TTL."""
+        return _call(bridge.gateway_status, pod)
+
+    @server.tool(annotations=READ_ONLY)
     def mode_list(pod: Pod = None) -> dict[str, Any]:
         """Modes (named sets of services) defined for a host."""
         return {"modes": _call(bridge.mode_list, pod)}
@@ -196,7 +202,8 @@ def build_server() -> Any:
 
 
 TOOL_NAMES = (
-    "gpu_status", "service_list", "service_status", "mode_list", "mode_status", "mode_verify",
+    "gpu_status", "service_list", "service_status", "gateway_status", "mode_list",
+    "mode_status", "mode_verify",
     "simulate_mode", "model_info", "model_estimate", "plan_with_ai", "service_start",
     "service_stop", "service_sleep", "service_wake", "mode_switch",
 )

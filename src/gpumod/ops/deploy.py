@@ -171,6 +171,9 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     validate.name(req.name, "service name")
     if req.port is not None:
         validate.port(req.port)
+    from gpumod.ops.idle import gateway_extra
+
+    gateway = gateway_extra(req.idle_ttl, req.aliases)
     host = hostops.resolve_host(store, req.pod)
     if store.query_one("SELECT 1 FROM services WHERE name = ?", (req.name,)):
         existing = records.get_service(store, req.name)
@@ -218,7 +221,7 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
                                "config": plan.selection.config.label() if plan.selection
                                else None,
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                           time.gmtime())})
+                                                           time.gmtime()), **gateway})
     deadline = req.deadline or DEFAULT_DEADLINE.get(plan.engine.name, 300.0)
     what = f"pi start {req.name}"
     with locks.host_lock(host.name, shared=True, what=what, progress=out), \

@@ -140,7 +140,8 @@ def ensure_ready_held(store: Store, spec: ServiceSpec, *,
     if status.state == "sleeping":
         from gpumod.ops.sleep import wake_runtime
 
-        report = wake_runtime(store, rt, progress=progress, timeout=timeout)
+        # the memory figures (two nvidia-smi reads) are the report's, which is not returned
+        report = wake_runtime(store, rt, progress=progress, timeout=timeout, measure=False)
         if not report.ok:
             raise EngineError(report.summary())
         return get_service(store, name), "woken"

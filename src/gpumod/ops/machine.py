@@ -110,6 +110,21 @@ def record_identity(store: Store, name: str, pid: int | None) -> None:
                    (pid, name))
 
 
+def mirror(store: Store, name: str, state: str, *, pid: Any = KEEP) -> None:
+    """Record a state that the service's own host reached without us (a pod-side gateway
+    woke, slept or stopped it under the pod's lifecycle): a report of a move made there,
+    so there is no allowed-from check; an unknown state word is refused."""
+    if state != NEVER_STARTED:
+        Phase(state)  # ValueError for a word that is no state
+    sets, values = ["state = ?"], [state]
+    if pid is not KEEP:
+        sets.append("pid = ?")
+        values.append(pid)
+    with store.transaction() as db:
+        db.execute(f"UPDATE services SET {', '.join(sets)}, "  # noqa: S608 - fixed columns
+                   "updated_at = datetime('now') WHERE name = ?", (*values, name))
+
+
 def reserve_memory(store: Store, name: str, mib: int | None) -> None:
     """Memory admitted for a start, counted for other starts until it is ready."""
     with store.transaction() as db:

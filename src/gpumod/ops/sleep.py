@@ -164,8 +164,14 @@ def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *,
 
 
 def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
-                 timeout: float = lifecycle.DEFAULT_HEALTH_TIMEOUT) -> SleepReport:
+                 timeout: float = lifecycle.DEFAULT_HEALTH_TIMEOUT,
+                 measure: bool = True) -> SleepReport:
+    """Wake (verified: engine state, health, canary), else restart; see the module docstring.
+
+    measure=False skips the GPU memory figures (two nvidia-smi reads) for a caller that
+    wants readiness only (ensure_ready: the gateway holds a request while it wakes)."""
     spec = rt.spec
+    memory = _memory if measure else (lambda _rt: None)
     level = spec.sleep_mode if spec.sleep_mode != "none" else "start"
     report = SleepReport(spec.name, "wake", level)
     t0 = time.monotonic()
@@ -180,12 +186,12 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
             report.result, report.ok = "started", True
         except GpumodError as exc:
             report.attempts.append(Attempt("start", False, exc.message))
-        report.memory_after_mib = _memory(rt) if report.ok else None
+        report.memory_after_mib = memory(rt) if report.ok else None
         report.seconds = time.monotonic() - t0
         store.log_event("wake" if report.ok else "wake-failed", host=spec.host,
                         service=spec.name, detail=report.summary())
         return report
-    report.memory_before_mib = _memory(rt)
+    report.memory_before_mib = memory(rt)
     if rt.sleep is not None:
         try:
             progress(f"{spec.name}: wake ({level})")
@@ -222,7 +228,7 @@ def wake_runtime(store: Store, rt: Runtime, *, progress: Progress = _quiet,
     if report.ok:
         if lifecycle.get_service(store, spec.name).state != machine.Phase.READY.value:
             machine.move(store, spec.name, machine.Phase.READY, pid=rt.pid())
-        report.memory_after_mib = _memory(rt)
+        report.memory_after_mib = memory(rt)
     report.seconds = time.monotonic() - t0
     store.log_event("wake" if report.ok else "wake-failed", host=spec.host, service=spec.name,
                     detail=report.summary())
