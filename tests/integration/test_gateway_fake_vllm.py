@@ -1,5 +1,8 @@
 """The gateway in front of the fake vLLM (real processes, real lifecycle, real openai client).
 
+The gateway changes services only through the lifecycle: the last tests check what the
+records say after it acted, and that it serialises with other gpumod commands.
+
 The fake nvidia-smi gives one 24 GiB card; each fake vLLM registers util x total there
 and refuses to start when that much is not free, as vLLM does.
 """
@@ -16,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from gpumod.ops import lifecycle
+from gpumod.ops import lifecycle, locks
 from gpumod.ops.sleep import sleep_service
 from gpumod.store.db import open_store
 from tests.support.gateway import KEY, GatewayThread
@@ -208,8 +211,10 @@ def test_cannot_fit_engine_failure_and_start_timeout(store, gateway):
     assert exc.value.status_code == 504 and exc.value.body["code"] == "start_timeout"
     # the failed starts left nothing running, and the records say so
     for name in ("broken", "slow"):
-        rt = lifecycle.runtime(store, lifecycle.get_service(store, name))
-        assert not rt.alive()
+        spec = lifecycle.get_service(store, name)
+        assert not lifecycle.runtime(store, spec).alive()
+        assert spec.state == "failed" and "its last start failed" in spec.note
+    assert lifecycle.get_service(store, "huge").state == "stopped"  # refused before a start
 
 
 def test_client_disconnect_cancels_upstream_mid_stream_and_while_waking(store, gateway):
@@ -265,3 +270,58 @@ def test_backend_killed_mid_request(store, gateway):
     with pytest.raises(openai.APIStatusError) as exc:
         chat(gw, "chat")
     assert exc.value.status_code == 502 and exc.value.body["code"] == "backend_unreachable"
+
+
+# -- the records: every change is the lifecycle's ---------------------------------------
+
+
+def actions(store, name: str) -> list[str]:
+    return [r["action"] for r in store.query(
+        "SELECT action FROM events WHERE service = ? ORDER BY id", (name,))]
+
+
+def test_a_start_by_another_command_is_awaited_not_repeated(store, gateway):
+    add(store, "chat", env={"FAKE_VLLM_STARTUP_SECONDS": "2"})
+    gw = gateway(refresh=3600)  # the gateway still believes chat is stopped
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(lambda: lifecycle.ensure_ready(open_store(), "chat"))
+        gw.wait_for(lambda: locks.service_holder("chat") is not None,
+                    what="the other command to hold chat")
+        assert chat(gw, "chat") == "Echo: hi"
+        pid = other.result(timeout=30).pid
+    assert actions(store, "chat").count("started") == 1  # one start, the gateway waited
+    assert lifecycle.get_service(store, "chat").pid == pid
+
+
+def test_dependencies_come_up_first_and_stay_up_while_their_dependent_is(store, gateway):
+    add(store, "emb", idle_ttl=0.5)
+    rag = vllm_spec("rag", free_port(), util="0.3", sleep="l1", depends_on=("emb",))
+    lifecycle.add_service(store, rag.with_(extra={"idle_ttl": 4}))
+    gw = gateway(refresh=0.5)
+    assert chat(gw, "rag") == "Echo: hi"
+    started = actions(store, "emb"), actions(store, "rag")
+    assert started == (["started"], ["started"])
+    assert gw.slot("emb").state == "ready"
+    time.sleep(2.5)  # well past emb's TTL: rag is up and calls it, so it stays up
+    assert lifecycle.get_service(store, "emb").state == "running"
+    gw.wait_for(lambda: "sleep" in actions(store, "rag"), timeout=15, what="rag's TTL")
+    gw.wait_for(lambda: "sleep" in actions(store, "emb"), timeout=15,
+                what="emb's TTL once rag sleeps")
+    # a request for rag wakes both again, emb first
+    assert chat(gw, "rag") == "Echo: hi"
+    assert actions(store, "emb")[-1] == "wake" and actions(store, "rag")[-1] == "wake"
+    assert {lifecycle.get_service(store, n).state for n in ("emb", "rag")} == {"running"}
+
+
+def test_a_pi_start_deployment_put_to_rest_keeps_its_record(store, gateway):
+    # cannot sleep, so the idle action stops it; a deployment's record must stay (the
+    # next request starts it again), unlike `pi stop`, which forgets it
+    add(store, "dep", sleep="none", idle_ttl=1, origin="pi start")
+    gw = gateway()
+    assert chat(gw, "dep") == "Echo: hi"
+    gw.wait_for(lambda: "stop" in actions(store, "dep"), timeout=15, what="dep's TTL")
+    spec = lifecycle.get_service(store, "dep")
+    assert spec.state == "stopped" and spec.pid is None
+    assert not lifecycle.runtime(store, spec).alive()
+    assert chat(gw, "dep") == "Echo: hi"
+    assert actions(store, "dep").count("started") == 2

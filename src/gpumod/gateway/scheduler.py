@@ -9,13 +9,20 @@ An activation, one at a time per host (the swap lock), makes room first: with th
 model's memory known (declared, planned, or learned when it was last put to rest)
 and nvidia-smi's free figures, idle models on the same GPUs are put to rest (sleep
 where the engine can, else stop), least recently used first, sleeping ones stopped
-last; a model with requests in flight is never touched. If only busy models stand in
+last; a model with requests in flight is never touched, nor one that a model which is
+up depends on (it calls it directly, past the gateway). If only busy models stand in
 the way, they are marked *draining*: they finish what they serve, new requests for
 them queue behind, and once idle they are put to rest. So two models that cannot
 share a GPU alternate in batches (A A B B), never per request, and every wait is
 bounded (`queue_wait`): past it the request gets a 503 with Retry-After. With the
 memory unknown, the lifecycle's own admission (or the engine's out-of-memory error)
 says whether it fits; then one idle model is put to rest per failed try.
+
+The scheduler decides *when* and *which*; every change to a service is made by the
+lifecycle (through gpumod.gateway.adapter), which records it and takes the service's
+lock, so a `pi stop` or `gpumod watch` at the same moment is serialised with it. A
+slot's state is only the gateway's view: set from what the lifecycle calls returned,
+and re-read from the live probe every `refresh` seconds.
 
 Errors: 503 cannot fit (with the reason) or the engine failed to start (with its
 error line), 504 the wake or start took too long.
@@ -96,7 +103,7 @@ class Scheduler:
         now = self.clock()
         for name, state in states.items():
             slot = self.slots.get(name)
-            if slot is None or slot.activation is not None or slot.state in TRANSIENT \
+            if slot is None or self._acting_on(slot) \
                     or slot.activity.in_flight or before.get(name) != slot.generation:
                 continue  # busy, or changed by the scheduler since the probe began
             if state == READY and slot.state != READY:
@@ -184,9 +191,16 @@ class Scheduler:
         except Exception as exc:  # a probe is best effort; the next refresh tries again
             log.warning("probe of %s failed: %s", slot.name, exc)
             return
-        if slot.activation is None and slot.state not in TRANSIENT \
+        if not self._acting_on(slot) \
                 and slot.generation == before:
             slot.set(state)
+
+    @staticmethod
+    def _acting_on(slot: Slot) -> bool:
+        """The scheduler is changing it (an activation, or putting it to rest): its state is
+        the scheduler's until that ends. A 'starting' seen by a probe (another command's
+        start) is not: the next probe updates it."""
+        return slot.activation is not None or slot.state == RESTING
 
     def engine_asleep(self, slot: Slot) -> None:
         """The engine answered that it sleeps (put to sleep behind our back): wake it next."""
@@ -289,6 +303,17 @@ class Scheduler:
             candidates.append((tier, other.activity.last_end or float("-inf"), other.name, other))
         return min(candidates)[3] if candidates else None
 
+    def _dependencies(self, slot: Slot) -> list[Slot]:
+        """The models `slot` depends on, directly or not (activate brings them up first)."""
+        found: dict[str, Slot] = {}
+        todo = list(slot.route.depends_on)
+        while todo:
+            dep = self.slots.get(todo.pop())
+            if dep is not None and dep.name not in found and dep is not slot:
+                found[dep.name] = dep
+                todo.extend(dep.route.depends_on)
+        return list(found.values())
+
     def _needed(self, slot: Slot) -> bool:
         """Another model that is up depends on it (and calls it directly, not through us)."""
         return any(slot.name in other.route.depends_on and other.state not in (STOPPED, SLEEPING)
@@ -384,12 +409,16 @@ class Scheduler:
                 self.metrics.activation(slot.name, kind, "timeout", self.clock() - began)
                 raise GatewayError(504, f"{slot.name} was not ready within "
                                         f"{self.config.start_timeout:g}s", "start_timeout") from None
-        slot.set(READY)
+        now = self.clock()
+        for up in [slot, *self._dependencies(slot)]:  # the lifecycle brought those up first
+            if up is slot or not self._acting_on(up):
+                up.set(READY)
+                up.activity.observe(now)
         slot.key_loaded = False  # a start writes a new env file
         slot.last_error = ""
-        slot.activity.observe(self.clock())
-        took = self.clock() - began
-        self.metrics.activation(slot.name, "wake" if outcome == "woke" else "start", "ok", took)
+        took = now - began
+        self.metrics.activation(slot.name, {"woke": "wake", "started": "start"}.get(
+            outcome, kind), "ok", took)
         log.info("%s: %s in %.2fs for %d waiting request(s)", slot.name, outcome, took,
                  len(slot.waiters))
         self._grant(slot)

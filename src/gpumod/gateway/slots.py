@@ -2,7 +2,8 @@
 
 States: ready (answers), sleeping (process alive, memory given back), stopped,
 starting / waking (an activation runs), resting (being put to sleep or stopped),
-unhealthy, unknown. Only the scheduler changes a slot (from the event loop).
+stopping (a stop by another command, or one not confirmed), unhealthy, unknown. Only
+the scheduler changes a slot (from the event loop); the records are the lifecycle's.
 """
 
 from __future__ import annotations
