@@ -24,6 +24,7 @@ from gpumod.store.db import open_store
 from gpumod.testing.fake_nvidia_smi import read_state, write_state
 from gpumod.testing.shims import install_shims
 from tests.support.cli import run_cli
+from tests.support.procs import group_members, spawn, wait_for
 from tests.support.real import free_port
 from tests.unit.services.fakes import vllm_spec
 
@@ -100,10 +101,7 @@ def test_gateway_runs_on_the_pod_and_wakes_its_services(pod, sshd):
 
     # and through an SSH tunnel, as for a pod without public ports
     local = free_port()
-    tunnel = subprocess.Popen([sys.executable, "-m", "gpumod.cli.main", "gateway", "tunnel",
-                               "--pod", "dc1", "--local-port", str(local)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    tunnel = spawn("gpumod", "gateway", "tunnel", "--pod", "dc1", "--local-port", str(local))
     try:
         assert tunnel.stdout is not None
         assert tunnel.stdout.readline().strip() == \
@@ -120,8 +118,12 @@ def test_gateway_runs_on_the_pod_and_wakes_its_services(pod, sshd):
                     raise
                 time.sleep(0.2)
         assert [m.id for m in models.data] == ["fake/chat"]
+        tunnel.terminate()  # SIGTERM to the CLI alone: its ssh child goes with it
+        assert tunnel.wait(timeout=15) == 130
+        wait_for(lambda: not group_members(tunnel.pid), 5, "the ssh child to exit")
     finally:
-        os.killpg(tunnel.pid, signal.SIGTERM)  # the CLI and its ssh child
+        if group_members(tunnel.pid):
+            os.killpg(tunnel.pid, signal.SIGKILL)
         tunnel.wait(timeout=10)
 
     stopped = run_cli("gateway", "stop", "--pod", "dc1")

@@ -6,7 +6,16 @@ import sys
 
 import click
 
-from gpumod.cli.common import console, json_option, plain, pod_option, print_json, store, table
+from gpumod.cli.common import (
+    console,
+    json_option,
+    plain,
+    pod_option,
+    print_json,
+    run_tunnel,
+    store,
+    table,
+)
 
 STATE_STYLE = {"running": "green", "starting": "yellow", "sleeping": "cyan",
                "stopping": "yellow", "unhealthy": "yellow", "crashed": "red", "stopped": "red",
@@ -222,19 +231,11 @@ def logs(name: str, follow: bool, lines: int) -> None:
               help="Local port (default: the service's port if free, else any free one).")
 def tunnel(name: str, local_port: int | None) -> None:
     """Forward a local port to a deployment over SSH (for pods without public ports)."""
-    import subprocess
-
-    from gpumod.errors import TransportError
     from gpumod.ops import deploy
 
     spec, host, argv, url = deploy.tunnel_plan(store(), name, local_port)
     _err(f"forwarding {url} -> {spec.name} on {host.name} (port {spec.port}); Ctrl+C closes")
     click.echo(f"export OPENAI_BASE_URL={url} OPENAI_MODEL="
                f"{spec.extra.get('served_model') or spec.model}")
-    try:
-        code = subprocess.call(argv)
-    except KeyboardInterrupt:
-        return
-    if code not in (0, 130, -2):
-        raise TransportError(f"the tunnel to {host.name} closed (ssh exit {code})",
-                             hint=f"is port {url.rsplit(':', 1)[1].split('/')[0]} free locally?")
+    run_tunnel(argv, host=host.name,
+               hint=f"is port {url.rsplit(':', 1)[1].split('/')[0]} free locally?")

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from gpumod.cli.common import console, info, json_option, plain, pod_option, print_json, store, table
+from gpumod.cli.common import (
+    console,
+    info,
+    json_option,
+    plain,
+    pod_option,
+    print_json,
+    run_tunnel,
+    store,
+    table,
+)
 
 
 def _ttl(value: str | None) -> float | None:
@@ -115,18 +125,9 @@ def run_cmd(port: int | None, bind: str | None, idle_ttl: str | None,
               help="Local port (default: the gateway's port if free, else any free one).")
 def tunnel_cmd(pod: str | None, local_port: int | None) -> None:
     """Forward a local port to a pod's gateway over SSH (pods without public ports)."""
-    import subprocess
-
-    from gpumod.errors import TransportError
     from gpumod.ops import gateway as ops
 
     rec, argv, url = ops.tunnel_plan(store(), pod, local_port)
     info(f"forwarding {url} -> the gateway on {rec.host} (port {rec.port}); Ctrl+C closes")
     click.echo(f"export OPENAI_BASE_URL={url}")
-    try:
-        code = subprocess.call(argv)
-    except KeyboardInterrupt:
-        return
-    if code not in (0, 130, -2):
-        raise TransportError(f"the tunnel to {rec.host} closed (ssh exit {code})",
-                             hint="is the local port free?")
+    run_tunnel(argv, host=rec.host, hint="is the local port free?")
