@@ -151,3 +151,31 @@ def test_unreachable_pod_keeps_the_gateway_record(pod, sshd):
     assert stopped.code == 0, stopped.output
     assert record(pod, "dc1") is None
     assert not (sshd.remote_root / "gateway/service.pid").exists()
+
+
+def test_shipped_code_keeps_the_current_and_the_previous_version_only(pod, sshd):
+    from gpumod.ops import gateway_remote as remote
+
+    host = hostops.get_host(pod, "dc1")
+    transport = hostops.transport_for(host)
+    lib = sshd.remote_root / "gateway" / "lib"
+    now = time.time()
+    for age, name in ((300, "0" * 16), (200, "1" * 16), (100, "2" * 16)):
+        (lib / name).mkdir(parents=True)
+        marker = lib / name / ".complete"
+        marker.touch()
+        os.utime(marker, (now - age, now - age))
+    abandoned = lib / f"{'3' * 16}.tmp.999"    # an unpack that died an hour ago
+    abandoned.mkdir()
+    os.utime(abandoned, (now - 3600, now - 3600))
+    unpacking = lib / f"{'4' * 16}.tmp.1000"  # another unpack, running right now
+    unpacking.mkdir()
+    _, path = remote.ship_code(transport, host, str(sshd.remote_root / "gateway"))
+    current = os.path.basename(path)
+    assert (lib / current / "gpumod" / "gateway" / "server.py").is_file()
+    assert sorted(p.name for p in lib.iterdir()) == sorted([current, "2" * 16, unpacking.name])
+    # the same version again: nothing unpacked, nothing removed, marked as just used
+    (lib / current / "gpumod" / "marker").write_text("kept")
+    remote.ship_code(transport, host, str(sshd.remote_root / "gateway"))
+    assert (lib / current / "gpumod" / "marker").read_text() == "kept"
+    assert sorted(p.name for p in lib.iterdir()) == sorted([current, "2" * 16, unpacking.name])

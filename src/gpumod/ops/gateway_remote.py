@@ -5,8 +5,9 @@ endpoints only there), driving the pod's services with the same lifecycle the CL
 here, through a local transport. For that:
 
 - gpumod's own package is shipped once per version (a tar.gz over SSH stdin, unpacked
-  into ``<root>/gateway/lib/<hash>/`` and put on PYTHONPATH); the pod's engine Python
-  (the setup venv: vLLM brings aiohttp and uvicorn) runs it;
+  into ``<root>/gateway/lib/<hash>/`` and put on PYTHONPATH; the version shipped
+  before it is kept, older ones are removed); the pod's engine Python (the setup venv:
+  vLLM brings aiohttp and uvicorn) runs it;
 - the gateway's config and a *snapshot* of the host's records (GPUs, engine
   environment, the service specs, which hold no secrets) are written into
   ``<root>/gateway/``; at start the pod-side gateway loads the snapshot into the pod's
@@ -42,21 +43,41 @@ cat > "$path.tmp" || exit 21
 mv "$path.tmp" "$path" || exit 22
 """
 
+# .complete marks a whole unpack; its mtime is when that version was last shipped
 HAS_LIB_SCRIPT = r"""
 dir=$1; python=$2
-[ -f "$dir/.complete" ] && echo present
+[ -f "$dir/.complete" ] && touch "$dir/.complete" && echo present
 "$python" -c 'import aiohttp, uvicorn' 2>/dev/null && echo deps
 """
 
+# Unpack a new version, then keep it and the version shipped before it (a way back);
+# older versions and unpacks abandoned over 10 minutes ago are removed.
 UNPACK_SCRIPT = r"""
 set -u
 dir=$1
+lib=$(dirname "$dir")
+current=$(basename "$dir")
 tmp="$dir.tmp.$$"
 umask 022
 rm -rf "$tmp" && mkdir -p "$tmp" || exit 20
 base64 -d | tar -xzf - -C "$tmp" || { rm -rf "$tmp"; exit 21; }
 : > "$tmp/.complete"
 rm -rf "$dir" && mv "$tmp" "$dir" || exit 22
+previous=$(find "$lib" -mindepth 2 -maxdepth 2 -name .complete -printf '%T@ %h\n' \
+           | sort -rn | while read -r _ d; do
+               name=$(basename "$d")
+               if [ "$name" != "$current" ]; then echo "$name"; break; fi
+             done)
+for d in "$lib"/*; do
+    [ -d "$d" ] || continue
+    name=$(basename "$d")
+    if [ "$name" = "$current" ] || [ "$name" = "$previous" ]; then continue; fi
+    case "$name" in
+        *.tmp.*) [ -n "$(find "$d" -maxdepth 0 -mmin +10)" ] || continue ;;
+    esac
+    rm -rf "$d"
+done
+exit 0
 """
 
 
