@@ -26,7 +26,7 @@ from typing import Any
 from gpumod.errors import UsageError
 
 NEVER = -1.0
-_TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -35,7 +35,7 @@ def parse_ttl(text: str | float | int) -> float:
     raw = str(text).strip().lower()
     if raw in {"never", "off", "none", "-1"}:
         return NEVER
-    match = _TTL.match(raw.replace(" ", ""))
+    match = _TTL.fullmatch(raw.replace(" ", ""))
     value = float(match.group(1)) * _UNITS[match.group(2)] if match else math.nan
     if not math.isfinite(value) or value > 365 * 86400:
         raise UsageError(f"invalid idle TTL {text!r}",
