@@ -16,6 +16,7 @@ Rounds alternate the contenders (paired runs); medians are printed, with ratios
 to aiohttp. The machine is shared: the load average is printed with the figures.
 
 Run: .venv/bin/python bench/gateway_clients.py [--rounds 3]
+(needs `pip install httpx-aiohttp`, a contender only: the gateway does not use it)
 """
 
 from __future__ import annotations
