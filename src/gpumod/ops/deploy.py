@@ -280,10 +280,13 @@ def prune(store: Store, statuses: Sequence[ServiceStatus]) -> list[str]:
     """Forget deployments whose process is gone (never definitions, unreachable or unknown).
 
     A deployment whose stop was not confirmed ('stopping', process gone) is finished too.
+    One recorded 'stopped' is kept: it was put to rest on purpose (idle TTL, the gateway
+    made room), and the gateway starts it again on the next request; `pi stop` forgets it.
     """
     removed = []
     for status in statuses:
-        if status.state not in ("crashed", "stopped") or not records.is_deployment(status.spec):
+        if status.state not in ("crashed", "stopped") or not records.is_deployment(status.spec) \
+                or status.spec.state == "stopped":
             continue
         name = status.spec.name
         try:
