@@ -138,15 +138,17 @@ def test_gateway_runs_on_the_pod_and_wakes_its_services(pod, sshd):
 def test_unreachable_pod_keeps_the_gateway_record(pod, sshd):
     port = free_port()
     assert run_cli("gateway", "start", "--pod", "dc1", "--port", str(port), "-q").code == 0
-    sshd.stop()  # the pod goes away: nothing recorded may be lost
-    status = run_cli("gateway", "status", "--pod", "dc1")
-    assert status.code == 5 and "unreachable" in status.stdout
-    stop = run_cli("gateway", "stop", "--pod", "dc1")
-    assert stop.code == 5, stop.output
     from gpumod.ops.gateway import record
 
-    assert record(pod, "dc1") is not None  # still known, so it can be stopped later
-    sshd.start()
+    sshd.stop()  # the pod goes away: nothing recorded may be lost
+    try:
+        status = run_cli("gateway", "status", "--pod", "dc1")
+        assert status.code == 5 and "unreachable" in status.stdout
+        stop = run_cli("gateway", "stop", "--pod", "dc1")
+        assert stop.code == 5, stop.output
+        assert record(pod, "dc1") is not None  # still known, so it can be stopped later
+    finally:
+        sshd.start()  # also when an assertion failed: the fixture stops the gateway then
     stopped = run_cli("gateway", "stop", "--pod", "dc1")
     assert stopped.code == 0, stopped.output
     assert record(pod, "dc1") is None
