@@ -129,7 +129,9 @@ def test_api_key_is_in_no_argv_log_or_manifest(local_env):
 
 
 def test_second_service_gets_next_port_and_other_gpu(local_env):
-    assert start(MODEL, "--name", "a").code == 0
+    assert start(MODEL, "--name", "a", "--idle-ttl", "5m", "--alias", "fast").code == 0
+    extra = local_env.store.query_one("SELECT spec FROM services WHERE name = 'a'")["spec"]
+    assert json.loads(extra)["idle_ttl"] == 300.0 and json.loads(extra)["aliases"] == ["fast"]
     assert start(MODEL, "--name", "b").code == 0
     rows = {r["name"]: r for r in json.loads(run_cli("list", "--json").stdout)}
     assert rows["b"]["port"] > rows["a"]["port"] >= 8001
@@ -242,6 +244,8 @@ def test_missing_api_key_is_a_clear_error(local_env, monkeypatch):
     (["--memory", "150%"], "out of range"),
     (["--memory", "half"], "invalid memory share"),
     (["--name", "bad name!"], "invalid service name"),
+    (["--idle-ttl", "soon"], "invalid idle TTL"),
+    (["--alias", "two words"], "invalid alias"),
 ])
 def test_bad_values_are_rejected_before_anything_runs(local_env, args, message):
     base = ["--name", "ok"] if "--name" not in args else []

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+import signal
 import time
 
 import pytest
@@ -22,7 +21,7 @@ from tests.integration.test_deploy_local import (
     url_port,
 )
 from tests.support.cli import run_cli
-from tests.support.procs import stop_process
+from tests.support.procs import group_members, spawn, wait_for
 from tests.support.real import free_port
 
 pytestmark = pytest.mark.sshd
@@ -128,10 +127,7 @@ def test_port_map_changes_the_url(pod):
 def test_tunnel_forwards_a_local_port_to_the_service(pod):
     assert run_cli("start", MODEL, "--name", "t", "--pod", "dc1", "-q").code == 0
     local = free_port()
-    env = {**os.environ}
-    proc = subprocess.Popen([sys.executable, "-m", "gpumod.cli.main", "tunnel", "t",
-                             "--local-port", str(local)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = spawn("pi", "tunnel", "t", "--local-port", str(local))
     try:
         import httpx
 
@@ -142,8 +138,15 @@ def test_tunnel_forwards_a_local_port_to_the_service(pod):
                            headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
         assert answer.status_code == 200
         assert answer.json()["data"][0]["id"] == MODEL
+        assert len(group_members(proc.pid)) == 2  # the CLI and its ssh
+        proc.terminate()  # SIGTERM to the CLI alone: it must take its ssh child along
+        assert proc.wait(timeout=15) == 130
+        wait_for(lambda: not group_members(proc.pid), 5, "the ssh child to exit")
+        assert not port_listening(local)
     finally:
-        stop_process(proc)
+        if group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 def test_tunnel_to_a_local_service_is_refused(pod, monkeypatch, tmp_path):

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from gpumod.hosts.http import Endpoint
 from gpumod.hosts.transports.local import LocalTransport
 from gpumod.ops import probe
 from gpumod.supervise.base import LaunchPlan, ProcessState
 from gpumod.supervise.process import ProcessSupervisor
 from tests.support.real import free_port
+from tests.support.recorder import recording_server
 
 pytestmark = pytest.mark.spawns
 
@@ -98,3 +100,18 @@ def test_supervisor_env_secrets_and_state(tmp_path):
     finally:
         sup.stop(p, timeout=2)
     assert sup.state(p) is ProcessState.STOPPED
+
+
+def test_other_transports_run_the_http_script_on_the_host():
+    """A pod's HTTP calls to its services: `python3 -c HTTP_SCRIPT` there, one command."""
+    class Counting(LocalTransport):  # stands for a pod's transport: commands on the host
+        calls = 0
+
+        def run(self, argv, **kw):  # type: ignore[override]
+            Counting.calls += 1
+            return super().run(argv, **kw)
+
+    with recording_server() as (port, seen):
+        ep = Endpoint(Counting(), port)
+        assert ep.request("POST", "/wake_up", timeout=5).status == 200
+    assert Counting.calls == 1 and seen == [{"path": "/wake_up", "auth": None, "body": ""}]

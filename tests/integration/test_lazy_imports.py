@@ -1,5 +1,5 @@
-"""`gpumod --help` imports neither Textual nor the MCP SDK; without them the commands say
-how to install them."""
+"""`gpumod --help` imports neither Textual, the MCP SDK nor the gateway's server libraries;
+without them the commands say how to install them."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["mcp", "--help"], ["tui", "--help"],
-                                  ["plan", "--help"]])
-def test_help_imports_neither_textual_nor_mcp(argv: list[str]) -> None:
+                                  ["plan", "--help"], ["gateway", "--help"]])
+def test_help_imports_no_front_end_library(argv: list[str]) -> None:
     result = python(
         "import sys\n"
         "from gpumod.cli.main import main\n"
@@ -28,7 +28,8 @@ def test_help_imports_neither_textual_nor_mcp(argv: list[str]) -> None:
         f"    main({argv!r})\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'mcp'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+        "               ('textual', 'mcp', 'aiohttp', 'uvicorn') or m.startswith('gpumod.gateway'))\n"
         "print('HEAVY=' + ','.join(heavy))\n")
     assert result.returncode == 0, result.stderr
     assert "HEAVY=\n" in result.stdout, result.stdout[-500:]

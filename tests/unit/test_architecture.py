@@ -1,6 +1,6 @@
 """The house rules that keep gpumod easy to see and to change, checked on the source.
 
-- front ends (cli/, mcp/, tui/) hold no logic: they import gpumod.ops, gpumod.errors
+- front ends (cli/, mcp/, tui/, gateway/) hold no logic: they import gpumod.ops, gpumod.errors
   and their own helpers, nothing else of gpumod (lazy imports inside functions too);
 - the store owns its SQL: no module outside store/ passes SQL to SQLite;
 - no import circle among gpumod's modules (module-level imports, and lazy ones too);
@@ -17,7 +17,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = SRC / "gpumod"
-FRONT_ENDS = ("cli", "mcp", "tui")
+FRONT_ENDS = ("cli", "mcp", "tui", "gateway")
 MAX_LINES = 500
 
 
@@ -85,8 +85,9 @@ def imports(module: str, *, lazy: bool, path: Path | None = None) -> set[str]:
 
 
 def _allowed_for(front_end: str, target: str) -> bool:
-    # `gpumod mcp` and `gpumod tui` are CLI commands that start the other front ends.
-    own = (front_end, "mcp", "tui") if front_end == "cli" else (front_end,)
+    # `gpumod mcp`, `gpumod tui` and `gpumod gateway run` are CLI commands that start the
+    # other front ends.
+    own = (front_end, "mcp", "tui", "gateway") if front_end == "cli" else (front_end,)
     return (target == "gpumod"                       # the package itself: __version__
             or target == "gpumod.errors"
             or target == "gpumod.ops" or target.startswith("gpumod.ops.")

@@ -64,3 +64,31 @@ def plain(text: object) -> Text:
 
 def info(message: str) -> None:
     click.echo(message, err=True)
+
+
+def run_tunnel(argv: list[str], *, host: str, hint: str) -> None:
+    """Run an `ssh -N -L` tunnel in the foreground until it closes or we are stopped.
+
+    Ctrl+C closes it (exit 0: the usual way out); SIGTERM/SIGHUP (errors.Interrupted)
+    close it and exit 130. Either way the ssh child is stopped and waited for before
+    this returns: it never outlives the command.
+    """
+    import subprocess
+
+    from gpumod.errors import Interrupted, TransportError
+
+    proc = subprocess.Popen(argv)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt as exc:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if isinstance(exc, Interrupted):
+            raise
+        return
+    if code not in (0, 130, -2, -15):
+        raise TransportError(f"the tunnel to {host} closed (ssh exit {code})", hint=hint)

@@ -6,7 +6,16 @@ import sys
 
 import click
 
-from gpumod.cli.common import console, json_option, plain, pod_option, print_json, store, table
+from gpumod.cli.common import (
+    console,
+    json_option,
+    plain,
+    pod_option,
+    print_json,
+    run_tunnel,
+    store,
+    table,
+)
 
 STATE_STYLE = {"running": "green", "starting": "yellow", "sleeping": "cyan",
                "stopping": "yellow", "unhealthy": "yellow", "degraded": "yellow",
@@ -55,13 +64,18 @@ def _err(message: str) -> None:
               help="Start even where the planner says the model does not fit.")
 @click.option("--vllm-version", metavar="X.Y",
               help="vLLM version the VRAM check plans for (default: the pod's, from setup).")
+@click.option("--idle-ttl", metavar="TTL",
+              help="Put it to rest after this long idle (10m, 90s, 1h, never): the "
+                   "gateway and `gpumod watch` sleep or stop it.")
+@click.option("--alias", "aliases", multiple=True, metavar="NAME",
+              help="Another `model` name the gateway routes to it (repeatable).")
 @json_option
 @click.pass_context
 def start(ctx: click.Context, model: str | None, name: str | None, pod: str | None,
           pods: str | None, engine: str | None, memory: str | None, context: str | None,
           gpus: int | None, port: int | None, deadline: float | None, health_path: str | None,
           no_download: bool, quiet: bool, force: bool, vllm_version: str | None,
-          as_json: bool) -> None:
+          idle_ttl: str | None, aliases: tuple[str, ...], as_json: bool) -> None:
     """Start MODEL (HF id, or a path on the host) as an OpenAI-compatible endpoint.
 
     \b
@@ -92,7 +106,7 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
                               context=context, gpus=gpus, port=port, custom_args=custom,
                               deadline=deadline, health_path=health_path,
                               download=not no_download, force=force,
-                              vllm_version=vllm_version)
+                              vllm_version=vllm_version, idle_ttl=idle_ttl, aliases=aliases)
     log = (lambda line: None) if quiet else (lambda line: _err(f"  | {line}"))
     if pods is not None:
         from gpumod.ops import multinode_start
@@ -127,7 +141,7 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
 def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> None:
     """Deployments with their real state (process and HTTP health, checked on the host)."""
     from gpumod.errors import UsageError
-    from gpumod.ops import deploy
+    from gpumod.ops import deploy, gateway
     from gpumod.ops import hosts as hostops
     from gpumod.ops.states import list_status, raise_if_unreachable
 
@@ -135,6 +149,8 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
     if all_pods and pod:
         raise UsageError("--pod and --all-pods exclude each other")
     names = None if all_pods else [hostops.resolve_host(s, pod).name]
+    hosts = names if names is not None else [h.name for h in hostops.list_hosts(s)]
+    gateway.reconcile_hosts(s, hosts)  # a pod's gateway may have slept or started services
     statuses = list_status(s, names)
     removed = deploy.prune(s, statuses) if prune else []
     shown = [st for st in statuses if st.spec.name not in removed]
@@ -161,6 +177,11 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
                 _err(f"{st.spec.name}: {st.state}: {st.detail}")
     for name in removed:
         _err(f"pruned {name}")
+    if not as_json:
+        for host in hosts:
+            rec = gateway.record(s, host)
+            if rec is not None:
+                click.echo(f"gateway on {host}: {rec.url}  (`gpumod gateway status`)")
     raise_if_unreachable(shown)
 
 
@@ -234,19 +255,11 @@ def print_log(name: str, *, lines: int, follow: bool, node: str | None = None) -
               help="Local port (default: the service's port if free, else any free one).")
 def tunnel(name: str, local_port: int | None) -> None:
     """Forward a local port to a deployment over SSH (for pods without public ports)."""
-    import subprocess
-
-    from gpumod.errors import TransportError
     from gpumod.ops import deploy
 
     spec, host, argv, url = deploy.tunnel_plan(store(), name, local_port)
     _err(f"forwarding {url} -> {spec.name} on {host.name} (port {spec.port}); Ctrl+C closes")
     click.echo(f"export OPENAI_BASE_URL={url} OPENAI_MODEL="
                f"{spec.extra.get('served_model') or spec.model}")
-    try:
-        code = subprocess.call(argv)
-    except KeyboardInterrupt:
-        return
-    if code not in (0, 130, -2):
-        raise TransportError(f"the tunnel to {host.name} closed (ssh exit {code})",
-                             hint=f"is port {url.rsplit(':', 1)[1].split('/')[0]} free locally?")
+    run_tunnel(argv, host=host.name,
+               hint=f"is port {url.rsplit(':', 1)[1].split('/')[0]} free locally?")

@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mode": ("gpumod.cli.mode:mode", "Groups of services and switching between them."),
     "preset": ("gpumod.cli.preset:preset", "Service presets shipped with gpumod."),
     "watch": ("gpumod.cli.watch:watch", "Health checks, restarts and idle sleep, in the foreground."),
+    "gateway": ("gpumod.cli.gateway:gateway",
+                "One keyed OpenAI endpoint per host that wakes models on request."),
     "mcp": ("gpumod.cli.mcp_cmd:mcp", "Serve gpumod's operations to agents over MCP."),
     "tui": ("gpumod.cli.tui_cmd:tui", "Live terminal dashboard."),
     "plan": ("gpumod.cli.plan:plan", "Ask a model to propose a change, checked by the simulator."),

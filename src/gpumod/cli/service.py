@@ -41,11 +41,16 @@ def service() -> None:
 @click.option("--image", help="Docker image (engine docker).")
 @click.option("--container-port", type=click.IntRange(1, 65535),
               help="Port inside the container (engine docker).")
+@click.option("--idle-ttl", metavar="TTL",
+              help="Put it to rest after this long idle (10m, 90s, 1h, never): the "
+                   "gateway and `gpumod watch` sleep it (or stop it if it cannot sleep).")
+@click.option("--alias", "aliases", multiple=True, metavar="NAME",
+              help="Another `model` name the gateway routes to it (repeatable).")
 def add(name: str, preset: str | None, engine: str | None, model: str | None, pod: str | None,
         port: int | None, gpus: str | None, sleep_mode: str | None, depends_on: str | None,
         args_text: str | None, env_items: tuple[str, ...], vram_mib: int | None,
         supervisor: str, bind: str | None, image: str | None,
-        container_port: int | None) -> None:
+        container_port: int | None, idle_ttl: str | None, aliases: tuple[str, ...]) -> None:
     """Define a service from a preset or from an engine and a model."""
     from gpumod.ops.define import AddRequest, define_service
 
@@ -53,7 +58,7 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
         name=name, preset=preset, engine=engine, model=model, pod=pod, port=port, gpus=gpus,
         sleep_mode=sleep_mode, depends_on=depends_on, args=args_text, env=env_items,
         vram_mib=vram_mib, supervisor=supervisor, bind=bind, image=image,
-        container_port=container_port))
+        container_port=container_port, idle_ttl=idle_ttl, aliases=aliases))
     spec = added.spec
     click.echo(f"added {name}: {spec.engine} {spec.model} on {spec.host}:{spec.port}, "
                f"{added.where} (supervisor {spec.supervisor}, sleep {spec.sleep_mode})")

@@ -98,6 +98,12 @@ def build_server() -> Any:
         return bridge.service_status(name)
 
     @tool(READ_ONLY)
+    def gateway_status(pod: Pod = None) -> dict[str, Any]:
+        """The host's gateway (one keyed OpenAI endpoint): its URL and state, and each
+        model's state (ready, sleeping, stopped, starting), idle seconds and idle TTL."""
+        return bridge.gateway_status(pod)
+
+    @tool(READ_ONLY)
     def mode_list(pod: Pod = None) -> dict[str, Any]:
         """Modes (named sets of services) defined for a host."""
         return {"modes": bridge.mode_list(pod)}
@@ -206,7 +212,8 @@ def build_server() -> Any:
 
 
 TOOL_NAMES = (
-    "gpu_status", "service_list", "service_status", "mode_list", "mode_status", "mode_verify",
+    "gpu_status", "service_list", "service_status", "gateway_status", "mode_list",
+    "mode_status", "mode_verify",
     "simulate_mode", "model_info", "model_estimate", "plan_with_ai", "service_start",
     "service_stop", "service_sleep", "service_wake", "mode_switch",
 )

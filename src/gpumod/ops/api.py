@@ -150,6 +150,15 @@ def service_wake(name: str, progress: Progress | None = None) -> dict[str, Any]:
                                                                **_progress(progress)))
 
 
+# --------------------------------------------------------------------------- gateway
+
+
+def gateway_status(pod: str | None = None) -> dict[str, Any]:
+    """The host's gateway: URL, state, and each model's state, idle time and TTL."""
+    with session_store() as store:
+        return jsonable(_op("gpumod.ops.gateway", "status")(store, pod))
+
+
 # --------------------------------------------------------------------------- modes
 
 

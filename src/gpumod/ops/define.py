@@ -19,6 +19,7 @@ from gpumod.errors import GpumodError, UsageError
 from gpumod.hosts.model import Host
 from gpumod.ops import hosts as hosts_ops
 from gpumod.ops import inventory
+from gpumod.ops.idle import gateway_extra
 from gpumod.ops.inputs import names
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
@@ -44,6 +45,8 @@ class AddRequest:
     bind: str | None = None
     image: str | None = None            # engine docker
     container_port: int | None = None   # engine docker
+    idle_ttl: str | None = None         # "10m", "90s", "never" (ops.idle.parse_ttl)
+    aliases: tuple[str, ...] = ()       # other `model` names the gateway routes to it
 
 
 @dataclass
@@ -112,6 +115,7 @@ def _apply_options(req: AddRequest, base: dict[str, Any], extra: dict[str, Any],
         extra["docker"] = docker_cfg
     if req.bind:
         extra["bind"] = req.bind
+    extra.update(gateway_extra(req.idle_ttl, req.aliases))  # over the preset's idle_ttl
 
 
 def _gpu_list(req: AddRequest, base: dict[str, Any], extra: dict[str, Any], engine: str,

@@ -176,6 +176,9 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     validate.name(req.name, "service name")
     if req.port is not None:
         validate.port(req.port)
+    from gpumod.ops.idle import gateway_extra
+
+    gateway = gateway_extra(req.idle_ttl, req.aliases)
     host = inventory.refresh(store, hostops.resolve_host(store, req.pod))  # GPUs as they are now
     existing = services_table.get(store, req.name)
     if existing is not None:
@@ -226,7 +229,7 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
                                "config": plan.selection.config.label() if plan.selection
                                else None,
                                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                           time.gmtime())})
+                                                           time.gmtime()), **gateway})
     deadline = req.deadline or DEFAULT_DEADLINE.get(plan.engine.name, 300.0)
     what = f"pi start {req.name}"
     with locks.host_lock(host.name, shared=True, what=what, progress=out), \
@@ -285,10 +288,13 @@ def prune(store: Store, statuses: Sequence[ServiceStatus]) -> list[str]:
     """Forget deployments whose process is gone (never definitions, unreachable or unknown).
 
     A deployment whose stop was not confirmed ('stopping', process gone) is finished too.
+    One recorded 'stopped' is kept: it was put to rest on purpose (idle TTL, the gateway
+    made room), and the gateway starts it again on the next request; `pi stop` forgets it.
     """
     removed = []
     for status in statuses:
-        if status.state not in ("crashed", "stopped") or not records.is_deployment(status.spec):
+        if status.state not in ("crashed", "stopped") or not records.is_deployment(status.spec) \
+                or status.spec.state == "stopped":
             continue
         name = status.spec.name
         try:

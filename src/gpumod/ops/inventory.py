@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gpumod.errors import CapacityError, GpumodError
+from gpumod.errors import CapacityError, GpumodError, RemoteCommandError
 from gpumod.hosts.gpus import GPUUsage, snapshot
 from gpumod.hosts.model import GPU, Host
 from gpumod.hosts.transports.base import Transport
@@ -87,6 +87,24 @@ def read(store: Store, host: Host, *, transport: Transport | None = None,
 def refresh(store: Store, host: Host, *, transport: Transport | None = None) -> Host:
     """The host with the GPUs it has now (see :func:`read`)."""
     return read(store, host, transport=transport).host
+
+
+def free_mib(host: Host, *, transport: Transport | None = None
+             ) -> dict[int, tuple[int, int]] | None:
+    """{GPU index: (free MiB, total MiB)} from the host's nvidia-smi now; None without one,
+    or when it is there but fails (no live figures: the caller's admission decides)."""
+    try:
+        snap = snapshot(transport or hosts_ops.transport_for(host))
+    except RemoteCommandError:
+        return None
+    if snap is None:
+        return None
+    out = {}
+    for u in snap.gpus:
+        total = int(u.gpu.memory_mib)
+        free = u.free_mib if u.free_mib is not None else total - int(u.used_mib or 0)
+        out[u.gpu.index] = (int(free), total)
+    return out
 
 
 def target_host(store: Store, pod: str | None = None, *, mode: str | None = None,

@@ -136,7 +136,8 @@ def ensure_ready_held(store: Store, spec: ServiceSpec, *,
         progress(f"{name}: already running")
         return spec, "ready"
     if status.state == "sleeping":
-        report = wake_held(store, rt, progress=progress, timeout=timeout)
+        # the memory figures (two nvidia-smi reads) are the report's, which is not returned
+        report = wake_held(store, rt, progress=progress, timeout=timeout, measure=False)
         if not report.ok:
             raise EngineError(report.summary())
         return get_service(store, name), "woken"
@@ -330,10 +331,10 @@ def sleep_held(store: Store, rt: Runtime, level: str | None = None, *,
 
 
 def wake_held(store: Store, rt: Runtime, *, progress: Progress = _quiet,
-              timeout: float = DEFAULT_HEALTH_TIMEOUT) -> SleepReport:
-    """wake for a caller holding the service's lock."""
+              timeout: float = DEFAULT_HEALTH_TIMEOUT, measure: bool = True) -> SleepReport:
+    """wake for a caller holding the service's lock (measure: see ops.sleep.wake_runtime)."""
     moves = _moves(store, rt.spec.name, rt, progress, timeout)
-    return wake_runtime(store, rt, moves=moves, progress=progress)
+    return wake_runtime(store, rt, moves=moves, progress=progress, measure=measure)
 
 
 def sleep(store: Store, name: str, level: str | None = None, *, progress: Progress = _quiet,

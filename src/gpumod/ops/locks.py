@@ -130,6 +130,19 @@ def service_holder(name: str) -> str | None:
         os.close(fd)
 
 
+def gateway_lock(host: str, *, wait: float = 5.0, what: str = "gateway start"
+                 ) -> contextlib.AbstractContextManager[None]:
+    """One `gpumod gateway start/stop` at a time per host (apart from its services' locks)."""
+    path = _folder() / f"{validate.name(host, 'pod name')}.gateway.lock"
+
+    def busy(holder: str) -> Exception:
+        return ConflictError(f"the gateway on {host} is being changed by another gpumod "
+                             f"command ({holder or 'unknown holder'})",
+                             hint=f"wait for it to finish, then retry {what}")
+
+    return file_lock(path, wait=wait, what=what, busy=busy)
+
+
 def admission_lock(host: str, *, wait: float = 120.0, progress: Progress | None = None
                    ) -> contextlib.AbstractContextManager[None]:
     """The host's short critical section for admitting and reserving GPU memory."""

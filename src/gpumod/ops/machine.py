@@ -110,6 +110,16 @@ def record_identity(store: Store, name: str, pid: int | None) -> None:
         table.set_pid(store, name, pid)
 
 
+def mirror(store: Store, name: str, state: str, *, pid: Any = KEEP) -> None:
+    """Record a state that the service's own host reached without us (a pod-side gateway
+    woke, slept or stopped it under the pod's lifecycle): a report of a move made there,
+    so there is no allowed-from check (the note of the state it leaves goes, as in
+    :func:`move`); an unknown state word is refused."""
+    if state != NEVER_STARTED:
+        Phase(state)  # ValueError for a word that is no state
+    table.set_state(store, name, state, pid=pid)
+
+
 def reserve_memory(store: Store, name: str, mib: int | None) -> None:
     """Memory admitted for a start, counted for other starts until it is ready."""
     table.set_reserved(store, name, mib)

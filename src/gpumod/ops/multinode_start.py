@@ -51,6 +51,7 @@ from gpumod.ops import inventory, netcheck, ray_nodes
 from gpumod.ops import multinode as mn_ops
 from gpumod.ops import services as records
 from gpumod.ops.deploy import DEFAULT_DEADLINE, StartResult, download
+from gpumod.ops.idle import gateway_extra
 from gpumod.ops.multinode_launch import Launch, launch
 from gpumod.ops.preflight import Preflight, _engine_path_prefix, preflight
 from gpumod.ops.startplan import (
@@ -220,6 +221,11 @@ def start(store: Store, req: StartRequest, pods: list[str], *,
     validate.name(req.name, "service name")
     if req.port is not None:
         validate.port(req.port)
+    if req.idle_ttl is not None:  # a rest the gateway could not undo: only --pods starts it
+        raise UsageError("--idle-ttl does not go with --pods: a deployment across pods is "
+                         "started only by `pi start --pods`, so nothing could bring it back",
+                         hint="drop --idle-ttl; `pi stop` it when it is no longer needed")
+    gateway = gateway_extra(None, req.aliases)  # the gateway routes to it while it runs
     validate_model(req.model)
     hf = model_kind("vllm", req.model) == "hf"
     if hf and ":" in req.model:
@@ -291,7 +297,7 @@ def start(store: Store, req: StartRequest, pods: list[str], *,
                "catalog": shape.selection.model.id if shape.selection else None,
                "config": shape.selection.config.label() if shape.selection else None,
                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               mn_ops.KEY: record})
+               mn_ops.KEY: record, **gateway})
     run = Launch(checks, shape, facts, api_key, cached=bool(hf_repo),
                  deadline=req.deadline or DEFAULT_DEADLINE["vllm"])
     done = launch(store, draft, run, req, listening=head.pre.listening | {ray_port, dashboard},

@@ -205,7 +205,7 @@ def listening_ports(transport: Transport) -> set[int]:
 def wait_argv(service_dir: str, port: int, path: str, probe_host: str, deadline: float,
               ok_codes: Sequence[int], *, pid: int | None = None,
               owner_check: bool = True) -> list[str]:
-    """argv for Transport.popen: stream the log until healthy (0), exited (3), timeout (4)."""
+    """argv for Transport.stream: stream the log until healthy (0), exited (3), timeout (4)."""
     return ["sh", "-c", WAIT_SCRIPT, "sh", service_dir, str(port), path, probe_host,
             str(max(1, int(deadline))), " ".join(str(c) for c in ok_codes),
             str(pid) if pid else "", "1" if owner_check else "0"]

@@ -44,7 +44,11 @@ def launch_plan(spec: ServiceSpec, host: Host, engine: Engine | None = None,
     bind = bind_address(spec, host)
     binary = options.binary or (host.engine_env or {}).get(f"{spec.engine}_binary") or None
     engine.validate(spec)
-    argv = engine.argv(spec, bind=bind, binary=binary, model_path=options.model_path)
+    # a `pi start` GGUF deployment relaunched later (a wake that restarts it, the gateway
+    # starting it again after an eviction) finds its file where its first start did
+    model_path = options.model_path or (str(spec.extra.get("model_path") or "") or None
+                                        if spec.engine == "llamacpp" else None)
+    argv = engine.argv(spec, bind=bind, binary=binary, model_path=model_path)
     if spec.engine == "command" and options.binary:
         argv[0] = options.binary
     env = {**engine.env(spec), **options.env}

@@ -25,6 +25,7 @@ from gpumod.store.db import Store
 FIRST_PORT = 8001
 LAST_PORT = 8999
 ORIGIN_START = "pi start"
+RESERVED = frozenset({"gateway"})
 
 
 def get_service(store: Store, name: str) -> ServiceSpec:
@@ -78,6 +79,9 @@ def reserve(store: Store, spec: ServiceSpec, host: Host, *, listening: set[int],
     GPUs, or None to keep spec.gpus. Dependencies must exist on the same host.
     """
     validate.name(spec.name, "service name")
+    if spec.name in RESERVED:
+        raise UsageError(f"the name {spec.name!r} is reserved (the gateway's own unit and "
+                         "folder use it)", hint="pick another name")
     with store.transaction():
         same = table.get(store, spec.name)
         if same is not None:

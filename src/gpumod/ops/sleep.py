@@ -188,10 +188,14 @@ def sleep_runtime(store: Store, rt: Runtime, level: str | None = None, *, moves:
 
 
 def wake_runtime(store: Store, rt: Runtime, *, moves: Moves,
-                 progress: Progress = _quiet) -> SleepReport:
+                 progress: Progress = _quiet, measure: bool = True) -> SleepReport:
     """Wake the service of RT, verified, restarting it if that fails; the caller holds its
-    lock."""
+    lock.
+
+    measure=False skips the GPU memory figures (two nvidia-smi reads) for a caller that
+    wants readiness only (ensure_ready: the gateway holds a request while it wakes)."""
     spec = rt.spec
+    memory = _memory if measure else (lambda _rt: None)
     level = spec.sleep_mode if spec.sleep_mode != "none" else "start"
     report = SleepReport(spec.name, "wake", level)
     t0 = time.monotonic()
@@ -204,12 +208,12 @@ def wake_runtime(store: Store, rt: Runtime, *, moves: Moves,
             report.result, report.ok = "started", True
         except GpumodError as exc:
             report.attempts.append(Attempt("start", False, exc.message))
-        report.memory_after_mib = _memory(rt) if report.ok else None
+        report.memory_after_mib = memory(rt) if report.ok else None
         report.seconds = time.monotonic() - t0
         store.log_event("wake" if report.ok else "wake-failed", host=spec.host,
                         service=spec.name, detail=report.summary())
         return report
-    report.memory_before_mib = _memory(rt)
+    report.memory_before_mib = memory(rt)
     if rt.sleep is not None:
         try:
             progress(f"{spec.name}: wake ({level})")
@@ -243,7 +247,7 @@ def wake_runtime(store: Store, rt: Runtime, *, moves: Moves,
     if report.ok:
         if get_service(store, spec.name).state != machine.Phase.READY.value:
             machine.move(store, spec.name, machine.Phase.READY, pid=rt.pid())
-        report.memory_after_mib = _memory(rt)
+        report.memory_after_mib = memory(rt)
     report.seconds = time.monotonic() - t0
     store.log_event("wake" if report.ok else "wake-failed", host=spec.host, service=spec.name,
                     detail=report.summary())

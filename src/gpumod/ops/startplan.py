@@ -107,6 +107,8 @@ class StartRequest:
     download: bool = True
     force: bool = False                     # start even where the planner says it won't fit
     vllm_version: str | None = None         # plan for this vLLM version (default: the pod's)
+    idle_ttl: str | None = None             # gateway/watch idle TTL (10m, 90s, never)
+    aliases: tuple[str, ...] = ()           # other `model` names the gateway routes here
 
 
 @dataclass

@@ -6,10 +6,11 @@ Each round, for every service recorded as running or sleeping:
   ``fail_threshold`` rounds in a row, is restarted by policy (``Restart`` on: at most
   ``max_restarts`` within ``restart_window`` seconds, with exponential backoff between
   attempts); past that it is stopped, recorded failed and left alone (and logged);
-- **idle sleep**: a running service with a sleep mode and an idle TTL (``extra.idle_ttl``,
-  or ``sleep_on_idle`` in the current mode with the default TTL) whose ``/metrics`` show no
-  running or waiting requests and no change of the token counters for longer than the TTL
-  is put to sleep (verified, with fallbacks; see ops.sleep).
+- **idle**: a running service with an idle TTL (``extra.idle_ttl``, or ``sleep_on_idle`` in
+  the current mode with the default TTL) whose ``/metrics`` show no running or waiting
+  requests and no change of the token counters for longer than the TTL is put to rest by
+  the same mechanism the gateway uses (ops.idle: the lifecycle's verified sleep, with
+  fallbacks; stop where the engine cannot sleep). Without metrics idleness is never guessed.
 
 Each round asks the host once (the one status probe, which also checks who answers on a
 service's port), and every action is the lifecycle's own (gpumod.ops.lifecycle): a
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from gpumod.errors import ConfigError, GpumodError, UsageError
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import lifecycle
+from gpumod.ops.idle import Activity, rest, service_ttl
 from gpumod.ops.lifecycle import Runtime
 from gpumod.ops.states import ServiceStatus
 from gpumod.spec import ServiceSpec
@@ -79,7 +81,7 @@ class Track:
     next_restart: float = 0.0
     gave_up: bool = False
     counters: tuple[float, ...] | None = None
-    idle_since: float | None = None
+    activity: Activity = field(default_factory=Activity)
 
 
 class Watcher:
@@ -99,12 +101,8 @@ class Watcher:
         self.log(f"{service}: {what}" + (f" ({detail})" if detail else ""))
 
     def idle_ttl(self, rt: Runtime, sleepy: set[str]) -> float | None:
-        ttl = rt.spec.extra.get("idle_ttl")
-        if ttl:
-            return float(ttl)
-        if rt.spec.name in sleepy:
-            return self.policy.default_idle_ttl
-        return None
+        default = self.policy.default_idle_ttl if rt.spec.name in sleepy else None
+        return service_ttl(rt.spec, default)
 
     def round(self) -> None:
         from gpumod.ops import hosts as hosts_ops
@@ -185,7 +183,7 @@ class Watcher:
     def idle(self, spec: ServiceSpec, track: Track, sleepy: set[str], now: float) -> None:
         rt = lifecycle.runtime(self.store, spec, transport=self.transport)
         ttl = self.idle_ttl(rt, sleepy)
-        if not self.policy.idle_sleep or ttl is None or rt.sleep is None:
+        if not self.policy.idle_sleep or ttl is None:
             return
         answer = rt.endpoint.request("GET", "/metrics", timeout=10)
         if answer.status != 200:
@@ -195,17 +193,12 @@ class Watcher:
         counters = tuple(metrics.get(k, 0.0) for k in COUNTERS)
         if busy > 0 or counters != track.counters:
             track.counters = counters
-            track.idle_since = now
+            track.activity.observe(now)  # work seen: idle time starts again from now
             return
-        if track.idle_since is None:
-            track.idle_since = now
+        if not track.activity.due(now, ttl):
             return
-        if now - track.idle_since < ttl:
-            return
-        with lifecycle.changing(self.store, spec.name, "watch: idle sleep", wait=0) as cur:
-            report = lifecycle.sleep_held(self.store, lifecycle.runtime(
-                self.store, cur, transport=self.transport), progress=lambda _m: None)
-        track.idle_since = None
+        report = rest(self.store, spec.name, wait=0, transport=self.transport)
+        track.activity = Activity()
         self.action(spec.name, "idle-sleep" if report.ok else "idle-sleep-failed",
                     report.summary())
 

@@ -206,6 +206,9 @@ class Store:
     def set_setting(self, key: str, value: str) -> None:
         settings.put(self, key, value)
 
+    def delete_setting(self, key: str) -> None:
+        settings.delete(self, key)
+
     def log_event(self, action: str, *, host: str | None = None, service: str | None = None,
                   detail: str = "") -> None:
         settings.log_event(self, action, host=host, service=service, detail=detail)

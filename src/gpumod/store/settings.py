@@ -19,6 +19,11 @@ def put(store: Store, key: str, value: str) -> None:
                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
 
+def delete(store: Store, key: str) -> None:
+    with store.transaction() as db:
+        db.execute("DELETE FROM settings WHERE key = ?", (key,))
+
+
 def log_event(store: Store, action: str, *, host: str | None = None,
               service: str | None = None, detail: str = "") -> None:
     with store.transaction() as db:

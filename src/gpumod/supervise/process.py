@@ -332,5 +332,5 @@ def read_log_file(transport: Transport, path: str, lines: int) -> str:
 
 
 def tail_argv(log_path: str, lines: int, follow: bool) -> list[str]:
-    """argv (for Transport.popen) that prints, and optionally follows, a log."""
+    """argv (for Transport.stream) that prints, and optionally follows, a log."""
     return ["sh", "-c", TAIL_SCRIPT, "sh", log_path, str(lines), "1" if follow else "0"]

@@ -305,6 +305,8 @@ class GpumodApp(App[None]):
         elif command.name == "status":
             self.action_refresh()
             self._in_worker(command, lambda progress: self.bridge.gpu_picture(self.host))
+        elif command.name == "gateway":
+            self._in_worker(command, lambda progress: self.bridge.gateway_status(self.host))
         elif command.name == "simulate":
             self._in_worker(command, lambda progress: self.bridge.simulate_mode(
                 command.target or None, add=command.add, remove=command.remove,
@@ -360,7 +362,7 @@ class GpumodApp(App[None]):
         else:
             for line in describe(command, result):
                 self.say(line)
-        if command.name not in ("logs", "simulate"):
+        if command.name not in ("logs", "simulate", "gateway"):
             self.action_refresh()
         self.set_status(Text(f"{label}: {'failed' if error else 'done'}",
                              style="red" if error else "green"))
@@ -371,6 +373,8 @@ def describe(command: Command, result: Any) -> list[Text]:
     if command.name in ("status", "logs"):
         text = str(result or "").rstrip("\n")
         return [Text(line) for line in text.splitlines()] or [Text("(empty)", style="dim")]
+    if command.name == "gateway":
+        return gateway_lines(result)
     if command.name == "simulate":
         lines = [Text(("fits" if result.get("fits") else "DOES NOT FIT: ")
                       + ("" if result.get("fits") else str(result.get("reason", ""))),
@@ -396,3 +400,27 @@ def describe(command: Command, result: Any) -> list[Text]:
         return [Text(f"stopped: {', '.join(result.get('stopped') or []) or 'nothing'}",
                      style="green")]
     return [Text(str(result))]
+
+
+def gateway_lines(status: dict[str, Any]) -> list[Text]:
+    """The gateway's state and one line per model (state, in flight, idle time, TTL)."""
+    from gpumod.ops.idle import format_ttl
+
+    head = Text(f"gateway on {status.get('host')}: ")
+    head.append(str(status.get("state")), style="green" if status.get("state") == "running"
+                else "yellow")
+    if status.get("url"):
+        head.append(f"  {status['url']}")
+    if status.get("detail"):
+        head.append(f"  ({status['detail']})", style="dim")
+    lines = [head]
+    for m in status.get("models") or []:
+        line = Text("  ")
+        line.append_text(state_cell(str(m.get("state", "?"))))
+        idle = m.get("idle_s")
+        line.append(f"  {m.get('served_model')} ({m.get('name')})"
+                    f"  in flight {m.get('in_flight', 0)}, queued {m.get('queued', 0)}"
+                    f"  idle {'-' if idle is None else format_ttl(round(idle))}"
+                    f"  ttl {format_ttl(m.get('ttl_s'))}")
+        lines.append(line)
+    return lines

@@ -23,11 +23,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "wake": ("NAME", "wake a sleeping service"),
     "logs": ("NAME [LINES]", "the last lines of a service's log"),
     "host": ("NAME", "show another host (pod)"),
+    "gateway": ("", "the host's gateway: URL, state, each model's state, idle time, TTL"),
     "help": ("", "this list"),
     "quit": ("", "leave"),
 }
 ALIASES = {"q": "quit", "exit": "quit", "?": "help", "h": "help", "sim": "simulate",
-           "log": "logs", "mode": "switch"}
+           "log": "logs", "mode": "switch", "gw": "gateway"}
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def parse(line: str) -> Command:
     rest = words[1:]
     if name not in COMMANDS:
         raise UsageError(f"unknown command /{words[0]}", hint="type /help")
-    if name in ("status", "help", "quit"):
+    if name in ("status", "help", "quit", "gateway"):
         if rest:
             raise UsageError(f"/{name} takes no arguments")
         return Command(name)

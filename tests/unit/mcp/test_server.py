@@ -185,3 +185,11 @@ def test_results_are_json_text_too(fake_gpus: Path) -> None:
     """Clients that ignore structured content still get the JSON as text."""
     result = call("gpu_status")
     assert json.loads(result.content[0].text)["host"] == "local"
+
+
+def test_gateway_status_without_a_gateway() -> None:
+    result = call("gateway_status")
+    assert not result.is_error
+    data = structured(result)
+    assert data["host"] == "local" and data["state"] == "not started"
+    assert data["models"] == []

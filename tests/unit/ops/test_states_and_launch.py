@@ -79,6 +79,14 @@ def test_launch_plan_of_a_sleeping_vllm_on_a_pod_binds_loopback():
     assert plan.env["VLLM_SERVER_DEV_MODE"] == "1" and "--enable-sleep-mode" in argv
 
 
+def test_a_relaunched_pi_start_gguf_deployment_finds_its_file():
+    """Wake-by-restart and the gateway relaunch without pi start's pre-flight options."""
+    gguf = spec(engine="llamacpp", model="org/repo:tiny.gguf", args=("-c", "512"),
+                extra={"model_path": "/cache/snapshots/abc/tiny.gguf"})
+    argv = list(runtime.launch_plan(gguf, POD).argv)
+    assert argv[argv.index("-m") + 1] == "/cache/snapshots/abc/tiny.gguf"
+
+
 def test_service_add_takes_its_port_like_pi_start():
     store = open_store()
     with socket.socket() as busy:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpumod.errors import UsageError
-from gpumod.tui.commands import COMMANDS, help_lines, parse
+from gpumod.tui.commands import COMMANDS, Command, help_lines, parse
 
 
 def test_simple_commands() -> None:
@@ -64,3 +64,23 @@ def test_help_lists_every_command() -> None:
     text = "\n".join(help_lines())
     for name in COMMANDS:
         assert f"/{name}" in text
+
+
+def test_gateway_command_and_its_lines():
+    from gpumod.tui.app import describe
+
+    assert parse("/gateway") == Command("gateway")
+    assert parse("/gw") == Command("gateway")
+    with pytest.raises(UsageError):
+        parse("/gateway extra")
+    lines = describe(Command("gateway"), {
+        "host": "dc1", "state": "running", "url": "http://1.2.3.4:8000/v1", "detail": "",
+        "models": [{"name": "chat", "served_model": "org/chat", "state": "sleeping",
+                    "in_flight": 0, "queued": 1, "idle_s": None, "ttl_s": 600.0},
+                   {"name": "emb", "served_model": "emb", "state": "ready", "in_flight": 2,
+                    "queued": 0, "idle_s": 90.2, "ttl_s": None}]})
+    text = [line.plain for line in lines]
+    assert text[0] == "gateway on dc1: running  http://1.2.3.4:8000/v1"
+    assert "sleeping" in text[1] and "org/chat (chat)" in text[1] and "ttl 10m" in text[1]
+    assert "queued 1" in text[1]
+    assert "in flight 2" in text[2] and "idle 90s" in text[2] and "ttl -" in text[2]
