@@ -120,17 +120,21 @@ class Pods:
         store.close()
 
     def start(self, per_pod: int) -> None:
+        from tests.support.real import free_port
+
         for i in range(len(self.servers)):
             pod = f"pod{i}"
-            rows = []
+            rows = self.deployments.setdefault(pod, [])
             for j in range(per_pod):
                 name = f"p{i}m{j}"
+                # Every pod is a loopback sshd: they share this machine's ports with each
+                # other and with other sessions, so each service gets a free one.
                 out = pi("start", MODEL, "--name", name, "--pod", pod, "--memory", "10%",
-                         "--context", "4k", "-q", "--json", env=self.env)
+                         "--context", "4k", "--port", str(free_port()), "-q", "--json",
+                         env=self.env)
                 data = json.loads(out)
                 rows.append({"name": name, "port": data["port"], "gpus": data.get("gpus") or [0],
                              "pid": data["pid"]})
-            self.deployments[pod] = rows
 
     def pods_json(self, folder: Path) -> None:
         """The same processes, recorded the original's way."""

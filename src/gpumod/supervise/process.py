@@ -45,13 +45,16 @@ MANIFEST_MARK = "%%gpumod-manifest%%"
 SH_FUNCTIONS = r"""
 starttime() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
 pid_alive() {
-  # $1 pid, $2 expected start time (may be empty). Zombies count as dead.
+  # $1 pid, $2 expected start time (may be empty). Zombies count as dead. Builtins only
+  # (no fork): status checks call it for every service.
   [ -n "$1" ] || return 1
   kill -0 "$1" 2>/dev/null || return 1
   if [ -r "/proc/$1/stat" ]; then
-    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
-    [ "$st" = Z ] && return 1
-    if [ -n "$2" ]; then [ "$(starttime "$1")" = "$2" ] || return 1; fi
+    IFS= read -r _stat < "/proc/$1/stat" 2>/dev/null || return 1
+    # the fields after "(comm) ": state is the 1st, the start time the 20th
+    set -- "$1" "$2" ${_stat##*) }
+    [ "$3" = Z ] && return 1
+    if [ -n "$2" ]; then [ "${22}" = "$2" ] || return 1; fi
   fi
   return 0
 }
