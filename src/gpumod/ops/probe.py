@@ -88,8 +88,8 @@ owns_port() {
 # The status script's two concurrent halves, each printing "<kind> <service index> <value>"
 # lines. http_codes: every health URL at once, in ONE curl (--parallel, curl 7.66+), else
 # one `probe` per service in the background. owners: the owns_port question for every
-# service at once (one pass over the process table, one `ls` of the members' fds), each
-# "N:pid:port" in $1 answered yes or no.
+# service at once (one `ls` of the leaders' fds; one pass over the process table and one
+# `ls` of the members' fds for the rest), each "N:pid:port" in $1 answered yes or no.
 STATUS_FUNCTIONS = r"""
 http_codes() {
   set --
@@ -119,8 +119,18 @@ owners() {
     for c in $1; do echo "owner ${c%%:*} yes"; done
     return
   fi
+  # Engines mostly hold their port in the group's leader itself: look there first, and
+  # scan the process table only for the services where that finds nothing.
   leaders=
-  for c in $1; do c=${c#*:}; leaders="$leaders ${c%%:*}"; done
+  for c in $1; do c=${c#*:}; leaders="$leaders ${c%%:*}:${c%%:*}"; done
+  found=" $(holders "$1" "$leaders") "
+  again=
+  for c in $1; do
+    case $found in *" ${c%%:*}=yes "*) echo "owner ${c%%:*} yes" ;; *) again="$again $c" ;; esac
+  done
+  [ -n "$again" ] || return 0
+  leaders=
+  for c in $again; do c=${c#*:}; leaders="$leaders ${c%%:*}"; done
   # "member:leader" for every live process whose group or session a leader leads
   members=$(cat /proc/[0-9]*/stat 2>/dev/null | awk -v want="$leaders" '
     BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) lead[w[i]] = 1 }
@@ -128,11 +138,17 @@ owners() {
       if (f[1] == "Z") next
       if (f[3] in lead) printf "%s:%s ", pid, f[3]
       if (f[4] in lead && f[4] != f[3]) printf "%s:%s ", pid, f[4] }')
+  for t in $(holders "$again" "$members"); do echo "owner ${t%=*} ${t#*=}"; done
+}
+holders() {
+  # "N=yes|no" for each "N:pid:port" in $1: does one of the "member:leader" processes in
+  # $2 whose leader is pid hold the listening socket of port?
   fds=/dev/null  # a second operand, so ls heads every folder with its name
-  for m in $members; do fds="$fds /proc/${m%%:*}/fd"; done
-  tcp6=; [ -r /proc/net/tcp6 ] && tcp6=/proc/net/tcp6
+  for m in $2; do fds="$fds /proc/${m%%:*}/fd"; done
+  tcp6=
+  [ -r /proc/net/tcp6 ] && tcp6=/proc/net/tcp6
   { cat /proc/net/tcp $tcp6; echo "%%fds"; ls -l $fds 2>/dev/null; } |
-    awk -v checks="$1" -v members="$members" '
+    awk -v checks="$1" -v members="$2" '
       BEGIN { n = split(members, mm, " ")
               for (i = 1; i <= n; i++) { split(mm[i], x, ":"); lead[x[1]] = lead[x[1]] " " x[2] } }
       $0 == "%%fds" { fds = 1; next }
@@ -143,7 +159,7 @@ owners() {
                            for (j = 1; j <= k; j++) held[l[j] ":" port[ino]] = 1 } }
       END { n = split(checks, cc, " ")
             for (i = 1; i <= n; i++) { split(cc[i], c, ":")
-              print "owner", c[1], ((c[2] ":" sprintf("%04X", c[3])) in held ? "yes" : "no") } }'
+              printf "%s=%s ", c[1], ((c[2] ":" sprintf("%04X", c[3])) in held) ? "yes" : "no" } }'
 }
 """
 

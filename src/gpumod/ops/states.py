@@ -23,7 +23,6 @@ One round trip per host (:func:`host_status`), hosts in parallel threads.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,8 +186,6 @@ def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec], *,
         except GpumodError:
             return ""
 
-    from gpumod.ops.locks import service_holder
-
     transport = transport or hosts_ops.transport_for(host)
     engines: list[Engine | None] = []
     for spec in specs:
@@ -210,7 +207,11 @@ def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec], *,
         probe = found.get(item[0])
         if own is not None:
             probe = _supervisor_probe(own, spec, item, probe)
-        holder = service_holder(spec.name) if spec.state in ("starting", "stopping") else None
+        holder = None
+        if spec.state in ("starting", "stopping"):  # is a gpumod command changing it now?
+            from gpumod.ops.locks import service_holder
+
+            holder = service_holder(spec.name)
         state, detail = classify(spec, probe, engine, holder)
         statuses.append(ServiceStatus(
             spec, state, detail, url(spec), probe.http if probe else 0,
@@ -230,6 +231,11 @@ def list_status(store: Store, host_names: Sequence[str] | None = None) -> list[S
             by_host.setdefault(spec.host, []).append(spec)
     if not by_host:
         return []
+    if len(by_host) == 1:  # the usual case (the active pod): no thread pool to start
+        [(name, group)] = by_host.items()
+        return host_status(store, hosts[name], group)
+    from concurrent.futures import ThreadPoolExecutor
+
     results: dict[str, list[ServiceStatus]] = {}
     with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
         futures = {name: pool.submit(host_status, store, hosts[name], group)
