@@ -17,7 +17,7 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from gpumod.errors import ConfigError, UsageError
@@ -126,10 +126,11 @@ def parse_catalog(data: dict[str, Any]) -> dict[str, KnownModel]:
 
 @functools.lru_cache(maxsize=1)
 def load_catalog() -> dict[str, KnownModel]:
-    import yaml
+    from gpumod.catalog.yamltext import safe_load
 
-    text = resources.files("gpumod.catalog").joinpath("data/models.yaml").read_text("utf-8")
-    return parse_catalog(yaml.safe_load(text) or {})
+    # Beside this module (importlib.resources would cost listings more than the parse).
+    text = (Path(__file__).parent / "data" / "models.yaml").read_text("utf-8")
+    return parse_catalog(safe_load(text) or {})
 
 
 def find_model(name: str) -> KnownModel | None:

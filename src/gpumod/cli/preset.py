@@ -17,24 +17,23 @@ def preset() -> None:
 @json_option
 def list_cmd(kind: str | None, as_json: bool) -> None:
     """Every preset: shipped ones and yours ($GPUMOD_HOME/presets)."""
-    from gpumod.catalog.presets import scan
+    from gpumod.catalog.preset_index import listing
 
-    found, broken = scan()
+    found, broken = listing()
     for bad in broken:  # listed, not fatal: the other presets stay usable
         click.echo(f"warning: skipped {bad.error.message}", err=True)
-    items = [i for i in found if kind is None or i.preset.kind == kind]
+    items = [p for p in found if kind is None or p["kind"] == kind]
     if as_json:
-        print_json([{**i.preset.model_dump(mode="json"), "source": i.source} for i in items])
+        print_json(items)
         return
     t = table("KIND", "NAME", "ENGINE", "MODEL / SERVICES", "SLEEP", "DESCRIPTION")
-    for i in items:
-        p = i.preset
-        if p.kind == "service":
-            t.add_row("service", plain(p.name), p.engine, plain(p.model), p.sleep,
-                      plain(p.description[:70]))
+    for p in items:
+        if p["kind"] == "service":
+            t.add_row("service", plain(p["name"]), p["engine"], plain(p["model"]), p["sleep"],
+                      plain(p["description"][:70]))
         else:
-            t.add_row("mode", plain(p.name), "", plain(", ".join(p.services) or "(none)"), "",
-                      plain(p.description[:70]))
+            t.add_row("mode", plain(p["name"]), "", plain(", ".join(p["services"]) or "(none)"),
+                      "", plain(p["description"][:70]))
     console().print(t)
 
 

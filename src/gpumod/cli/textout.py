@@ -11,7 +11,6 @@ rich, imported only then.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from typing import IO, Any
 
@@ -138,8 +137,9 @@ class Console:
     def width(self) -> int:
         if not self.is_terminal():
             return NOT_A_TTY_WIDTH
-        columns = os.environ.get("COLUMNS", "")
-        return int(columns) if columns.isdigit() else shutil.get_terminal_size().columns
+        import shutil
+
+        return shutil.get_terminal_size().columns  # COLUMNS first, as rich and click do
 
     def print(self, *objects: Any, style: str | None = None, end: str = "\n") -> None:
         if any(not isinstance(o, (str, Table)) for o in objects):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from gpumod import paths, validate
 from gpumod.errors import ConflictError, NotFoundError, UsageError
 from gpumod.hosts.model import GPU, Host
-from gpumod.hosts.transports.base import Transport
 from gpumod.store.db import Store, dumps
+
+if TYPE_CHECKING:  # the transports (subprocess, ssh) load when a host is reached, not listed
+    from gpumod.hosts.transports.base import Transport
 
 LOCAL = "local"
 

@@ -91,6 +91,7 @@ owns_port() {
 # service at once (one `ls` of the leaders' fds; one pass over the process table and one
 # `ls` of the members' fds for the rest), each "N:pid:port" in $1 answered yes or no.
 STATUS_FUNCTIONS = r"""
+# shellcheck disable=SC2154 # u is set through eval
 http_codes() {
   set --
   i=0
@@ -147,6 +148,7 @@ holders() {
   for m in $2; do fds="$fds /proc/${m%%:*}/fd"; done
   tcp6=
   [ -r /proc/net/tcp6 ] && tcp6=/proc/net/tcp6
+  # shellcheck disable=SC2086 # several operands on purpose
   { cat /proc/net/tcp $tcp6; echo "%%fds"; ls -l $fds 2>/dev/null; } |
     awk -v checks="$1" -v members="$2" '
       BEGIN { n = split(members, mm, " ")
@@ -188,6 +190,7 @@ while [ $# -ge 7 ]; do
     elif pid_alive "$pid" "$start"; then p=alive
     else p=dead; fi
   fi
+  # shellcheck disable=SC2034 # read through eval
   url="http://$phost:$port$path"
   eval "dir_$n=\$dir pid_$n=\$pid p_$n=\$p url_$n=\$url"
   if [ "$owner" = 1 ] && [ "$p" = alive ] && [ -n "$pid" ]; then
@@ -200,6 +203,7 @@ done
   [ -n "$checks" ] && owners "$checks"
   wait
 } | {
+  # shellcheck disable=SC2034 # value is read through eval
   while read -r kind i value; do
     case $kind:$i in code:*[!0-9]*|owner:*[!0-9]*) continue ;; code:?*|owner:?*) ;; *) continue ;; esac
     eval "${kind}_$i=\$value"

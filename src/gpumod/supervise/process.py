@@ -52,6 +52,7 @@ pid_alive() {
   if [ -r "/proc/$1/stat" ]; then
     IFS= read -r _stat < "/proc/$1/stat" 2>/dev/null || return 1
     # the fields after "(comm) ": state is the 1st, the start time the 20th
+    # shellcheck disable=SC2086 # split into fields on purpose
     set -- "$1" "$2" ${_stat##*) }
     [ "$3" = Z ] && return 1
     if [ -n "$2" ]; then [ "${22}" = "$2" ] || return 1; fi
