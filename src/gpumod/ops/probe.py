@@ -181,8 +181,8 @@ while [ $# -ge 7 ]; do
     r=$(unit_state "$scope" "$unit"); p=${r%% *}; pid=${r#* }; [ "$pid" = - ] && pid=
   else
     start=
-    [ -r "$dir/service.pid" ] && read -r pid < "$dir/service.pid" 2>/dev/null
-    [ -r "$dir/service.pidstart" ] && read -r start < "$dir/service.pidstart" 2>/dev/null
+    [ -r "$dir/service.pid" ] && read -r pid 2>/dev/null < "$dir/service.pid"
+    [ -r "$dir/service.pidstart" ] && read -r start 2>/dev/null < "$dir/service.pidstart"
     if [ -z "$pid" ]; then
       if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then p=gone
       elif [ -d "$dir" ]; then p=stopped

@@ -47,10 +47,10 @@ starttime() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
 pid_alive() {
   # $1 pid, $2 expected start time (may be empty). Zombies count as dead. Builtins only
   # (no fork): status checks call it for every service.
-  [ -n "$1" ] || return 1
+  case $1 in ''|*[!0-9]*) return 1 ;; esac  # not a pid (kill -0 -1 would answer for all)
   kill -0 "$1" 2>/dev/null || return 1
   if [ -r "/proc/$1/stat" ]; then
-    IFS= read -r _stat < "/proc/$1/stat" 2>/dev/null || return 1
+    IFS= read -r _stat 2>/dev/null < "/proc/$1/stat" || return 1
     # the fields after "(comm) ": state is the 1st, the start time the 20th
     # shellcheck disable=SC2086 # split into fields on purpose
     set -- "$1" "$2" ${_stat##*) }
