@@ -20,7 +20,8 @@ from tests.support.real import free_port
 NOT_FOR_LISTINGS = ("rich", "pydantic", "httpx", "openai", "yaml", "jinja2", "textual", "mcp",
                     "gpumod.catalog.presets", "gpumod.planner", "gpumod.ops.deploy",
                     "gpumod.ops.planning", "gpumod.ops.admission", "gpumod.ops.startplan",
-                    "gpumod.ops.preflight", "gpumod.engines.docker", "gpumod.supervise.systemd")
+                    "gpumod.ops.preflight", "gpumod.engines.docker", "gpumod.supervise.systemd",
+                    "gpumod.hosts.http")
 
 
 def run_main(argv: list[str], watch: tuple[str, ...]) -> tuple[str, list[str]]:
