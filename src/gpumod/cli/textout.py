@@ -3,9 +3,9 @@
 Importing rich's console and table costs more than a whole local listing (tens of
 milliseconds), so listings print through this small writer instead. Tables keep
 rich's SIMPLE_HEAD look (bold header, one rule, three spaces between columns);
-colour only on a terminal, never with NO_COLOR or TERM=dumb. Text is never read
-as markup. Anything else (a rich renderable, e.g. from `gpumod plan`) is handed to
-rich, imported only then.
+colour only on a terminal (or with FORCE_COLOR), never with NO_COLOR or TERM=dumb,
+as rich decides. Text is never read as markup. Anything else (a rich renderable,
+e.g. from `gpumod plan`) is handed to rich, imported only then.
 """
 
 from __future__ import annotations
@@ -131,8 +131,11 @@ class Console:
             return False
 
     def color(self) -> bool:
-        return (self.is_terminal() and "NO_COLOR" not in os.environ
-                and os.environ.get("TERM") != "dumb")
+        if "NO_COLOR" in os.environ:
+            return False
+        if os.environ.get("FORCE_COLOR"):
+            return True
+        return self.is_terminal() and os.environ.get("TERM") != "dumb"
 
     def width(self) -> int:
         if not self.is_terminal():

@@ -42,8 +42,11 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch) -> None:
 
     for stream, env, coloured in ((io.StringIO(), {}, False), (Tty(), {}, True),
                                   (Tty(), {"NO_COLOR": "1"}, False),
-                                  (Tty(), {"TERM": "dumb"}, False)):
+                                  (Tty(), {"TERM": "dumb"}, False),
+                                  (io.StringIO(), {"FORCE_COLOR": "1"}, True),
+                                  (Tty(), {"FORCE_COLOR": "1", "NO_COLOR": ""}, False)):
         monkeypatch.delenv("NO_COLOR", raising=False)
+        monkeypatch.delenv("FORCE_COLOR", raising=False)
         monkeypatch.setenv("TERM", "xterm")
         for key, value in env.items():
             monkeypatch.setenv(key, value)
