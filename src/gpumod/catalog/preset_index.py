@@ -2,7 +2,7 @@
 
 Checking a preset takes pydantic, whose import alone costs more than a listing may.
 The shipped presets cannot change after install, so they are checked once, when
-`scripts/gen_preset_index.py` writes them to data/presets.json (a test keeps that
+`scripts/gen_catalog_data.py` writes them to data/presets.json (a test keeps that
 file equal to what their YAML gives), and listings read that file. User presets
 ($GPUMOD_HOME/presets) are checked on every listing, so pydantic is imported only
 where there are some.

@@ -93,8 +93,6 @@ def test_pi_list_checks_services_without_the_planner_or_rich() -> None:
                                   ["models"], ["models", "--json"], ["service", "list"],
                                   ["service", "list", "--json"]])
 def test_local_listings_stay_light(argv: list[str]) -> None:
-    watch = NOT_FOR_LISTINGS if argv[0] != "models" else tuple(
-        m for m in NOT_FOR_LISTINGS if m != "yaml")  # the model catalog is YAML
-    out, imported = run_main(argv, watch)
+    out, imported = run_main(argv, NOT_FOR_LISTINGS)
     assert imported == [], argv
     assert out.strip()

@@ -75,7 +75,7 @@ def test_shipped_preset_index_is_current() -> None:
     from gpumod.catalog.preset_index import INDEX
 
     assert json.loads(INDEX.read_text()) == presets.builtin_index(), \
-        "data/presets.json is out of date: run scripts/gen_preset_index.py"
+        "data/presets.json is out of date: run scripts/gen_catalog_data.py"
 
 
 def test_preset_list_shows_user_presets_over_shipped_ones(gpumod_home: Path) -> None:
