@@ -21,7 +21,7 @@ NOT_FOR_LISTINGS = ("rich", "pydantic", "httpx", "openai", "yaml", "jinja2", "te
                     "gpumod.catalog.presets", "gpumod.planner", "gpumod.ops.deploy",
                     "gpumod.ops.planning", "gpumod.ops.admission", "gpumod.ops.startplan",
                     "gpumod.ops.preflight", "gpumod.engines.docker", "gpumod.supervise.systemd",
-                    "gpumod.hosts.http")
+                    "gpumod.hosts.http", "gpumod.ops.lifecycle", "gpumod.ops.modes")
 
 
 def run_main(argv: list[str], watch: tuple[str, ...]) -> tuple[str, list[str]]:
