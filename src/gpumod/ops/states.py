@@ -24,20 +24,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpumod.engines.base import Engine, get_engine
 from gpumod.errors import GpumodError, TransportError, UsageError
 from gpumod.hosts.model import Host
-from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
-from gpumod.ops import probe as probes
 from gpumod.ops import services as records
 from gpumod.ops.endpoints import endpoint_url
-from gpumod.ops.launch import bind_address, probe_address, service_dir
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
-from gpumod.supervise.base import LaunchPlan, ProcessState
+
+if TYPE_CHECKING:  # loaded by host_status, when there is a service to ask about
+    from gpumod.engines.base import Engine
+    from gpumod.hosts.transports.base import Transport
+    from gpumod.ops import probe as probes
 
 STATES = ("running", "starting", "sleeping", "stopping", "unhealthy", "crashed", "stopped",
           "unreachable", "unknown")
@@ -138,7 +138,9 @@ def _health(probe: probes.Probe | None, engine: Engine | None, port: int) -> str
 def _probe_item(spec: ServiceSpec, host: Host, transport: Transport, engine: Engine | None
                 ) -> tuple[tuple, Any]:
     """(the host script's item, the supervisor when only it can tell the state)."""
+    from gpumod.ops.launch import bind_address, probe_address, service_dir
     from gpumod.ops.runtime import supervisor_for
+    from gpumod.supervise.base import LaunchPlan
 
     try:
         bind = bind_address(spec, host)
@@ -162,6 +164,9 @@ def _probe_item(spec: ServiceSpec, host: Host, transport: Transport, engine: Eng
 def _supervisor_probe(supervisor: Any, spec: ServiceSpec, item: tuple,
                       found: probes.Probe | None) -> probes.Probe:
     """A supervisor whose processes the host script cannot see (Docker's engine) says."""
+    from gpumod.ops import probe as probes
+    from gpumod.supervise.base import LaunchPlan, ProcessState
+
     plan = LaunchPlan(spec.name, (), service_dir=item[0])
     try:
         state = supervisor.state(plan)
@@ -179,6 +184,8 @@ def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec], *,
     """One round trip for every service of a host (health_timeout: per health answer)."""
     if not specs:
         return []
+    from gpumod.engines.base import get_engine
+    from gpumod.ops import probe as probes
 
     def url(spec: ServiceSpec) -> str:
         try:

@@ -96,3 +96,13 @@ def test_local_listings_stay_light(argv: list[str]) -> None:
     out, imported = run_main(argv, NOT_FOR_LISTINGS)
     assert imported == [], argv
     assert out.strip()
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--json"], ["service", "list"]])
+def test_nothing_recorded_asks_no_host(argv: list[str]) -> None:
+    """With nothing recorded there is nobody to ask: no transport, no status script."""
+    out, imported = run_main(argv, ("gpumod.ops.probe", "gpumod.engines", "gpumod.ops.launch",
+                                    "gpumod.hosts.transports", "subprocess"))
+    assert imported == [], argv
+    assert out.strip() in ("[]", "no deployments on local", "no services on local")
+
