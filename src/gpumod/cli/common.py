@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from gpumod.cli.textout import Console, Styled, Table
+    from gpumod.store.db import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,7 +25,7 @@ def json_option(func: F) -> F:
                         help="Print JSON instead of a table.")(func)
 
 
-def store():
+def store() -> Store:
     from gpumod.store.db import open_store
 
     return open_store()
@@ -31,7 +35,7 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False) -> Console:
     """Where listings print: colour only on a terminal, never markup from data
     (gpumod.cli.textout; rich only for rich renderables)."""
     from gpumod.cli.textout import Console
@@ -39,13 +43,13 @@ def console(stderr: bool = False):
     return Console(stderr=stderr)
 
 
-def table(*columns: str, title: str | None = None):
+def table(*columns: str, title: str | None = None) -> Table:
     from gpumod.cli.textout import Table
 
     return Table(*columns, title=title)
 
 
-def plain(text: object, style: str = ""):
+def plain(text: object, style: str = "") -> Styled:
     """Untrusted text (names, model ids, log lines) as text with a style: never markup."""
     from gpumod.cli.textout import Styled
 
