@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from gpumod.cli.main import COMMANDS, cli
+from gpumod.cli.commands import COMMANDS
+from gpumod.cli.group import cli
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 

@@ -25,6 +25,13 @@ def database_path() -> Path:
     return home() / "gpumod.db"
 
 
+def user_preset_files() -> list[Path]:
+    """Your presets: $GPUMOD_HOME/presets/{services,modes}/*.yaml, in order."""
+    root = home() / "presets"
+    return [path for sub in ("services", "modes") if (root / sub).is_dir()
+            for path in sorted((root / sub).glob("*.y*ml"))]
+
+
 def control_dir() -> Path:
     """Short folder for SSH ControlMaster sockets (unix socket paths max ~104 bytes)."""
     base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"

@@ -77,6 +77,22 @@ def test_bad_level_is_a_usage_error(store):
         lifecycle.sleep(store, "chat", "3")
 
 
+def wait_dead(pid: int) -> None:
+    """Until pid is gone or a zombie (what a killed process is once the kernel is done)."""
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z"):
+                return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} still runs after SIGKILL")
+
+
 def test_watch_restarts_a_crashed_service_and_sleeps_an_idle_one(store):
     import os
     import signal
@@ -89,6 +105,7 @@ def test_watch_restarts_a_crashed_service_and_sleeps_an_idle_one(store):
     lifecycle.start_service(store, "emb")
     old = lifecycle.get_service(store, "emb").pid
     os.kill(old, signal.SIGKILL)
+    wait_dead(old)  # a crash, not a dying process: the status check is quicker than the kernel
     now = [0.0]
     lines: list[str] = []
     w = Watcher(store, "local", policy=Policy(fail_threshold=1, backoff_base=0),

@@ -17,7 +17,7 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from gpumod.errors import ConfigError, UsageError
@@ -131,12 +131,23 @@ def parse_catalog(data: dict[str, Any]) -> dict[str, KnownModel]:
     return models
 
 
+DATA = Path(__file__).parent / "data"
+CATALOG_YAML = DATA / "models.yaml"   # what people edit
+CATALOG_JSON = DATA / "models.json"   # what gpumod reads: the same data, no YAML parser to load
+                                      # (scripts/gen_catalog_data.py writes it; a test compares)
+
+
+def catalog_from_yaml() -> dict[str, Any]:
+    from gpumod.catalog.yamltext import safe_load
+
+    return safe_load(CATALOG_YAML.read_text("utf-8")) or {}
+
+
 @functools.lru_cache(maxsize=1)
 def load_catalog() -> dict[str, KnownModel]:
-    import yaml
+    import json
 
-    text = resources.files("gpumod.catalog").joinpath("data/models.yaml").read_text("utf-8")
-    return parse_catalog(yaml.safe_load(text) or {})
+    return parse_catalog(json.loads(CATALOG_JSON.read_text("utf-8")) or {})
 
 
 def find_model(name: str) -> KnownModel | None:

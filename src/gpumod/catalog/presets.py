@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gpumod import paths
+from gpumod.catalog.yamltext import safe_load
 from gpumod.errors import ConfigError, NotFoundError, UsageError
 from gpumod.spec import ENGINES, SLEEP_MODES
 
@@ -141,6 +142,11 @@ class Loaded:
     path: str
 
 
+def builtin_index() -> list[dict[str, Any]]:
+    """The shipped presets, checked, as JSON data (what data/presets.json holds)."""
+    return [item.preset.model_dump(mode="json") for item in _builtin()]
+
+
 def preset_json_schema() -> dict[str, Any]:
     return {"service": ServicePreset.model_json_schema(), "mode": ModePreset.model_json_schema()}
 
@@ -156,7 +162,7 @@ def _format_error(where: str, exc: ValidationError) -> str:
 def parse_preset(text: str, where: str) -> Preset:
     """Parse and check one preset file's text; ConfigError names the file and the key."""
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
@@ -194,19 +200,7 @@ def _builtin_files() -> Iterable[tuple[str, str]]:
                 yield f"presets/{sub}/{entry.name}", entry.read_text(encoding="utf-8")
 
 
-def user_folder() -> Path:
-    return paths.home() / "presets"
-
-
-def _user_files() -> Iterable[Path]:
-    root = user_folder()
-    for sub in ("services", "modes"):
-        folder = root / sub
-        if folder.is_dir():
-            yield from sorted(folder.glob("*.y*ml"))
-
-
-def _read_user_file(path: Path) -> Loaded:
+def read_user_file(path: Path) -> Loaded:
     """One user preset, or ConfigError naming the file (unreadable, not UTF-8, invalid)."""
     where = str(path)
     try:
@@ -247,9 +241,9 @@ def scan() -> tuple[list[Loaded], list[Broken]]:
     for item in _builtin():
         found[(item.preset.kind, item.preset.name)] = item
     broken: list[Broken] = []
-    for path in _user_files():
+    for path in paths.user_preset_files():
         try:
-            item = _read_user_file(path)
+            item = read_user_file(path)
         except ConfigError as exc:
             broken.append(Broken(path, exc))
             continue

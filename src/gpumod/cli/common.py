@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-if TYPE_CHECKING:  # rich and the store load lazily (gpumod --help stays fast)
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
+if TYPE_CHECKING:  # the store loads lazily (gpumod --help stays fast)
+    from gpumod.cli.textout import Console, Styled, Table
     from gpumod.store.db import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,26 +36,24 @@ def print_json(value: Any) -> None:
 
 
 def console(stderr: bool = False) -> Console:
-    """A rich Console; colour only on a terminal, never markup from data."""
-    from rich.console import Console
+    """Where listings print: colour only on a terminal, never markup from data
+    (gpumod.cli.textout; rich only for rich renderables)."""
+    from gpumod.cli.textout import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False,
-                   width=None if sys.stdout.isatty() else 200)
+    return Console(stderr=stderr)
 
 
 def table(*columns: str, title: str | None = None) -> Table:
-    from rich import box
-    from rich.table import Table
+    from gpumod.cli.textout import Table
 
-    t = Table(*columns, title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    return t
+    return Table(*columns, title=title)
 
 
-def plain(text: object) -> Text:
-    """Untrusted text (names, model ids, log lines) as rich Text: never markup."""
-    from rich.text import Text
+def plain(text: object, style: str = "") -> Styled:
+    """Untrusted text (names, model ids, log lines) as text with a style: never markup."""
+    from gpumod.cli.textout import Styled
 
-    return Text(str(text) if text is not None else "")
+    return Styled(text, style)
 
 
 def info(message: str) -> None:

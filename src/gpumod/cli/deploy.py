@@ -141,7 +141,7 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
 def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> None:
     """Deployments with their real state (process and HTTP health, checked on the host)."""
     from gpumod.errors import UsageError
-    from gpumod.ops import deploy, gateway
+    from gpumod.ops import gateway
     from gpumod.ops import hosts as hostops
     from gpumod.ops.states import list_status, raise_if_unreachable
 
@@ -152,7 +152,11 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
     hosts = names if names is not None else [h.name for h in hostops.list_hosts(s)]
     gateway.reconcile_hosts(s, hosts)  # a pod's gateway may have slept or started services
     statuses = list_status(s, names)
-    removed = deploy.prune(s, statuses) if prune else []
+    removed: list[str] = []
+    if prune:  # only then: ops.deploy brings the catalog, the planner and the engines
+        from gpumod.ops import deploy
+
+        removed = deploy.prune(s, statuses)
     shown = [st for st in statuses if st.spec.name not in removed]
     if as_json:
         print_json([st.to_json() for st in shown])

@@ -19,12 +19,12 @@ def mode() -> None:
 def list_cmd(pod: str | None, as_json: bool) -> None:
     """Modes of the host, the current one marked."""
     from gpumod.ops import hosts as hosts_ops
-    from gpumod.ops import modes as modes_ops
+    from gpumod.ops import mode_records
 
     st = store()
     host = hosts_ops.resolve_host(st, pod).name
-    items = modes_ops.list_modes(st, host)
-    current = modes_ops.current_mode(st, host)
+    items = mode_records.list_modes(st, host)
+    current = mode_records.current_mode(st, host)
     if as_json:
         print_json([{**m.to_json(), "current": m.name == current} for m in items])
         return

@@ -10,8 +10,7 @@ import click
 from gpumod.cli.common import console, plain, pod_option, print_json
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
+    from gpumod.cli.textout import Console
     from gpumod.ops.planning import PlanResult
 
 

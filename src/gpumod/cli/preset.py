@@ -26,14 +26,13 @@ def list_cmd(kind: str | None, as_json: bool) -> None:
         print_json(listed.to_json())
         return
     t = table("KIND", "NAME", "ENGINE", "MODEL / SERVICES", "SLEEP", "DESCRIPTION")
-    for i in listed.items:
-        p = i.preset
-        if p.kind == "service":
-            t.add_row("service", plain(p.name), p.engine, plain(p.model), p.sleep,
-                      plain(p.description[:70]))
+    for p in listed.items:
+        if p["kind"] == "service":
+            t.add_row("service", plain(p["name"]), p["engine"], plain(p["model"]), p["sleep"],
+                      plain(p["description"][:70]))
         else:
-            t.add_row("mode", plain(p.name), "", plain(", ".join(p.services) or "(none)"), "",
-                      plain(p.description[:70]))
+            t.add_row("mode", plain(p["name"]), "", plain(", ".join(p["services"]) or "(none)"),
+                      "", plain(p["description"][:70]))
     console().print(t)
 
 

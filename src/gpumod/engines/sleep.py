@@ -18,10 +18,12 @@ verification (engine state, GPU memory, canary) is in ``gpumod.ops.sleep``.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpumod.errors import EngineError, UsageError
-from gpumod.hosts.http import Endpoint
+
+if TYPE_CHECKING:  # annotations only: listings import the engines, never their HTTP client
+    from gpumod.hosts.http import Endpoint
 
 
 class SleepCapable:

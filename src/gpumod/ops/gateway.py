@@ -20,16 +20,17 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpumod import validate
 from gpumod.errors import ConflictError, EngineError, GpumodError, NotFoundError, UsageError
 from gpumod.hosts.model import Host
-from gpumod.hosts.transports.base import Transport
 from gpumod.ops.gateway_config import DEFAULT_PORT, DEFAULT_QUEUE_WAIT, GatewayConfig
-from gpumod.ops.startplan import api_key_from_env
 from gpumod.store.db import Store
-from gpumod.supervise.base import LaunchPlan, ProcessState, Supervisor
+
+if TYPE_CHECKING:  # a listing reads the record only: no transport, no supervisor
+    from gpumod.hosts.transports.base import Transport
+    from gpumod.supervise.base import LaunchPlan, Supervisor
 
 Output = Callable[[str], None]
 SERVICE = "gateway"    # the plan's name: folder <root>/gateway, unit gpumod-gateway.service
@@ -106,6 +107,7 @@ def gateway_dir(host: Host) -> str:
 def plan_for(host: Host, rec: GatewayRecord) -> LaunchPlan:
     """argv, env and folder of the gateway process on its host (no secret in either)."""
     from gpumod.ops.hosts import host_root
+    from gpumod.supervise.base import LaunchPlan
 
     folder = gateway_dir(host)
     config = posixpath.join(folder, "config.json")
@@ -155,6 +157,7 @@ def start(store: Store, pod: str | None = None, *, port: int | None = None,
           log: Output = _quiet) -> GatewayStatus:
     """Start (or restart, with the current route table) the gateway of a host."""
     from gpumod.ops import hosts as hosts_ops
+    from gpumod.ops.startplan import api_key_from_env
 
     key = api_key_from_env()
     host = hosts_ops.resolve_host(store, pod)
@@ -290,6 +293,7 @@ def status(store: Store, pod: str | None = None, *, transport: Transport | None 
     from gpumod.ops import gateway_remote as remote
     from gpumod.ops import hosts as hosts_ops
     from gpumod.ops.addresses import probe_address
+    from gpumod.supervise.base import ProcessState
 
     host = hosts_ops.resolve_host(store, pod)
     rec = record(store, host.name)
@@ -365,6 +369,8 @@ def foreground(*, port: int | None = None, bind: str | None = None,
                ) -> tuple[GatewayConfig, str]:
     """`gpumod gateway run`: the settings and the key of this machine's gateway, checked;
     the CLI then serves it in the foreground (gpumod.gateway.server.serve)."""
+    from gpumod.ops.startplan import api_key_from_env
+
     key = api_key_from_env()
     config = GatewayConfig(host="local", bind=_checked_bind(bind or "127.0.0.1"),
                            port=validate.port(port or DEFAULT_PORT), default_ttl=idle_ttl,

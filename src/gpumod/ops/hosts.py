@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gpumod import paths, validate
 from gpumod.errors import ConflictError, NotFoundError, UsageError
 from gpumod.hosts.model import GPU, Host
-from gpumod.hosts.transports.base import Transport
 from gpumod.store import hosts as hosts_table
 from gpumod.store import services as services_table
 from gpumod.store.db import Store
+
+if TYPE_CHECKING:  # the transports (subprocess, ssh) load when a host is reached, not listed
+    from gpumod.hosts.transports.base import Transport
 
 LOCAL = "local"
 

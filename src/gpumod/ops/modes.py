@@ -37,6 +37,7 @@ from gpumod.ops import hosts as hosts_ops
 from gpumod.ops import lifecycle, locks
 from gpumod.ops.launch import _quiet
 from gpumod.ops.lifecycle import Progress
+from gpumod.ops.mode_records import current_mode, get_mode, list_modes  # noqa: F401
 from gpumod.store import modes as table
 from gpumod.store.db import Store
 from gpumod.store.modes import Mode
@@ -44,24 +45,6 @@ from gpumod.store.modes import Mode
 SWITCH_LOCK_WAIT = 3.0
 # live states (gpumod.ops.states) of a service that holds, or may hold, the host's GPUs
 LIVE_ACTIVE = frozenset({"running", "starting", "sleeping", "stopping", "unhealthy"})
-
-
-def get_mode(store: Store, name: str) -> Mode:
-    mode = table.get(store, name)
-    if mode is None:
-        known = table.names(store)
-        raise NotFoundError(f"unknown mode {name!r}",
-                            hint=f"known: {', '.join(known)}" if known else
-                            "create one with `gpumod mode create NAME --services a,b`")
-    return mode
-
-
-def list_modes(store: Store, host: str | None = None) -> list[Mode]:
-    return [get_mode(store, name) for name in table.names(store, host)]
-
-
-def current_mode(store: Store, host: str) -> str | None:
-    return table.current(store, host)
 
 
 def _record_current(store: Store, host: str, mode: str | None) -> None:

@@ -12,27 +12,32 @@ says what failed; what was stored before is untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpumod.errors import ConflictError, GpumodError, NotFoundError, UsageError, add_hint
-from gpumod.store.db import Store
+
+if TYPE_CHECKING:
+    from gpumod.store.db import Store
 
 
 @dataclass
 class PresetList:
-    items: list[Any]                                   # catalog.presets.Loaded
+    items: list[dict[str, Any]]                        # each preset as JSON data + "source"
     warnings: list[str] = field(default_factory=list)  # user files that were skipped
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [{**i.preset.model_dump(mode="json"), "source": i.source} for i in self.items]
+        return self.items
 
 
 def list_presets(kind: str | None = None) -> PresetList:
-    """Every usable preset of KIND (service, mode, or both); broken user files as warnings."""
-    from gpumod.catalog.presets import scan
+    """Every usable preset of KIND (service, mode, or both); broken user files as warnings.
 
-    found, broken = scan()
-    return PresetList([i for i in found if kind is None or i.preset.kind == kind],
+    Read from the checked index of the shipped presets (catalog.preset_index), so a
+    listing imports pydantic only when there are user presets to check."""
+    from gpumod.catalog.preset_index import listing
+
+    found, broken = listing()
+    return PresetList([p for p in found if kind is None or p["kind"] == kind],
                       [f"skipped {bad.error.message}" for bad in broken])
 
 

@@ -85,36 +85,138 @@ owns_port() {
 }
 """
 
+# The status script's two concurrent halves, each printing "<kind> <service index> <value>"
+# lines. http_codes: every health URL at once, in ONE curl (--parallel, curl 7.66+), else
+# one `probe` per service in the background. owners: the owns_port question for every
+# service at once (one `ls` of the leaders' fds; one pass over the process table and one
+# `ls` of the members' fds for the rest), each "N:pid:port" in $1 answered yes or no.
+STATUS_FUNCTIONS = r"""
+# shellcheck disable=SC2154 # u is set through eval
+http_codes() {
+  set --
+  i=0
+  while [ "$i" -lt "$n" ]; do
+    eval "u=\$url_$i"
+    [ "$i" -gt 0 ] && set -- "$@" --next
+    set -- "$@" -g -s -o /dev/null --connect-timeout 2 --max-time "$wait_s" \
+      -w "code $i %{http_code}\n" "$u"
+    i=$((i + 1))
+  done
+  out=
+  if [ "$n" -gt 0 ] && command -v curl >/dev/null 2>&1; then
+    out=$(curl --parallel "$@" 2>/dev/null)
+  fi
+  if [ -n "$out" ]; then printf '%s\n' "$out"; return; fi
+  i=0
+  while [ "$i" -lt "$n" ]; do
+    eval "u=\$url_$i"
+    ( printf 'code %s %s\n' "$i" "$(probe "$u" "$wait_s")" ) &
+    i=$((i + 1))
+  done
+  wait
+}
+owners() {
+  if [ ! -r /proc/net/tcp ]; then
+    for c in $1; do echo "owner ${c%%:*} yes"; done
+    return
+  fi
+  # Engines mostly hold their port in the group's leader itself: look there first, and
+  # scan the process table only for the services where that finds nothing.
+  leaders=
+  for c in $1; do c=${c#*:}; leaders="$leaders ${c%%:*}:${c%%:*}"; done
+  found=" $(holders "$1" "$leaders") "
+  again=
+  for c in $1; do
+    case $found in *" ${c%%:*}=yes "*) echo "owner ${c%%:*} yes" ;; *) again="$again $c" ;; esac
+  done
+  [ -n "$again" ] || return 0
+  leaders=
+  for c in $again; do c=${c#*:}; leaders="$leaders ${c%%:*}"; done
+  # "member:leader" for every live process whose group or session a leader leads
+  members=$(cat /proc/[0-9]*/stat 2>/dev/null | awk -v want="$leaders" '
+    BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) lead[w[i]] = 1 }
+    { pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, f, " ")
+      if (f[1] == "Z") next
+      if (f[3] in lead) printf "%s:%s ", pid, f[3]
+      if (f[4] in lead && f[4] != f[3]) printf "%s:%s ", pid, f[4] }')
+  for t in $(holders "$again" "$members"); do echo "owner ${t%=*} ${t#*=}"; done
+}
+holders() {
+  # "N=yes|no" for each "N:pid:port" in $1: does one of the "member:leader" processes in
+  # $2 whose leader is pid hold the listening socket of port?
+  fds=/dev/null  # a second operand, so ls heads every folder with its name
+  for m in $2; do fds="$fds /proc/${m%%:*}/fd"; done
+  tcp6=
+  [ -r /proc/net/tcp6 ] && tcp6=/proc/net/tcp6
+  # shellcheck disable=SC2086 # several operands on purpose
+  { cat /proc/net/tcp $tcp6; echo "%%fds"; ls -l $fds 2>/dev/null; } |
+    awk -v checks="$1" -v members="$2" '
+      BEGIN { n = split(members, mm, " ")
+              for (i = 1; i <= n; i++) { split(mm[i], x, ":"); lead[x[1]] = lead[x[1]] " " x[2] } }
+      $0 == "%%fds" { fds = 1; next }
+      !fds { if ($4 == "0A") { split($2, a, ":"); port[$10] = a[2] } next }
+      /^\/proc\/[0-9]+\/fd:$/ { split($0, d, "/"); member = d[3]; next }
+      /socket:\[[0-9]+\]$/ { ino = $NF; gsub(/[^0-9]/, "", ino)
+        if (ino in port) { k = split(lead[member], l, " ")
+                           for (j = 1; j <= k; j++) held[l[j] ":" port[ino]] = 1 } }
+      END { n = split(checks, cc, " ")
+            for (i = 1; i <= n; i++) { split(cc[i], c, ":")
+              printf "%s=%s ", c[1], ((c[2] ":" sprintf("%04X", c[3])) in held) ? "yes" : "no" } }'
+}
+"""
+
 # One service per 7 args: folder, port, health path, host to probe, systemd scope and unit
 # ("" for the process supervisor: its pid file says), owner check (1: when something
 # answers, does the service's own process group hold the port?). One line each (any
 # order): folder, pid, process word, HTTP code, owner (yes | no | -).
-STATUS_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + UNIT_FUNCTION + OWNER_FUNCTION + r"""
+# Cheap on purpose (`pi list` waits for it): the process words come from builtins, then
+# the health answers and the port owners are asked for all services at once, concurrently.
+STATUS_SCRIPT = SH_FUNCTIONS + PROBE_FUNCTION + UNIT_FUNCTION + STATUS_FUNCTIONS + r"""
 wait_s=$1; shift
+n=0; checks=
 while [ $# -ge 7 ]; do
   dir=$1; port=$2; path=$3; phost=$4; scope=$5; unit=$6; owner=$7; shift 7
-  (
-    if [ -n "$unit" ]; then
-      set -- $(unit_state "$scope" "$unit"); p=$1; pid=$2; [ "$pid" = - ] && pid=
-    else
-      pid=$(cat "$dir/service.pid" 2>/dev/null || true)
-      start=$(cat "$dir/service.pidstart" 2>/dev/null || true)
-      if [ -z "$pid" ]; then
-        if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then p=gone
-        elif [ -d "$dir" ]; then p=stopped
-        else p=missing; fi
-      elif group_alive "$pid" "$start"; then p=alive
-      else p=dead; fi
-    fi
-    code=$(probe "http://$phost:$port$path" "$wait_s")
-    o=-
-    if [ "$owner" = 1 ] && [ "$p" = alive ] && [ -n "$pid" ] && [ "${code:-000}" != 000 ]; then
-      if owns_port "$pid" "$port"; then o=yes; else o=no; fi
-    fi
-    printf '%s\t%s\t%s\t%s\t%s\n' "$dir" "${pid:--}" "$p" "${code:-000}" "$o"
-  ) &
+  pid=
+  if [ -n "$unit" ]; then
+    r=$(unit_state "$scope" "$unit"); p=${r%% *}; pid=${r#* }; [ "$pid" = - ] && pid=
+  else
+    start=
+    [ -r "$dir/service.pid" ] && read -r pid 2>/dev/null < "$dir/service.pid"
+    [ -r "$dir/service.pidstart" ] && read -r start 2>/dev/null < "$dir/service.pidstart"
+    if [ -z "$pid" ]; then
+      if [ -f "$dir/manifest.json" ] && [ ! -f "$dir/stopped" ]; then p=gone
+      elif [ -d "$dir" ]; then p=stopped
+      else p=missing; fi
+    elif group_alive "$pid" "$start"; then p=alive
+    else p=dead; fi
+  fi
+  # shellcheck disable=SC2034 # read through eval
+  url="http://$phost:$port$path"
+  eval "dir_$n=\$dir pid_$n=\$pid p_$n=\$p url_$n=\$url"
+  if [ "$owner" = 1 ] && [ "$p" = alive ] && [ -n "$pid" ]; then
+    checks="$checks $n:$pid:$port"
+  fi
+  n=$((n + 1))
 done
-wait
+{
+  http_codes &
+  [ -n "$checks" ] && owners "$checks"
+  wait
+} | {
+  # shellcheck disable=SC2034 # value is read through eval
+  while read -r kind i value; do
+    case $kind:$i in code:*[!0-9]*|owner:*[!0-9]*) continue ;; code:?*|owner:?*) ;; *) continue ;; esac
+    eval "${kind}_$i=\$value"
+  done
+  i=0
+  while [ "$i" -lt "$n" ]; do
+    eval "dir=\$dir_$i pid=\$pid_$i p=\$p_$i code=\${code_$i:-000} o=\${owner_$i:--}"
+    case $code in [0-9][0-9][0-9]) ;; *) code=000 ;; esac
+    [ "$code" = 000 ] && o=-
+    printf '%s\t%s\t%s\t%s\t%s\n' "$dir" "${pid:--}" "$p" "$code" "$o"
+    i=$((i + 1))
+  done
+}
 echo "%%gpumod-status-done%%"
 """
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpumod.engines.base import Engine
 from gpumod.engines.registry import get_engine
 from gpumod.engines.sleep import SleepCapable, sleep_capability
 from gpumod.engines.vllm import DEV_MODE_ENV, check_dev_mode, prepare_vllm_launch
 from gpumod.errors import UsageError
-from gpumod.hosts.http import Endpoint
 from gpumod.hosts.model import Host
 from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
@@ -25,6 +24,9 @@ from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
 from gpumod.supervise.base import LaunchPlan, ProcessState, Supervisor
 from gpumod.supervise.process import ProcessSupervisor
+
+if TYPE_CHECKING:  # built in runtime(): `pi list` asks supervisor_for, never an endpoint
+    from gpumod.hosts.http import Endpoint
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,8 @@ class Runtime:
 def runtime(store: Store, spec: ServiceSpec, *, transport: Transport | None = None,
             docker_client: Any = None, options: LaunchOptions | None = None,
             secrets: dict[str, str] | None = None, host: Host | None = None) -> Runtime:
+    from gpumod.hosts.http import Endpoint
+
     host = host or hosts_ops.get_host(store, spec.host)
     transport = transport or hosts_ops.transport_for(host)
     engine = get_engine(spec.engine)

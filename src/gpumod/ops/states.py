@@ -24,23 +24,21 @@ One round trip per host (:func:`host_status`), hosts in parallel threads.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpumod.engines.base import Engine
-from gpumod.engines.registry import get_engine
 from gpumod.errors import GpumodError, TransportError, UsageError
 from gpumod.hosts.model import Host
-from gpumod.hosts.transports.base import Transport
 from gpumod.ops import hosts as hosts_ops
-from gpumod.ops import probe as probes
 from gpumod.ops import services as records
-from gpumod.ops.addresses import bind_address, probe_address, service_dir
 from gpumod.ops.endpoints import endpoint_url
 from gpumod.spec import ServiceSpec
 from gpumod.store.db import Store
-from gpumod.supervise.base import LaunchPlan, ProcessState
+
+if TYPE_CHECKING:  # loaded by host_status, when there is a service to ask about
+    from gpumod.engines.base import Engine
+    from gpumod.hosts.transports.base import Transport
+    from gpumod.ops import probe as probes
 
 STATES = ("running", "starting", "sleeping", "stopping", "unhealthy", "degraded", "crashed",
           "stopped", "unreachable", "unknown")
@@ -143,7 +141,9 @@ def _health(probe: probes.Probe | None, engine: Engine | None, port: int) -> str
 def _probe_item(spec: ServiceSpec, host: Host, transport: Transport, engine: Engine | None
                 ) -> tuple[tuple, Any]:
     """(the host script's item, the supervisor when only it can tell the state)."""
+    from gpumod.ops.addresses import bind_address, probe_address, service_dir
     from gpumod.ops.runtime import supervisor_for
+    from gpumod.supervise.base import LaunchPlan
 
     try:
         bind = bind_address(spec, host)
@@ -167,6 +167,9 @@ def _probe_item(spec: ServiceSpec, host: Host, transport: Transport, engine: Eng
 def _supervisor_probe(supervisor: Any, spec: ServiceSpec, item: tuple,
                       found: probes.Probe | None) -> probes.Probe:
     """A supervisor whose processes the host script cannot see (Docker's engine) says."""
+    from gpumod.ops import probe as probes
+    from gpumod.supervise.base import LaunchPlan, ProcessState
+
     plan = LaunchPlan(spec.name, (), service_dir=item[0])
     try:
         state = supervisor.state(plan)
@@ -184,14 +187,14 @@ def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec], *,
     """One round trip for every service of a host (health_timeout: per health answer)."""
     if not specs:
         return []
+    from gpumod.engines.registry import get_engine
+    from gpumod.ops import probe as probes
 
     def url(spec: ServiceSpec) -> str:
         try:
             return str(spec.extra.get("url") or endpoint_url(host, spec.port))
         except GpumodError:
             return ""
-
-    from gpumod.ops.locks import service_holder
 
     transport = transport or hosts_ops.transport_for(host)
     engines: list[Engine | None] = []
@@ -214,7 +217,11 @@ def host_status(store: Store, host: Host, specs: Sequence[ServiceSpec], *,
         probe = found.get(item[0])
         if own is not None:
             probe = _supervisor_probe(own, spec, item, probe)
-        holder = service_holder(spec.name) if spec.state in ("starting", "stopping") else None
+        holder = None
+        if spec.state in ("starting", "stopping"):  # is a gpumod command changing it now?
+            from gpumod.ops.locks import service_holder
+
+            holder = service_holder(spec.name)
         state, detail = classify(spec, probe, engine, holder)
         statuses.append(ServiceStatus(
             spec, state, detail, url(spec), probe.http if probe else 0,
@@ -234,16 +241,20 @@ def list_status(store: Store, host_names: Sequence[str] | None = None) -> list[S
             by_host.setdefault(spec.host, []).append(spec)
     if not by_host:
         return []
-    results: dict[str, list[ServiceStatus]] = {}
-    with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
-        futures = {name: pool.submit(host_status, store, hosts[name], group)
-                   for name, group in by_host.items()}
-        for name, future in futures.items():
-            results[name] = future.result()
-    statuses = [status for name in by_host for status in results[name]]
-    from gpumod.ops.multinode import refine
+    if len(by_host) == 1:  # the usual case (the active pod): no thread pool to start
+        [(name, group)] = by_host.items()
+        statuses = host_status(store, hosts[name], group)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-    refine(store, statuses)  # multi-node deployments: each pod's Ray node
+        results: dict[str, list[ServiceStatus]] = {}
+        with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
+            futures = {name: pool.submit(host_status, store, hosts[name], group)
+                       for name, group in by_host.items()}
+            for name, future in futures.items():
+                results[name] = future.result()
+        statuses = [status for name in by_host for status in results[name]]
+    _refine_multinode(store, statuses)
     return statuses
 
 
@@ -253,10 +264,16 @@ def service_status(store: Store, name: str, *, transport: Transport | None = Non
     spec = records.get_service(store, name)
     host = hosts_ops.get_host(store, spec.host)
     status = host_status(store, host, [spec], transport=transport)[0]
-    from gpumod.ops.multinode import refine
-
-    refine(store, [status])
+    _refine_multinode(store, [status])
     return status
+
+
+def _refine_multinode(store: Store, statuses: list[ServiceStatus]) -> None:
+    """Multi-node deployments: each pod's Ray node (ops.multinode loads only for one)."""
+    if any(records.is_multinode(status.spec) for status in statuses):
+        from gpumod.ops.multinode import refine
+
+        refine(store, statuses)
 
 
 def raise_if_unreachable(statuses: Sequence[ServiceStatus]) -> None:

@@ -45,13 +45,17 @@ MANIFEST_MARK = "%%gpumod-manifest%%"
 SH_FUNCTIONS = r"""
 starttime() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
 pid_alive() {
-  # $1 pid, $2 expected start time (may be empty). Zombies count as dead.
-  [ -n "$1" ] || return 1
+  # $1 pid, $2 expected start time (may be empty). Zombies count as dead. Builtins only
+  # (no fork): status checks call it for every service.
+  case $1 in ''|*[!0-9]*) return 1 ;; esac  # not a pid (kill -0 -1 would answer for all)
   kill -0 "$1" 2>/dev/null || return 1
   if [ -r "/proc/$1/stat" ]; then
-    st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
-    [ "$st" = Z ] && return 1
-    if [ -n "$2" ]; then [ "$(starttime "$1")" = "$2" ] || return 1; fi
+    IFS= read -r _stat 2>/dev/null < "/proc/$1/stat" || return 1
+    # the fields after "(comm) ": state is the 1st, the start time the 20th
+    # shellcheck disable=SC2086 # split into fields on purpose
+    set -- "$1" "$2" ${_stat##*) }
+    [ "$3" = Z ] && return 1
+    if [ -n "$2" ]; then [ "${22}" = "$2" ] || return 1; fi
   fi
   return 0
 }
@@ -68,9 +72,15 @@ group_alive() {
   # or processes of its group live on after it died (an engine's children holding the
   # GPU). The kernel does not reuse a pid that is still a group id; a pid that now names
   # another process (start time differs) means the group is gone.
+  # Builtins until the process table must be read (status checks call it for every
+  # service): only a leader that is gone or a zombie costs the scan in members.
   pid_alive "$1" "$2" && return 0
-  [ -n "$1" ] || return 1
-  if [ -n "$2" ] && [ -r "/proc/$1/stat" ] && [ "$(starttime "$1")" != "$2" ]; then return 1; fi
+  case $1 in ''|*[!0-9]*) return 1 ;; esac
+  if [ -n "$2" ] && [ -r "/proc/$1/stat" ]; then
+    IFS= read -r _stat 2>/dev/null < "/proc/$1/stat" || _stat=
+    # shellcheck disable=SC2086 # split into fields on purpose
+    [ -n "$_stat" ] && set -- "$1" "$2" ${_stat##*) } && [ "${22:-}" != "$2" ] && return 1
+  fi
   [ -n "$(members "$1")" ]
 }
 """

@@ -30,6 +30,16 @@ PI_MODELS = {
 }
 
 
+def test_catalog_json_says_what_the_yaml_says():
+    """gpumod reads data/models.json; people edit data/models.yaml."""
+    import json
+
+    from gpumod.catalog.models import CATALOG_JSON, catalog_from_yaml
+
+    assert json.loads(CATALOG_JSON.read_text()) == catalog_from_yaml(), \
+        "data/models.json is out of date: run scripts/gen_catalog_data.py"
+
+
 def test_catalog_holds_pis_table_and_small_test_models():
     catalog = load_catalog()
     assert set(catalog) >= PI_MODELS

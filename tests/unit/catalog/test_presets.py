@@ -66,6 +66,38 @@ def test_preset_cli_list_show_and_errors() -> None:
     assert result.code == 0 and '"name": "code"' in result.output
 
 
+def test_shipped_preset_index_is_current() -> None:
+    """`preset list` reads data/presets.json: it must say what the YAML files say."""
+    import json
+
+    from gpumod.catalog.preset_index import INDEX
+
+    assert json.loads(INDEX.read_text()) == presets.builtin_index(), \
+        "data/presets.json is out of date: run scripts/gen_catalog_data.py"
+
+
+def test_preset_list_shows_user_presets_over_shipped_ones(gpumod_home: Path) -> None:
+    import json
+
+    folder = gpumod_home / "presets" / "services"
+    folder.mkdir(parents=True)
+    (folder / "chat.yaml").write_text("kind: service\nname: chat\nengine: vllm\nmodel: my/m\n")
+    (folder / "mine.yaml").write_text("kind: service\nname: mine\nengine: llamacpp\nmodel: m.gguf\n")
+    (folder / "bad.yaml").write_text("kind: service\nname: bad\nengine: vllm\n")
+    code, out, err = run_cli("preset", "list", "--json", prog="gpumod")
+    assert code == 0, out + err
+    rows = json.loads(out)
+    by_name = {(r["kind"], r["name"]): r for r in rows}
+    assert by_name[("service", "chat")]["model"] == "my/m"
+    assert by_name[("service", "chat")]["source"] == "user"
+    assert by_name[("service", "mine")]["sleep"] == "none"  # the schema's defaults filled in
+    assert by_name[("service", "reranker")]["source"] == "builtin"
+    assert ("service", "bad") not in by_name
+    assert "warning: skipped" in err and "bad.yaml: model: Field required" in err
+    expected = [(i.preset.kind, i.preset.name) for i in presets.scan()[0]]
+    assert [(r["kind"], r["name"]) for r in rows] == expected  # the same order as scan()
+
+
 def test_unknown_preset_exits_non_zero() -> None:
     code, _, err = run_cli("preset", "show", "nope", prog="gpumod")
     assert code == 3

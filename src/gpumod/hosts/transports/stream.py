@@ -21,7 +21,6 @@ import contextlib
 import errno
 import io
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
 from gpumod.errors import GpumodError, TransportError, UsageError
@@ -82,6 +81,8 @@ def process_stream(local_argv: Sequence[str], *, input: str | None,
     A program that is not installed raises `missing` when given (ssh itself), else reads
     like a shell's "command not found", exit 127 (as run() answers).
     """
+    import tempfile  # here: it brings shutil, random and the compressors
+
     err_file = tempfile.TemporaryFile() if separate_stderr else None  # noqa: SIM115
     try:
         proc = subprocess.Popen(list(local_argv), stdout=subprocess.PIPE,
