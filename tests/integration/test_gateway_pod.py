@@ -26,7 +26,7 @@ from gpumod.testing.shims import install_shims
 from tests.support.cli import run_cli
 from tests.support.procs import group_members, spawn, wait_for
 from tests.support.real import free_port
-from tests.support.services import vllm_spec
+from tests.support.services import stop_all, vllm_spec
 
 pytestmark = pytest.mark.sshd
 KEY = "pod-gateway-key-0123456789abcdef"
@@ -49,12 +49,7 @@ def pod(sshd, tmp_path, monkeypatch):
                       replace=False)
     yield store
     run_cli("gateway", "stop", "--pod", "dc1")
-    for spec in lifecycle.list_services(store):
-        try:
-            rt = lifecycle.runtime(store, spec)
-            rt.supervisor.stop(rt.plan, timeout=5)
-        except Exception:
-            pass
+    stop_all(store)
 
 
 def ps_args() -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -17,25 +15,15 @@ from gpumod.supervise.base import LaunchPlan, ProcessState
 from gpumod.supervise.process import ProcessSupervisor
 from tests.support.real import free_port
 from tests.support.recorder import recording_server
+from tests.support.stub_server import foreign_http_port
 
 pytestmark = pytest.mark.spawns
 
 
-class Always200(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def foreign_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Always200)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
+    with foreign_http_port() as port:
+        yield port
 
 
 def plan(tmp_path, argv, name="svc") -> LaunchPlan:

@@ -4,11 +4,9 @@ with the curl --parallel path and both of its fallbacks."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,26 +17,16 @@ from gpumod.ops import probe
 from gpumod.supervise.base import LaunchPlan
 from gpumod.supervise.process import ProcessSupervisor
 from tests.support.real import free_port
+from tests.support.stub_server import foreign_http_port
 
 pytestmark = pytest.mark.spawns
-
-
-class Always200(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
 def foreign_port():
     """A port answered by this test process: not any service's own group."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Always200)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
+    with foreign_http_port() as port:
+        yield port
 
 
 @pytest.fixture

@@ -3,13 +3,16 @@
 It speaks just enough of Chat Completions and the Responses API (streamed as
 server-sent events) to drive the loop: the n-th request gets the n-th scripted
 turn. It records every request body so tests can check what was sent back.
-The integration tests use the package's fake vLLM instead.
+The integration tests use the package's fake vLLM instead; they take
+`foreign_http_port` from here: a port some other program answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -178,3 +181,25 @@ def _responses_events(turn: dict[str, Any], model: str):
                       "input_tokens_details": {"cached_tokens": 0},
                       "output_tokens_details": {"reasoning_tokens": 0}}}
     yield {"type": "response.completed", "sequence_number": next(seq), "response": done}
+
+
+class _Always200(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def foreign_http_port() -> Iterator[int]:
+    """A port answered 200 by this test process: not any service's own process group
+    (a squatter on a service's port, as the health and status checks must tell)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Always200)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
