@@ -111,6 +111,8 @@ def _stop_all(env: dict[str, str]) -> None:
                              capture_output=True, timeout=120)
     import json
 
+    subprocess.run([str(REPO / ".venv" / "bin" / "gpumod"), "gateway", "stop"], env=env,
+                   capture_output=True, timeout=120)  # a block that failed may leave it
     for row in json.loads(listing.stdout or "[]"):
         subprocess.run([pi, "stop", row["name"]], env=env, capture_output=True, timeout=120)
 
@@ -143,3 +145,6 @@ def test_shell_blocks_run_as_written(doc, tmp_path):
         # the quick start asked its questions and got answers; the by-hand steps too
         assert re.search(r"A: \S", result.stdout), output[-3000:]
         assert "401" in result.stdout  # the endpoint refuses a request without the key
+        # the gateway started the stopped service on the request and answered through it
+        assert "gateway on local is up" in output, output[-3000:]
+        assert result.stdout.count('"object":"chat.completion"') >= 2, output[-3000:]
