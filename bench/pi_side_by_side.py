@@ -241,11 +241,15 @@ def main() -> int:
         ours_h, theirs_h = paired(opts.rounds, lambda: timed([str(PI), "--help"], ours_env),
                                   lambda: timed([str(node), "--help"], env))
         local = {}
-        for argv in (["pods"], ["pods", "--json"], ["models"], ["models", "--json"],
-                     ["preset", "list"], ["preset", "list", "--json"], ["mode", "list"],
+        for argv in (["pods"], ["pods", "--json"], ["models", "--pod", "local"],
+                     ["models", "--pod", "local", "--json"], ["preset", "list"],
+                     ["preset", "list", "--json"], ["mode", "list"],
                      ["service", "list", "--pod", "local"], ["list", "--pod", "local"],
                      ["--help"]):
             local[" ".join(argv)] = median_ms([str(PI), *argv], ours_env, opts.rounds)
+        # `pi models` on the active pod reads the pod's GPUs now (what fits is what it has):
+        # one SSH round trip, not local state
+        models_on_pod = median_ms([str(PI), "models"], ours_env, opts.rounds)
 
         pods.start(opts.per_pod)
         pods.pods_json(work / "pi")
@@ -283,6 +287,7 @@ def main() -> int:
               "before the services started (median wall; goal < 100 ms):")
         for command, took in local.items():
             print(f"  pi {command:<28} {took:6.0f} ms" + ("" if took < 100 else "   OVER 100 ms"))
+        print(f"  pi models on the active pod (reads its GPUs over SSH): {models_on_pod:.0f} ms")
 
         if opts.pods > 1:
             def all_ok(stdout: str) -> None:
