@@ -198,6 +198,25 @@ def test_crashed_service_is_shown_as_crashed_and_pruned(local_env):
     assert json.loads(run_cli("list", "--json").stdout) == []
 
 
+def test_prune_says_what_it_kept_while_another_command_changes_it(local_env):
+    """A crashed deployment that another command holds is kept and said, never skipped
+    silently; the next prune forgets it."""
+    from gpumod.ops import locks
+
+    assert start(MODEL, "--name", "c").code == 0
+    pid = int((local_env.home / "services/c/service.pid").read_text())
+    os.killpg(pid, 9)
+    time.sleep(0.3)
+    with locks.service_lock("c", wait=1, what="another command"):
+        kept = run_cli("list", "--prune")
+    assert kept.code == 0, kept.output
+    assert "kept c: " in kept.stderr and "pruned" not in kept.stderr
+    assert [r["name"] for r in json.loads(run_cli("list", "--json").stdout)] == ["c"]
+    pruned = run_cli("list", "--prune")
+    assert "pruned c" in pruned.stderr
+    assert json.loads(run_cli("list", "--json").stdout) == []
+
+
 def test_port_inside_engine_args_is_refused(local_env):
     result = start("someone/unknown-model", "--name", "u", "--vllm", "--port", "9999")
     assert result.code == 2

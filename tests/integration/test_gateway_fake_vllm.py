@@ -327,6 +327,6 @@ def test_a_pi_start_deployment_put_to_rest_keeps_its_record(store, gateway):
     from gpumod.ops.deploy import prune
     from gpumod.ops.states import list_status
 
-    assert prune(store, list_status(store, ["local"])) == []  # resting, not dead
+    assert prune(store, list_status(store, ["local"])).removed == []  # resting, not dead
     assert chat(gw, "dep") == "Echo: hi"
     assert actions(store, "dep").count("started") == 2

@@ -153,10 +153,12 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
     gateway.reconcile_hosts(s, hosts)  # a pod's gateway may have slept or started services
     statuses = list_status(s, names)
     removed: list[str] = []
+    kept: list[tuple[str, str]] = []
     if prune:  # only then: ops.deploy brings the catalog, the planner and the engines
         from gpumod.ops import deploy
 
-        removed = deploy.prune(s, statuses)
+        pruned = deploy.prune(s, statuses)
+        removed, kept = pruned.removed, pruned.kept
     shown = [st for st in statuses if st.spec.name not in removed]
     if as_json:
         print_json([st.to_json() for st in shown])
@@ -181,6 +183,8 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
                 _err(f"{st.spec.name}: {st.state}: {st.detail}")
     for name in removed:
         _err(f"pruned {name}")
+    for name, why in kept:
+        _err(f"kept {name}: {why}")
     if not as_json:
         for host in hosts:
             rec = gateway.record(s, host)

@@ -284,14 +284,23 @@ def _runtime(store: Store, host: Host, transport: Transport, plan: StartPlan, pr
 # -- list ------------------------------------------------------------------------------
 
 
-def prune(store: Store, statuses: Sequence[ServiceStatus]) -> list[str]:
+@dataclass
+class PruneResult:
+    """What `pi list --prune` forgot, and what it had to keep (name, why)."""
+
+    removed: list[str]
+    kept: list[tuple[str, str]]
+
+
+def prune(store: Store, statuses: Sequence[ServiceStatus]) -> PruneResult:
     """Forget deployments whose process is gone (never definitions, unreachable or unknown).
 
     A deployment whose stop was not confirmed ('stopping', process gone) is finished too.
     One recorded 'stopped' is kept: it was put to rest on purpose (idle TTL, the gateway
     made room), and the gateway starts it again on the next request; `pi stop` forgets it.
+    A record whose cleanup fails, or that another command is changing, is kept and said.
     """
-    removed = []
+    result = PruneResult([], [])
     for status in statuses:
         if status.state not in ("crashed", "stopped") or not records.is_deployment(status.spec) \
                 or status.spec.state == "stopped":
@@ -300,11 +309,12 @@ def prune(store: Store, statuses: Sequence[ServiceStatus]) -> list[str]:
         try:
             with lifecycle.changing(store, name, "pi list --prune", wait=0) as spec:
                 lifecycle.stop_held(store, spec, forget=True, timeout=5)
-        except GpumodError:
+        except GpumodError as exc:
+            result.kept.append((name, exc.message))
             continue
         store.log_event("prune", host=status.spec.host, service=name)
-        removed.append(name)
-    return removed
+        result.removed.append(name)
+    return result
 
 
 # -- stop ------------------------------------------------------------------------------
