@@ -149,6 +149,24 @@ def test_tunnel_forwards_a_local_port_to_the_service(pod):
         proc.wait(timeout=10)
 
 
+def test_a_killed_tunnel_takes_its_ssh_along(pod):
+    """SIGKILL reaches no handler: the kernel stops the ssh child (PR_SET_PDEATHSIG), so
+    no forward outlives `pi tunnel`."""
+    assert run_cli("start", MODEL, "--name", "t", "--pod", "dc1", "-q").code == 0
+    local = free_port()
+    proc = spawn("pi", "tunnel", "t", "--local-port", str(local))
+    try:
+        wait_for(lambda: port_listening(local), 20, "the tunnel's local port")
+        assert len(group_members(proc.pid)) == 2  # the CLI and its ssh
+        proc.kill()
+        proc.wait(timeout=10)
+        wait_for(lambda: not group_members(proc.pid), 5, "the ssh child to exit")
+        assert not port_listening(local)
+    finally:
+        if group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_tunnel_to_a_local_service_is_refused(pod, monkeypatch, tmp_path):
     result = run_cli("tunnel", "nothing")
     assert result.code == 3

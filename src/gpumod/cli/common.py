@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -60,18 +61,38 @@ def info(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _die_with(parent: int) -> Callable[[], None]:
+    """For a child, before exec: the kernel sends it SIGTERM when `parent` dies, even by
+    SIGKILL, which no handler sees (Linux's PR_SET_PDEATHSIG); elsewhere nothing."""
+
+    def arm() -> None:
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # it died before the line above
+            os._exit(1)
+
+    return arm
+
+
 def run_tunnel(argv: list[str], *, host: str, hint: str) -> None:
     """Run an `ssh -N -L` tunnel in the foreground until it closes or we are stopped.
 
     Ctrl+C closes it (exit 0: the usual way out); SIGTERM/SIGHUP (errors.Interrupted)
     close it and exit 130. Either way the ssh child is stopped and waited for before
-    this returns: it never outlives the command.
+    this returns: it never outlives the command, not even a SIGKILLed one (the kernel
+    then stops it: _die_with).
     """
     import subprocess
 
     from gpumod.errors import Interrupted, TransportError
 
-    proc = subprocess.Popen(argv)
+    proc = subprocess.Popen(argv, preexec_fn=_die_with(os.getpid()))
     try:
         code = proc.wait()
     except KeyboardInterrupt as exc:
