@@ -26,6 +26,16 @@ def json_option(func: F) -> F:
                         help="Print JSON instead of a table.")(func)
 
 
+def gateway_options(func: F) -> F:
+    """--idle-ttl and --alias: how the gateway (and `gpumod watch`) treat a service."""
+    func = click.option("--alias", "aliases", multiple=True, metavar="NAME",
+                        help="Another `model` name the gateway routes to it (repeatable).")(func)
+    return click.option("--idle-ttl", metavar="TTL",
+                        help="Put it to rest after this long idle (10m, 90s, 1h, never): the "
+                             "gateway and `gpumod watch` sleep it (or stop it if it cannot "
+                             "sleep).")(func)
+
+
 def store() -> Store:
     from gpumod.ops.session import open_store
 

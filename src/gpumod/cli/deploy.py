@@ -8,6 +8,7 @@ import click
 
 from gpumod.cli.common import (
     console,
+    gateway_options,
     json_option,
     plain,
     pod_option,
@@ -64,11 +65,7 @@ def _err(message: str) -> None:
               help="Start even where the planner says the model does not fit.")
 @click.option("--vllm-version", metavar="X.Y",
               help="vLLM version the VRAM check plans for (default: the pod's, from setup).")
-@click.option("--idle-ttl", metavar="TTL",
-              help="Put it to rest after this long idle (10m, 90s, 1h, never): the "
-                   "gateway and `gpumod watch` sleep or stop it.")
-@click.option("--alias", "aliases", multiple=True, metavar="NAME",
-              help="Another `model` name the gateway routes to it (repeatable).")
+@gateway_options
 @json_option
 @click.pass_context
 def start(ctx: click.Context, model: str | None, name: str | None, pod: str | None,

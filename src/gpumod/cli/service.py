@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from gpumod.cli.common import info, json_option, plain, pod_option, print_json, store, table
+from gpumod.cli.common import (
+    gateway_options,
+    info,
+    json_option,
+    plain,
+    pod_option,
+    print_json,
+    store,
+    table,
+)
 from gpumod.errors import EngineError
 
 
@@ -41,11 +50,7 @@ def service() -> None:
 @click.option("--image", help="Docker image (engine docker).")
 @click.option("--container-port", type=click.IntRange(1, 65535),
               help="Port inside the container (engine docker).")
-@click.option("--idle-ttl", metavar="TTL",
-              help="Put it to rest after this long idle (10m, 90s, 1h, never): the "
-                   "gateway and `gpumod watch` sleep it (or stop it if it cannot sleep).")
-@click.option("--alias", "aliases", multiple=True, metavar="NAME",
-              help="Another `model` name the gateway routes to it (repeatable).")
+@gateway_options
 def add(name: str, preset: str | None, engine: str | None, model: str | None, pod: str | None,
         port: int | None, gpus: str | None, sleep_mode: str | None, depends_on: str | None,
         args_text: str | None, env_items: tuple[str, ...], vram_mib: int | None,
