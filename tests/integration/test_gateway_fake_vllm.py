@@ -273,6 +273,23 @@ def test_backend_killed_mid_request(store, gateway):
     assert exc.value.status_code == 502 and exc.value.body["code"] == "backend_unreachable"
 
 
+def test_a_removed_service_answers_404_at_once_not_a_failed_start(store, gateway):
+    add(store, "idle")
+    add(store, "busy")
+    gw = gateway(refresh=3600)  # no background refresh: only the request can notice
+    assert chat(gw, "busy") == "Echo: hi"
+    lifecycle.remove_service(store, "idle")   # stopped when removed
+    lifecycle.remove_service(store, "busy")   # running when removed (remove stops it)
+    for model in ("fake/busy", "idle"):  # a refused connection, then a failed start
+        with pytest.raises(openai.NotFoundError) as exc:
+            chat(gw, model)
+        assert exc.value.body["code"] == "model_not_found", exc.value.body
+        assert "was removed" in exc.value.message
+    assert get(gw, "/v1/models")[1]["data"] == []  # no longer listed, nor routed
+    with pytest.raises(openai.NotFoundError):
+        chat(gw, "busy")
+
+
 # -- the records: every change is the lifecycle's ---------------------------------------
 
 

@@ -251,6 +251,9 @@ class GatewayApp:
         try:
             resp = await self.upstream.open("POST", url, headers, body)
         except (aiohttp.ClientError, OSError) as exc:
+            gone = await self.scheduler.removed(slot)
+            if gone is not None:
+                raise gone from None
             self.scheduler.backend_failed(slot)
             raise GatewayError(502, f"{slot.name} did not answer: {exc}",
                                "backend_unreachable") from None

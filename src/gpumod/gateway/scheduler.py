@@ -113,6 +113,28 @@ class Scheduler:
                 slot.set(state)
         self._notify()
 
+    def _forget(self, slot: Slot) -> GatewayError:
+        """A service removed behind the gateway: no longer routed at once (a refresh would
+        drop it up to `refresh` seconds later); returns the 404 its requests get."""
+        if self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
+            self.router = Router([s.route for s in self.slots.values()])
+        slot.set(STOPPED)
+        return GatewayError(404, f"model not found: its service {slot.name!r} was removed; "
+                                 f"known: {', '.join(self.known()) or 'none'}", "model_not_found")
+
+    async def removed(self, slot: Slot) -> GatewayError | None:
+        """After a refused connection: the 404 to answer if the service was removed (one
+        read of the records, no probe), else None."""
+        try:
+            table = await self.call(self.lifecycle.routes, self.config.default_ttl)
+        except Exception as exc:  # the store is busy: answer the 502, the refresh catches up
+            log.warning("reading the routes failed: %s", exc)
+            return None
+        if any(route.service == slot.name for route in table):
+            return None
+        return self._forget(slot)
+
     def resolve(self, model: str) -> Slot | None:
         route = self.router.resolve(model)
         return self.slots.get(route.service) if route else None
@@ -397,6 +419,9 @@ class Scheduler:
                                                  self.config.start_timeout + 60)
                 break
             except ActivationFailed as exc:
+                if exc.kind == "gone":
+                    self.metrics.activation(slot.name, kind, "failed", self.clock() - began)
+                    raise self._forget(slot) from None
                 if exc.kind == "capacity":
                     victim = self._pick_victim(slot)
                     if victim is not None:

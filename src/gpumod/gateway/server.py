@@ -80,11 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", required=True)
     run.add_argument("--snapshot", help="service records to load into this host's store")
     args = parser.parse_args(argv)
-    key = os.environ.get("PI_API_KEY", "")
-    if not key.strip():
-        print("error: PI_API_KEY is not set in the gateway's environment", file=sys.stderr)
-        return 2
     try:
+        from gpumod.ops.startplan import api_key_from_env
+
+        key = api_key_from_env()  # the checks `gateway start` made (its env file may be edited)
         config = GatewayConfig.load(args.config)
         if args.snapshot:
             import json

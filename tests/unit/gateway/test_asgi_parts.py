@@ -95,3 +95,16 @@ def test_metrics_text():
     assert 'gpumod_gateway_prompt_tokens_total{model="chat"} 4' in text
     assert 'gpumod_gateway_model_state{model="chat",state="ready"} 1' in text
     assert 'gpumod_gateway_model_state{model="chat",state="sleeping"} 0' in text
+
+
+def test_the_gateway_process_refuses_a_key_no_client_can_send(monkeypatch, capsys, tmp_path):
+    # `gateway start` checks the key; the process checks it again (its env file may be edited)
+    from gpumod.gateway.server import main
+
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    for key in ("", "   ", KEY + " "):
+        monkeypatch.setenv("PI_API_KEY", key)
+        assert main(["serve", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: PI_API_KEY ") and KEY not in err
