@@ -251,6 +251,35 @@ def test_client_disconnect_cancels_upstream_mid_stream_and_while_waking(store, g
     assert gw.slot("later").activity.in_flight == 0
 
 
+def test_a_client_that_leaves_the_queue_does_not_swap_the_gpu_for_nobody(store, gateway):
+    import httpx
+
+    # 0.6 of 24 GiB each: `b` must wait for `a`'s stream; its only client gives up
+    add(store, "a", util="0.6", env={"FAKE_VLLM_TOKEN_DELAY": "0.3"})
+    add(store, "b", util="0.6", sleep="none")
+    lifecycle.start_service(store, "a")
+    gw = gateway(queue_wait=60)
+    stream = gw.client().chat.completions.create(
+        model="a", stream=True, messages=[{"role": "user", "content": "w " * 30}])
+    next(iter(stream))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gw.url}/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                   timeout=1, json={"model": "b", "messages": MESSAGES})
+    gw.wait_for(lambda: not gw.slot("a").draining_for, timeout=5,
+                what="`a` to stop draining for a request that left")
+    assert chat(gw, "a", timeout=5) == "Echo: hi"  # served beside the stream, not queued
+    assert "".join(c.choices[0].delta.content or "" for c in stream)  # `a` finishes
+    gw.wait_for(lambda: gw.gateway.metrics.requests.get(("b", 499)) == 1,
+                what="the abandoned request to be counted")
+    gw.wait_for(lambda: gw.slot("b").activation is None, what="b's activation to end")
+    # nobody waits for `b`: `a` stays up and serves its next request without a wake
+    assert lifecycle.get_service(store, "a").state == "running"
+    assert lifecycle.get_service(store, "b").state == "stopped"
+    assert not gw.slot("a").draining_for
+    assert chat(gw, "a") == "Echo: hi"
+    assert sum(gw.gateway.metrics.evictions.values()) == 0
+
+
 def test_backend_killed_mid_request(store, gateway):
     add(store, "chat", env={"FAKE_VLLM_TOKEN_DELAY": "0.3"})
     lifecycle.start_service(store, "chat")

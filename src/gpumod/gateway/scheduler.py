@@ -191,6 +191,8 @@ class Scheduler:
         """A waiter that will not use its grant: give back what it got, leave the queue."""
         if fut in slot.waiters:
             slot.waiters.remove(fut)
+            if not slot.waiters:
+                self._notify()  # a queued activation may now have nobody to serve
         if not fut.done():
             fut.cancel()
         elif not fut.cancelled() and fut.exception() is None:
@@ -275,6 +277,8 @@ class Scheduler:
         deadline = self.clock() + self.config.queue_wait
         why = ""
         while True:
+            if not any(not fut.done() for fut in slot.waiters):
+                return  # every client left while queued: put nobody to rest for nobody
             if slot.draining_for:
                 await self._wait_change(deadline, f"{slot.name} waited for "
                                         f"{', '.join(sorted(slot.draining_for))} to use the GPU")
@@ -286,6 +290,8 @@ class Scheduler:
                 if slot.state == READY and not slot.draining_for:
                     self._grant(slot)
                     return
+                if not any(not fut.done() for fut in slot.waiters):
+                    return  # they left while we waited for the swap lock
                 if not slot.draining_for:
                     blockers = await self._make_room(slot)
                     if not blockers:
