@@ -280,6 +280,19 @@ def test_a_client_that_leaves_the_queue_does_not_swap_the_gpu_for_nobody(store, 
     assert sum(gw.gateway.metrics.evictions.values()) == 0
 
 
+def test_a_backend_restarted_with_a_new_key_by_another_command_keeps_working(
+        store, gateway, monkeypatch):
+    add(store, "chat")
+    lifecycle.start_service(store, "chat")
+    gw = gateway(refresh=3600)  # no probe in between: the gateway still thinks it is ready
+    assert chat(gw, "chat") == "Echo: hi"
+    monkeypatch.setenv("PI_API_KEY", "another-backend-key-0123456789")
+    lifecycle.restart_service(store, "chat")  # e.g. `gpumod service restart` in a shell
+    assert chat(gw, "chat") == "Echo: hi"   # was the engine's 401, until the next start
+    with pytest.raises(openai.AuthenticationError):  # the client's own key is still checked
+        gw.client(api_key="another-backend-key-0123456789").models.list()
+
+
 def test_backend_killed_mid_request(store, gateway):
     add(store, "chat", env={"FAKE_VLLM_TOKEN_DELAY": "0.3"})
     lifecycle.start_service(store, "chat")

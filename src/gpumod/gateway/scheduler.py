@@ -148,6 +148,11 @@ class Scheduler:
             slot.key_loaded = True
         return slot.key
 
+    def reload_key(self, slot: Slot) -> str | None:
+        """The backend's key read again (it answered 401: restarted with another key?)."""
+        slot.key_loaded = False
+        return self.backend_key(slot)
+
     def _notify(self) -> None:
         if self._changed is not None:
             self._changed.set()
