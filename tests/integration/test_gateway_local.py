@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import openai
@@ -91,3 +92,41 @@ def test_gateway_start_fails_cleanly_when_its_port_is_taken(store):
         result = run_cli("gateway", "start", "--port", str(port), "--supervisor", "process")
     assert result.code == 4 and "taken by another program" in result.stderr
     assert run_cli("gateway", "status").stdout.startswith("gateway on local: not started")
+
+
+def test_gateway_run_drains_in_flight_requests_on_sighup(store):
+    # a closed terminal sends SIGHUP to `gateway run`: like Ctrl+C or SIGTERM, requests in
+    # flight finish (uvicorn alone drains on SIGINT/SIGTERM only), then exit 130
+    import signal
+    import time
+
+    from tests.support.procs import spawn, wait_for
+
+    lifecycle.add_service(store, vllm_spec("chat", free_port()).with_(
+        env={"FAKE_VLLM_TOKEN_DELAY": "0.2"}))
+    lifecycle.start_service(store, "chat")
+    port = free_port()
+    proc = spawn("gpumod", "gateway", "run", "--port", str(port))
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+
+    def up() -> bool:
+        try:
+            client.models.list()
+            return True
+        except openai.APIConnectionError:
+            return False
+
+    wait_for(up, 30, "the gateway to answer", proc=proc)
+    stream = client.chat.completions.create(
+        model="chat", stream=True, messages=[{"role": "user", "content": "a b c d e f g h"}])
+    chunks = iter(stream)
+    next(chunks)
+    os.kill(proc.pid, signal.SIGHUP)
+    time.sleep(0.3)
+    with pytest.raises(openai.APIConnectionError):  # no new requests once it drains
+        client.models.list()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text.endswith("h"), text  # the stream was not cut
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    assert "Unclosed client session" not in err  # the lifespan shutdown ran
