@@ -130,3 +130,27 @@ def test_gateway_run_drains_in_flight_requests_on_sighup(store):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, out + err
     assert "Unclosed client session" not in err  # the lifespan shutdown ran
+
+
+def test_a_restart_on_a_taken_port_keeps_the_running_gateway(store, gpumod_home):
+    import socket
+
+    port = free_port()
+    assert run_cli("gateway", "start", "--port", str(port), "--supervisor", "process",
+                   "-q").code == 0
+    pid = int((gpumod_home / "gateway/service.pid").read_text())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = run_cli("gateway", "start", "--port", str(busy.getsockname()[1]),
+                         "--supervisor", "process")
+    assert result.code == 4 and "taken by another program" in result.stderr
+    # the refused restart touched nothing: same process, same record, still answering
+    assert int((gpumod_home / "gateway/service.pid").read_text()) == pid
+    status = json.loads(run_cli("gateway", "status", "--json").stdout)
+    assert status["state"] == "running" and status["port"] == port
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    assert client.models.list().data == []
+    # the same port again is the gateway's own: a plain restart
+    again = run_cli("gateway", "start", "--port", str(port), "--supervisor", "process", "-q")
+    assert again.code == 0, again.output
