@@ -40,6 +40,11 @@ def api_key_from_env() -> str:
         raise ConfigError("PI_API_KEY begins or ends with whitespace, which no HTTP client "
                           "can send (header values are trimmed)",
                           hint="export PI_API_KEY again without the surrounding spaces")
+    if not key.isascii():  # the openai client (httpx) encodes headers as ASCII
+        raise ConfigError("PI_API_KEY holds non-ASCII characters, which HTTP clients such as "
+                          "the openai client cannot send",
+                          hint="use printable ASCII, e.g. python3 -c 'import secrets; "
+                               "print(secrets.token_urlsafe(24))'")
     return key
 
 
