@@ -229,7 +229,7 @@ def _start_locked(store: Store, host: Host, transport: Transport, *, key: str, p
                 exc.hint = (f"the gateway may still run on {host.name} ({stop_exc.message}); "
                             f"`gpumod gateway stop{'' if host.is_local else ' --pod ' + host.name}`"
                             " finishes the cleanup")
-            raise
+            raise exc from stop_exc  # the start's failure, with the way to finish the cleanup
         _drop(store, host.name)
         raise
     store.log_event("gateway-start", host=host.name, detail=f"{rec.url} ({sup_name})")
