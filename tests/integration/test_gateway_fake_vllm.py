@@ -106,6 +106,28 @@ def test_wrong_key_unknown_model_and_open_health(store, gateway):
     assert lifecycle.get_service(store, "chat").state == "stopped"
 
 
+def test_malformed_requests_get_openai_shaped_errors_and_start_nothing(store, gateway):
+    add(store, "chat")
+    gw = gateway()
+
+    def post(body: bytes) -> tuple[int, dict]:
+        req = urllib.request.Request(f"{gw.url}/chat/completions", data=body, headers={
+            "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    deep = b'{"model": "chat", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    cases = {b"not json": 400, b'{"model": 5}': 400, b"[1, 2]": 400, b'{"model": ""}': 400,
+             deep: 400, b'{"model": "chat", "x": "' + b"a" * (64 << 20) + b'"}': 413}
+    for body, code in cases.items():
+        status, answer = post(body)
+        assert (status, answer["src"]) == (code, "gpumod-gateway"), (body[:40], answer)
+    assert lifecycle.get_service(store, "chat").state == "stopped"
+
+
 @pytest.mark.parametrize("level", ["l1", "l2"])
 def test_sleeping_model_wakes_once_for_concurrent_requests(store, gateway, level):
     add(store, "chat", sleep=level, aliases=["assistant"])

@@ -170,7 +170,7 @@ class GatewayApp:
         """The model's slot, and the body to forward (its `model` made the engine's own)."""
         try:
             request = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep is not JSON we can read
             raise GatewayError(400, "the request body is not JSON") from None
         model = request.get("model") if isinstance(request, dict) else None
         if not isinstance(model, str) or not model:
@@ -188,7 +188,10 @@ class GatewayApp:
                                "model_not_found")
         upstream = slot.route.upstream_name(model)
         if upstream != model:
-            body = json.dumps({**request, "model": upstream}).encode()
+            try:
+                body = json.dumps({**request, "model": upstream}).encode()
+            except RecursionError:
+                raise GatewayError(400, "the request body is nested too deeply") from None
         return slot, body
 
     async def proxy(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
