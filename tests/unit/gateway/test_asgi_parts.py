@@ -48,6 +48,23 @@ def test_key_auth_bearer_or_x_api_key_and_open_health():
         assert body["src"] == "gpumod-gateway"
 
 
+def test_key_auth_edge_cases_the_docs_promise():
+    # decided (docs/gateway.md, "The key"): exact and case-sensitive; the scheme is not;
+    # one matching key of two headers is enough; /metrics and the status page need it
+    key = KEY.encode()
+    accepted = ([(b"authorization", b"bearer " + key)], [(b"authorization", b"Bearer  " + key)],
+                [(b"authorization", b"Bearer " + key), (b"x-api-key", b"wrong")],
+                [(b"authorization", b"Bearer wrong"), (b"x-api-key", key)])
+    for headers in accepted:
+        assert call(None, "/v1/models", headers)[0][0]["status"] == 200, headers
+    refused = ([(b"authorization", b"Bearer ")], [(b"authorization", b"Bearer " + key.upper())],
+               [(b"authorization", b"Bearer " + key[:-1])], [(b"x-api-key", key + b"x")])
+    for headers in refused:
+        assert call(None, "/v1/models", headers)[0][0]["status"] == 401, headers
+    for path in ("/metrics", "/gateway/status", "/health/", "/v1/models"):
+        assert call(None, path, [])[0][0]["status"] == 401, path
+
+
 def test_errors_have_openai_shape_and_retry_after():
     err = GatewayError(503, "busy", "queue_timeout", retry_after=12.4)
     body = json.loads(err.body())
