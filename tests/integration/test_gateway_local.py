@@ -154,3 +154,61 @@ def test_a_restart_on_a_taken_port_keeps_the_running_gateway(store, gpumod_home)
     # the same port again is the gateway's own: a plain restart
     again = run_cli("gateway", "start", "--port", str(port), "--supervisor", "process", "-q")
     assert again.code == 0, again.output
+
+
+def test_a_gateway_killed_while_it_starts_a_model_leaves_records_that_tell_the_truth(
+        store, gpumod_home):
+    # the start runs in the gateway's worker thread; SIGKILL ends the gateway mid-way
+    import signal
+    import socket
+    import threading
+    import time
+
+    lifecycle.add_service(store, vllm_spec("chat", free_port()).with_(
+        env={"FAKE_VLLM_STARTUP_SECONDS": "3"}))
+    port = free_port()
+    assert run_cli("gateway", "start", "--port", str(port), "--supervisor", "process",
+                   "-q").code == 0
+    pid = int((gpumod_home / "gateway/service.pid").read_text())
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    failed: list[Exception] = []
+
+    def ask() -> None:
+        try:
+            client.chat.completions.create(model="chat",
+                                           messages=[{"role": "user", "content": "hi"}])
+        except openai.APIConnectionError as exc:
+            failed.append(exc)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    deadline = time.monotonic() + 20
+    while lifecycle.get_service(open_store(), "chat").state != "starting":
+        assert time.monotonic() < deadline, "the gateway never began the start"
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    asker.join(30)
+    assert failed  # the client saw the gateway go
+    # killed before or after the engine was launched: once its load time has passed,
+    # either the engine runs and the listing says so, or none runs and it says crashed
+    # (no engine without a record, no record claiming a dead engine)
+    time.sleep(5)
+    listed = json.loads(run_cli("list", "--json").stdout)[0]
+    try:
+        socket.create_connection(("127.0.0.1", listed["port"]), timeout=2).close()
+        port_open = True
+    except OSError:
+        port_open = False
+    if listed["state"] == "running":
+        assert listed["process"] == "running" and port_open
+        assert subprocess.run(["kill", "-0", str(listed["pid"])]).returncode == 0
+    else:
+        assert listed["state"] == "crashed" and listed["process"] == "stopped", listed
+        assert not port_open
+    # a restarted gateway adopts it and answers
+    assert run_cli("gateway", "start", "--port", str(port), "--supervisor", "process",
+                   "-q").code == 0
+    reply = client.chat.completions.create(model="chat",
+                                           messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "Echo: hi"
+    assert lifecycle.get_service(store, "chat").state == "running"
