@@ -106,6 +106,28 @@ def test_wrong_key_unknown_model_and_open_health(store, gateway):
     assert lifecycle.get_service(store, "chat").state == "stopped"
 
 
+def test_malformed_requests_get_openai_shaped_errors_and_start_nothing(store, gateway):
+    add(store, "chat")
+    gw = gateway()
+
+    def post(body: bytes) -> tuple[int, dict]:
+        req = urllib.request.Request(f"{gw.url}/chat/completions", data=body, headers={
+            "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    deep = b'{"model": "chat", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    cases = {b"not json": 400, b'{"model": 5}': 400, b"[1, 2]": 400, b'{"model": ""}': 400,
+             deep: 400, b'{"model": "chat", "x": "' + b"a" * (64 << 20) + b'"}': 413}
+    for body, code in cases.items():
+        status, answer = post(body)
+        assert (status, answer["src"]) == (code, "gpumod-gateway"), (body[:40], answer)
+    assert lifecycle.get_service(store, "chat").state == "stopped"
+
+
 @pytest.mark.parametrize("level", ["l1", "l2"])
 def test_sleeping_model_wakes_once_for_concurrent_requests(store, gateway, level):
     add(store, "chat", sleep=level, aliases=["assistant"])
@@ -251,6 +273,48 @@ def test_client_disconnect_cancels_upstream_mid_stream_and_while_waking(store, g
     assert gw.slot("later").activity.in_flight == 0
 
 
+def test_a_client_that_leaves_the_queue_does_not_swap_the_gpu_for_nobody(store, gateway):
+    import httpx
+
+    # 0.6 of 24 GiB each: `b` must wait for `a`'s stream; its only client gives up
+    add(store, "a", util="0.6", env={"FAKE_VLLM_TOKEN_DELAY": "0.3"})
+    add(store, "b", util="0.6", sleep="none")
+    lifecycle.start_service(store, "a")
+    gw = gateway(queue_wait=60)
+    stream = gw.client().chat.completions.create(
+        model="a", stream=True, messages=[{"role": "user", "content": "w " * 30}])
+    next(iter(stream))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gw.url}/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                   timeout=1, json={"model": "b", "messages": MESSAGES})
+    gw.wait_for(lambda: not gw.slot("a").draining_for, timeout=5,
+                what="`a` to stop draining for a request that left")
+    assert chat(gw, "a", timeout=5) == "Echo: hi"  # served beside the stream, not queued
+    assert "".join(c.choices[0].delta.content or "" for c in stream)  # `a` finishes
+    gw.wait_for(lambda: gw.gateway.metrics.requests.get(("b", 499)) == 1,
+                what="the abandoned request to be counted")
+    gw.wait_for(lambda: gw.slot("b").activation is None, what="b's activation to end")
+    # nobody waits for `b`: `a` stays up and serves its next request without a wake
+    assert lifecycle.get_service(store, "a").state == "running"
+    assert lifecycle.get_service(store, "b").state == "stopped"
+    assert not gw.slot("a").draining_for
+    assert chat(gw, "a") == "Echo: hi"
+    assert sum(gw.gateway.metrics.evictions.values()) == 0
+
+
+def test_a_backend_restarted_with_a_new_key_by_another_command_keeps_working(
+        store, gateway, monkeypatch):
+    add(store, "chat")
+    lifecycle.start_service(store, "chat")
+    gw = gateway(refresh=3600)  # no probe in between: the gateway still thinks it is ready
+    assert chat(gw, "chat") == "Echo: hi"
+    monkeypatch.setenv("PI_API_KEY", "another-backend-key-0123456789")
+    lifecycle.restart_service(store, "chat")  # e.g. `gpumod service restart` in a shell
+    assert chat(gw, "chat") == "Echo: hi"   # was the engine's 401, until the next start
+    with pytest.raises(openai.AuthenticationError):  # the client's own key is still checked
+        gw.client(api_key="another-backend-key-0123456789").models.list()
+
+
 def test_backend_killed_mid_request(store, gateway):
     add(store, "chat", env={"FAKE_VLLM_TOKEN_DELAY": "0.3"})
     lifecycle.start_service(store, "chat")
@@ -271,6 +335,23 @@ def test_backend_killed_mid_request(store, gateway):
     with pytest.raises(openai.APIStatusError) as exc:
         chat(gw, "chat")
     assert exc.value.status_code == 502 and exc.value.body["code"] == "backend_unreachable"
+
+
+def test_a_removed_service_answers_404_at_once_not_a_failed_start(store, gateway):
+    add(store, "idle")
+    add(store, "busy")
+    gw = gateway(refresh=3600)  # no background refresh: only the request can notice
+    assert chat(gw, "busy") == "Echo: hi"
+    lifecycle.remove_service(store, "idle")   # stopped when removed
+    lifecycle.remove_service(store, "busy")   # running when removed (remove stops it)
+    for model in ("fake/busy", "idle"):  # a refused connection, then a failed start
+        with pytest.raises(openai.NotFoundError) as exc:
+            chat(gw, model)
+        assert exc.value.body["code"] == "model_not_found", exc.value.body
+        assert "was removed" in exc.value.message
+    assert get(gw, "/v1/models")[1]["data"] == []  # no longer listed, nor routed
+    with pytest.raises(openai.NotFoundError):
+        chat(gw, "busy")
 
 
 # -- the records: every change is the lifecycle's ---------------------------------------

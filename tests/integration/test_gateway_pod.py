@@ -150,6 +150,39 @@ def test_unreachable_pod_keeps_the_gateway_record(pod, sshd):
     assert not (sshd.remote_root / "gateway/service.pid").exists()
 
 
+def test_the_pod_lost_while_its_gateway_starts_keeps_the_record_for_stop(pod, sshd):
+    import threading
+
+    from gpumod.ops.gateway import record
+
+    pid_file = sshd.remote_root / "gateway/service.pid"
+
+    def lose_the_pod_once_launched() -> None:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sshd.stop()
+
+    killer = threading.Thread(target=lose_the_pod_once_launched)
+    killer.start()
+    try:
+        started = run_cli("gateway", "start", "--pod", "dc1", "--port", str(free_port()))
+        killer.join()
+        assert started.code == 5, started.output  # the host is unreachable
+        assert record(pod, "dc1") is not None      # kept: the gateway may run there
+        assert "gpumod gateway stop --pod dc1" in started.stderr
+        status = run_cli("gateway", "status", "--pod", "dc1")
+        assert status.code == 5 and "unreachable" in status.stdout
+    finally:
+        killer.join()
+        sshd.start()
+    stopped = run_cli("gateway", "stop", "--pod", "dc1")
+    assert stopped.code == 0, stopped.output
+    assert record(pod, "dc1") is None and not pid_file.exists()
+    assert not [line for line in ps_args().splitlines()
+                if "gpumod.gateway serve" in line and str(sshd.remote_root) in line]
+
+
 def test_shipped_code_keeps_the_current_and_the_previous_version_only(pod, sshd):
     from gpumod.ops import gateway_remote as remote
 

@@ -27,7 +27,7 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gpumod.errors import CapacityError, ConflictError, GpumodError
+from gpumod.errors import CapacityError, ConflictError, GpumodError, NotFoundError
 
 if TYPE_CHECKING:
     from gpumod.ops.gateway_routes import Route
@@ -45,7 +45,8 @@ _TIMEOUT = re.compile(r"not healthy within|did not finish within|no answer withi
 
 
 class ActivationFailed(Exception):
-    """A wake or start that did not end ready. kind: capacity | timeout | engine | busy."""
+    """A wake or start that did not end ready. kind: capacity | timeout | engine | busy |
+    gone (the service was removed)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -122,6 +123,9 @@ class Lifecycle:
         before = ""
         try:
             spec = lifecycle.get_service(store, name)
+        except NotFoundError as exc:  # removed since the gateway read its routes
+            raise ActivationFailed("gone", exc.message) from exc
+        try:
             for item in lifecycle.dependency_order(lifecycle.list_services(store, spec.host),
                                                    [spec]):
                 before = lifecycle.get_service(store, item.name).state

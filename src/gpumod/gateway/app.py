@@ -170,7 +170,7 @@ class GatewayApp:
         """The model's slot, and the body to forward (its `model` made the engine's own)."""
         try:
             request = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep is not JSON we can read
             raise GatewayError(400, "the request body is not JSON") from None
         model = request.get("model") if isinstance(request, dict) else None
         if not isinstance(model, str) or not model:
@@ -188,7 +188,10 @@ class GatewayApp:
                                "model_not_found")
         upstream = slot.route.upstream_name(model)
         if upstream != model:
-            body = json.dumps({**request, "model": upstream}).encode()
+            try:
+                body = json.dumps({**request, "model": upstream}).encode()
+            except RecursionError:
+                raise GatewayError(400, "the request body is nested too deeply") from None
         return slot, body
 
     async def proxy(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -247,13 +250,11 @@ class GatewayApp:
         query = scope.get("query_string") or b""
         url = slot.route.backend + scope["path"] + (("?" + query.decode("latin-1")) if query
                                                     else "")
-        headers = request_headers(scope["headers"], self.scheduler.backend_key(slot))
-        try:
-            resp = await self.upstream.open("POST", url, headers, body)
-        except (aiohttp.ClientError, OSError) as exc:
-            self.scheduler.backend_failed(slot)
-            raise GatewayError(502, f"{slot.name} did not answer: {exc}",
-                               "backend_unreachable") from None
+        key = self.scheduler.backend_key(slot)
+        resp = await self.open(scope, slot, url, key, body)
+        if resp.status == 401 and self.scheduler.reload_key(slot) != key:
+            resp.close()  # restarted by another command with a new key: once more with it
+            resp = await self.open(scope, slot, url, self.scheduler.backend_key(slot), body)
         try:
             streaming = resp.content_type == "text/event-stream"
             scanner = UsageScanner(streaming)
@@ -283,6 +284,23 @@ class GatewayApp:
             return resp.status
         finally:
             resp.close()  # never back to the pool half-read; a cancelled stream aborts upstream
+
+    async def open(self, scope: dict[str, Any], slot: Slot, url: str, key: str | None,
+                   body: bytes) -> Any:
+        """Send the request upstream with the backend's key; a refused connection is a 502
+        (or a 404 when the service was removed meanwhile)."""
+        import aiohttp
+
+        try:
+            return await self.upstream.open("POST", url, request_headers(scope["headers"], key),
+                                            body)
+        except (aiohttp.ClientError, OSError) as exc:
+            gone = await self.scheduler.removed(slot)
+            if gone is not None:
+                raise gone from None
+            self.scheduler.backend_failed(slot)
+            raise GatewayError(502, f"{slot.name} did not answer: {exc}",
+                               "backend_unreachable") from None
 
     async def pump(self, resp: Any, send: Any, slot: Slot, scanner: UsageScanner,
                    began: float) -> None:

@@ -113,6 +113,28 @@ class Scheduler:
                 slot.set(state)
         self._notify()
 
+    def _forget(self, slot: Slot) -> GatewayError:
+        """A service removed behind the gateway: no longer routed at once (a refresh would
+        drop it up to `refresh` seconds later); returns the 404 its requests get."""
+        if self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
+            self.router = Router([s.route for s in self.slots.values()])
+        slot.set(STOPPED)
+        return GatewayError(404, f"model not found: its service {slot.name!r} was removed; "
+                                 f"known: {', '.join(self.known()) or 'none'}", "model_not_found")
+
+    async def removed(self, slot: Slot) -> GatewayError | None:
+        """After a refused connection: the 404 to answer if the service was removed (one
+        read of the records, no probe), else None."""
+        try:
+            table = await self.call(self.lifecycle.routes, self.config.default_ttl)
+        except Exception as exc:  # the store is busy: answer the 502, the refresh catches up
+            log.warning("reading the routes failed: %s", exc)
+            return None
+        if any(route.service == slot.name for route in table):
+            return None
+        return self._forget(slot)
+
     def resolve(self, model: str) -> Slot | None:
         route = self.router.resolve(model)
         return self.slots.get(route.service) if route else None
@@ -125,6 +147,11 @@ class Scheduler:
             slot.key = read_key(slot.route.key_file, slot.route.key_var)
             slot.key_loaded = True
         return slot.key
+
+    def reload_key(self, slot: Slot) -> str | None:
+        """The backend's key read again (it answered 401: restarted with another key?)."""
+        slot.key_loaded = False
+        return self.backend_key(slot)
 
     def _notify(self) -> None:
         if self._changed is not None:
@@ -169,6 +196,8 @@ class Scheduler:
         """A waiter that will not use its grant: give back what it got, leave the queue."""
         if fut in slot.waiters:
             slot.waiters.remove(fut)
+            if not slot.waiters:
+                self._notify()  # a queued activation may now have nobody to serve
         if not fut.done():
             fut.cancel()
         elif not fut.cancelled() and fut.exception() is None:
@@ -253,6 +282,8 @@ class Scheduler:
         deadline = self.clock() + self.config.queue_wait
         why = ""
         while True:
+            if not any(not fut.done() for fut in slot.waiters):
+                return  # every client left while queued: put nobody to rest for nobody
             if slot.draining_for:
                 await self._wait_change(deadline, f"{slot.name} waited for "
                                         f"{', '.join(sorted(slot.draining_for))} to use the GPU")
@@ -264,6 +295,8 @@ class Scheduler:
                 if slot.state == READY and not slot.draining_for:
                     self._grant(slot)
                     return
+                if not any(not fut.done() for fut in slot.waiters):
+                    return  # they left while we waited for the swap lock
                 if not slot.draining_for:
                     blockers = await self._make_room(slot)
                     if not blockers:
@@ -397,6 +430,9 @@ class Scheduler:
                                                  self.config.start_timeout + 60)
                 break
             except ActivationFailed as exc:
+                if exc.kind == "gone":
+                    self.metrics.activation(slot.name, kind, "failed", self.clock() - began)
+                    raise self._forget(slot) from None
                 if exc.kind == "capacity":
                     victim = self._pick_victim(slot)
                     if victim is not None:

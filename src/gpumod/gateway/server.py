@@ -55,7 +55,10 @@ def uvicorn_config(app: Any, config: GatewayConfig, **overrides: Any) -> uvicorn
 
 
 def serve(config: GatewayConfig, key: str) -> None:
-    """Serve until SIGTERM/SIGINT (in-flight requests get 30 s to finish)."""
+    """Serve until SIGTERM, SIGINT or SIGHUP (in-flight requests get 30 s to finish)."""
+    import signal
+    import threading
+
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
@@ -66,7 +69,18 @@ def serve(config: GatewayConfig, key: str) -> None:
     logging.getLogger("gpumod.gateway").info(
         "gateway for %s on http://%s:%d (gpumod %s from %s)", config.host, config.bind,
         config.port, gpumod.__version__, os.path.dirname(gpumod.__file__))
-    server.run()
+    # uvicorn drains on SIGINT/SIGTERM only; a closed terminal (`gateway run`) must not
+    # cut requests short either. Left alone where SIGHUP is ignored (the supervisor's nohup).
+    hangup = None
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        hangup = signal.signal(signal.SIGHUP,
+                               lambda _sig, frame: server.handle_exit(signal.SIGTERM, frame))
+    try:
+        server.run()
+    finally:
+        if hangup is not None:
+            signal.signal(signal.SIGHUP, hangup)
     if not server.started:
         raise SystemExit(3)
 
@@ -80,11 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", required=True)
     run.add_argument("--snapshot", help="service records to load into this host's store")
     args = parser.parse_args(argv)
-    key = os.environ.get("PI_API_KEY", "")
-    if not key.strip():
-        print("error: PI_API_KEY is not set in the gateway's environment", file=sys.stderr)
-        return 2
     try:
+        from gpumod.ops.startplan import api_key_from_env
+
+        key = api_key_from_env()  # the checks `gateway start` made (its env file may be edited)
         config = GatewayConfig.load(args.config)
         if args.snapshot:
             import json

@@ -185,15 +185,12 @@ def _start_locked(store: Store, host: Host, transport: Transport, *, key: str, p
     from gpumod.ops.probe import listening_ports
 
     old = record(store, host.name)
-    if old is not None:
-        progress(f"gateway on {host.name}: stopping the running one first")
-        _stop_process(host, old, transport)
-        _drop(store, host.name)
     taken = {s.port: s.name for s in _services(store, host.name)}
     if port in taken:
         raise ConflictError(f"port {port} on {host.name} is used by service {taken[port]}",
                             hint="give the gateway another --port")
-    if port in listening_ports(transport):
+    # checked before the running gateway is stopped: a bad restart must not lose it
+    if port in listening_ports(transport) and (old is None or port != old.port):
         raise ConflictError(f"port {port} on {host.name} is taken by another program",
                             hint="give the gateway another --port")
     sup_name, scope = _pick_supervisor(supervisor, transport)
@@ -212,6 +209,10 @@ def _start_locked(store: Store, host: Host, transport: Transport, *, key: str, p
                           json.dumps(remote.snapshot(store, host)))
     remote.write_file(transport, posixpath.join(folder, "config.json"),
                       json.dumps(config.to_json()))
+    if old is not None:  # its config was read at its start: the new files do not touch it
+        progress(f"gateway on {host.name}: stopping the running one first")
+        _stop_process(host, old, transport)
+        _drop(store, host.name)
     plan = plan_for(host, rec)
     sup = supervisor_for(rec, transport)
     progress(f"gateway on {host.name}: starting on {bind}:{port} ({sup_name})")
@@ -228,7 +229,7 @@ def _start_locked(store: Store, host: Host, transport: Transport, *, key: str, p
                 exc.hint = (f"the gateway may still run on {host.name} ({stop_exc.message}); "
                             f"`gpumod gateway stop{'' if host.is_local else ' --pod ' + host.name}`"
                             " finishes the cleanup")
-            raise
+            raise exc from stop_exc  # the start's failure, with the way to finish the cleanup
         _drop(store, host.name)
         raise
     store.log_event("gateway-start", host=host.name, detail=f"{rec.url} ({sup_name})")

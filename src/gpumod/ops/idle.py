@@ -46,6 +46,10 @@ def parse_ttl(text: str | float | int) -> float:
     if not math.isfinite(value) or value > 365 * 86400:
         raise UsageError(f"invalid idle TTL {text!r}",
                          hint="use seconds or a duration like 90s, 10m, 1h; or 'never'")
+    if value == 0:  # llama-swap's ttl 0 means "never": refuse the opposite meaning silently
+        raise UsageError(f"an idle TTL of {text!r} would put the model to rest after every "
+                         "request", hint="use 'never' to keep it loaded, or a duration such "
+                                         "as 90s or 10m")
     return value
 
 

@@ -34,7 +34,17 @@ def api_key_from_env() -> str:
                           hint="export PI_API_KEY=<any secret string>; clients send it as "
                                "their API key")
     if any(ord(c) < 32 or ord(c) == 127 for c in key):
-        raise ConfigError("PI_API_KEY contains a newline or control character")
+        raise ConfigError("PI_API_KEY contains a newline or control character",
+                          hint="export it again as one line of printable characters")
+    if key != key.strip():  # HTTP trims header values: no client could send this key
+        raise ConfigError("PI_API_KEY begins or ends with whitespace, which no HTTP client "
+                          "can send (header values are trimmed)",
+                          hint="export PI_API_KEY again without the surrounding spaces")
+    if not key.isascii():  # the openai client (httpx) encodes headers as ASCII
+        raise ConfigError("PI_API_KEY holds non-ASCII characters, which HTTP clients such as "
+                          "the openai client cannot send",
+                          hint="use printable ASCII, e.g. python3 -c 'import secrets; "
+                               "print(secrets.token_urlsafe(24))'")
     return key
 
 

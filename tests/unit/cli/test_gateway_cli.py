@@ -23,6 +23,26 @@ def test_start_needs_the_key_and_stop_needs_a_gateway():
     assert result.code == 3 and "no gateway was started on local" in result.stderr
 
 
+def test_a_key_no_client_can_send_is_refused(monkeypatch):
+    # HTTP trims header values, so a gateway keyed "KEY " would answer every client 401;
+    # the openai client cannot encode a non-ASCII key at all
+    for key in ("k" * 20 + " ", " " + "k" * 20, "k" * 20 + "\t", "k" * 20 + "é"):
+        monkeypatch.setenv("PI_API_KEY", key)
+        result = run_cli("gateway", "start")
+        assert result.code == 2, result.output
+        assert result.stderr.startswith("error: PI_API_KEY ") and "hint: " in result.stderr
+        assert "k" * 20 not in result.output
+    assert run_cli("gateway", "status").stdout.startswith("gateway on local: not started")
+
+
+def test_a_zero_idle_ttl_is_refused(monkeypatch):
+    # llama-swap's `ttl: 0` means "never unload"; here it would rest after every request
+    monkeypatch.setenv("PI_API_KEY", "k" * 20)
+    result = run_cli("gateway", "start", "--idle-ttl", "0")
+    assert result.code == 2 and "after every request" in result.stderr
+    assert "hint: use 'never'" in result.stderr
+
+
 def test_bad_bind_and_ttl_are_refused(monkeypatch):
     monkeypatch.setenv("PI_API_KEY", "k" * 20)
     result = run_cli("gateway", "start", "--bind", "1.2.3.4")

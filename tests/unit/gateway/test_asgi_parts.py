@@ -48,6 +48,23 @@ def test_key_auth_bearer_or_x_api_key_and_open_health():
         assert body["src"] == "gpumod-gateway"
 
 
+def test_key_auth_edge_cases_the_docs_promise():
+    # decided (docs/gateway.md, "The key"): exact and case-sensitive; the scheme is not;
+    # one matching key of two headers is enough; /metrics and the status page need it
+    key = KEY.encode()
+    accepted = ([(b"authorization", b"bearer " + key)], [(b"authorization", b"Bearer  " + key)],
+                [(b"authorization", b"Bearer " + key), (b"x-api-key", b"wrong")],
+                [(b"authorization", b"Bearer wrong"), (b"x-api-key", key)])
+    for headers in accepted:
+        assert call(None, "/v1/models", headers)[0][0]["status"] == 200, headers
+    refused = ([(b"authorization", b"Bearer ")], [(b"authorization", b"Bearer " + key.upper())],
+               [(b"authorization", b"Bearer " + key[:-1])], [(b"x-api-key", key + b"x")])
+    for headers in refused:
+        assert call(None, "/v1/models", headers)[0][0]["status"] == 401, headers
+    for path in ("/metrics", "/gateway/status", "/health/", "/v1/models"):
+        assert call(None, path, [])[0][0]["status"] == 401, path
+
+
 def test_errors_have_openai_shape_and_retry_after():
     err = GatewayError(503, "busy", "queue_timeout", retry_after=12.4)
     body = json.loads(err.body())
@@ -95,3 +112,16 @@ def test_metrics_text():
     assert 'gpumod_gateway_prompt_tokens_total{model="chat"} 4' in text
     assert 'gpumod_gateway_model_state{model="chat",state="ready"} 1' in text
     assert 'gpumod_gateway_model_state{model="chat",state="sleeping"} 0' in text
+
+
+def test_the_gateway_process_refuses_a_key_no_client_can_send(monkeypatch, capsys, tmp_path):
+    # `gateway start` checks the key; the process checks it again (its env file may be edited)
+    from gpumod.gateway.server import main
+
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    for key in ("", "   ", KEY + " "):
+        monkeypatch.setenv("PI_API_KEY", key)
+        assert main(["serve", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: PI_API_KEY ") and KEY not in err

@@ -11,12 +11,13 @@ from gpumod.spec import ServiceSpec
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("10m", 600.0), ("90s", 90.0), ("1h", 3600.0), ("600", 600.0), (" 2d ", 172800.0),
-    ("0", 0.0), ("1.5m", 90.0), ("never", NEVER), ("off", NEVER)])
+    ("0.5", 0.5), ("1.5m", 90.0), ("never", NEVER), ("off", NEVER)])
 def test_parse_ttl(text, seconds):
     assert parse_ttl(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "10x", "-5", "m", "1e9", "inf", "nan", "10 minutes"])
+@pytest.mark.parametrize("text", ["", "10x", "-5", "m", "1e9", "inf", "nan", "10 minutes", "0",
+                                  "0s", "0.0m"])
 def test_bad_ttl_is_a_usage_error_with_a_hint(text):
     with pytest.raises(UsageError) as exc:
         parse_ttl(text)
