@@ -144,7 +144,8 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
 
     s = store()
     if all_pods and pod:
-        raise UsageError("--pod and --all-pods exclude each other")
+        raise UsageError("--pod and --all-pods exclude each other",
+                         hint="--pod NAME lists one host, --all-pods every host")
     names = None if all_pods else [hostops.resolve_host(s, pod).name]
     hosts = names if names is not None else [h.name for h in hostops.list_hosts(s)]
     gateway.reconcile_hosts(s, hosts)  # a pod's gateway may have slept or started services
@@ -177,7 +178,8 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
                     f"{n['pod']} ({n['role']}, {n['ip']}) {n['state']}" for n in st.nodes))
         for st in shown:
             if st.state != "running":
-                _err(f"{st.spec.name}: {st.state}: {st.detail}")
+                _err(f"{st.spec.name}: {st.state}"
+                     + (f": {st.detail}" if st.detail != st.state else ""))
     for name in removed:
         _err(f"pruned {name}")
     for name, why in kept:

@@ -49,7 +49,7 @@ def kubernetes(name: str | None, services: tuple[str, ...], mode: str | None,
     from gpumod.ops.export import ExportOptions, Source, export_kubernetes, parse_image_options
 
     bare, named = parse_image_options(images)
-    source = Source(services=((name,) if name else ()) + services, mode=mode, preset=preset,
+    source = Source(services=((name,) if name is not None else ()) + services, mode=mode, preset=preset,
                     model=model, name=model_name, nodes=nodes, gpus_per_node=gpus_per_node)
     options = ExportOptions(namespace=namespace, images=named, image=bare,
                             storage_class=storage_class, cache_size=cache_size,

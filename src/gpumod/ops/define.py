@@ -161,6 +161,7 @@ def _supervisor(req: AddRequest, engine: str, host: Host, extra: dict[str, Any])
 def define_service(store: Store, req: AddRequest) -> Added:
     """Merge, check and record the definition REQ asks for (state 'stopped')."""
     from gpumod.ops.definitions import add_service
+    from gpumod.ops.gateway_routes import claim_aliases
     from gpumod.ops.probe import listening_ports
 
     validate.name(req.name, "service name")
@@ -172,6 +173,7 @@ def define_service(store: Store, req: AddRequest) -> Added:
     _apply_options(req, base, extra, engine)
     gpu_list = _gpu_list(req, base, extra, engine, host)
     chosen = _supervisor(req, engine, host, extra)
+    claim_aliases(store, host.name, req.name, model, extra)
     try:  # ports other programs hold there are not offered (as `pi start` does)
         listening = listening_ports(hosts_ops.transport_for(host))
     except GpumodError:
