@@ -81,6 +81,7 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
     pi start ~/models/tiny.gguf --name tiny --engine llamacpp --pod local
     pi start srv --name emb --engine command --vllm python -m my_server --port {port}
     pi start deepseek-ai/DeepSeek-R1 --name r1 --pods dc1,dc2
+    pi start BAAI/bge-m3 --name emb --idle-ttl 10m --alias embedder
 
     Without MODEL: the known models and which fit the target host.
     """
@@ -136,7 +137,15 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
               help="Forget deployments whose process is gone (not `gpumod service` definitions).")
 @json_option
 def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> None:
-    """Deployments with their real state (process and HTTP health, checked on the host)."""
+    """Deployments with their real state (process and HTTP health, checked on the host).
+
+    --prune forgets `pi start` deployments whose process is gone (crashed, or stopped
+    outside gpumod); never one put to rest by its idle TTL or the gateway, nor a
+    `gpumod service` definition. Exit 5 if a host cannot be reached.
+
+    \b
+    pi list --all-pods --prune
+    """
     from gpumod.errors import UsageError
     from gpumod.ops import gateway
     from gpumod.ops import hosts as hostops

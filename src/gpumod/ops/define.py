@@ -113,7 +113,7 @@ def _apply_options(req: AddRequest, base: dict[str, Any], extra: dict[str, Any],
 
         parse_config(docker_cfg)
         extra["docker"] = docker_cfg
-    if req.bind:
+    if req.bind is not None:  # `--bind ""` is refused below, not taken for the default
         extra["bind"] = req.bind
     extra.update(gateway_extra(req.idle_ttl, req.aliases))  # over the preset's idle_ttl
 

@@ -162,7 +162,8 @@ def start(store: Store, pod: str | None = None, *, port: int | None = None,
     key = api_key_from_env()
     host = hosts_ops.resolve_host(store, pod)
     port = validate.port(port or DEFAULT_PORT)
-    bind = _checked_bind(bind or ("127.0.0.1" if host.is_local else "0.0.0.0"))  # noqa: S104
+    bind = _checked_bind(("127.0.0.1" if host.is_local else "0.0.0.0")  # noqa: S104
+                         if bind is None else bind)  # `--bind ""` is a typo, not the default
     if supervisor not in ("auto", "process", "systemd"):
         raise UsageError(f"unknown supervisor {supervisor!r}", hint="use auto, process or systemd")
     if host.is_local:
@@ -372,7 +373,7 @@ def foreground(*, port: int | None = None, bind: str | None = None,
     from gpumod.ops.startplan import api_key_from_env
 
     key = api_key_from_env()
-    config = GatewayConfig(host="local", bind=_checked_bind(bind or "127.0.0.1"),
+    config = GatewayConfig(host="local", bind=_checked_bind("127.0.0.1" if bind is None else bind),
                            port=validate.port(port or DEFAULT_PORT), default_ttl=idle_ttl,
                            queue_wait=DEFAULT_QUEUE_WAIT if queue_wait is None else queue_wait)
     _check_installed()

@@ -292,3 +292,51 @@ def test_mode_create_preset_whose_port_is_taken_hints_what_to_do_and_adds_nothin
     assert list(services()) == ["squatter"]
     assert "m2" not in run_cli("mode", "list", prog="gpumod").stdout
 
+
+
+def test_a_one_letter_key_found_in_a_path_says_it_is_too_short(tmp_path, monkeypatch):
+    """`PI_API_KEY=k` appears inside any path with a k in it: the refusal says why."""
+    model = tmp_path / "kk.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setenv("PI_API_KEY", "k")
+    result = run_cli("start", str(model), "--name", "tiny", "--pod", "local")
+    refused(result, 2, "a secret value (PI_API_KEY or HF_TOKEN) appears")
+    assert "only 1 character(s) long" in result.stderr and "token_hex" in result.stderr
+    assert services() == {}
+
+
+
+def _unreachable_pod(name: str = "dc1", gpus: int = 1) -> None:
+    """A pod record whose SSH leads nowhere (port 9 on loopback refuses at once): a
+    command that gets past its input checks fails there (exit 5) instead of starting
+    anything."""
+    from gpumod.hosts.model import GPU, Host
+    from gpumod.ops import hosts as hostops
+    from gpumod.ops.session import open_store
+
+    hostops.save_host(open_store(), Host(
+        name=name, kind="ssh", root="/r/.gpumod", ssh_command="ssh -p 9 r@127.0.0.1",
+        gpus=tuple(GPU(i, f"GPU-{name}-{i}", "NVIDIA H100 80GB HBM3", 81559)
+                   for i in range(gpus))), replace=False)
+
+
+@pytest.mark.parametrize("argv", [
+    ["gateway", "start", "--pod", "dc1", "--bind", ""],
+    ["service", "add", "s", "--engine", "vllm", "--model", "a/b", "--bind", ""],
+])
+def test_an_empty_bind_is_refused_not_taken_for_the_default(argv, monkeypatch):
+    """`--bind "$ADDR"` with ADDR unset once meant the default address: refused, and
+    nothing recorded."""
+    monkeypatch.setenv("PI_API_KEY", "k" * 20)
+    _unreachable_pod()
+    refused(run_cli(*argv, prog="gpumod"), 2, "invalid bind address ''")
+    assert services() == {}
+
+
+def test_gateway_run_with_an_empty_bind_is_refused_before_serving(monkeypatch):
+    from gpumod.errors import UsageError
+    from gpumod.ops import gateway
+
+    monkeypatch.setenv("PI_API_KEY", "k" * 20)
+    with pytest.raises(UsageError, match="invalid bind address ''"):
+        gateway.foreground(port=None, bind="", idle_ttl=None, queue_wait=None)
