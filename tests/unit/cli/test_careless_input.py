@@ -340,3 +340,14 @@ def test_gateway_run_with_an_empty_bind_is_refused_before_serving(monkeypatch):
     monkeypatch.setenv("PI_API_KEY", "k" * 20)
     with pytest.raises(UsageError, match="invalid bind address ''"):
         gateway.foreground(port=None, bind="", idle_ttl=None, queue_wait=None)
+
+
+def test_a_service_named_like_another_services_alias_is_refused(monkeypatch):
+    """The gateway routes a service name before an alias: `fast` as a new service's name
+    would silently take the alias `fast` away from `chat`."""
+    monkeypatch.setenv("PI_API_KEY", "k" * 20)
+    assert add("chat", "a/b", "--alias", "fast").code == 0
+    refused(add("fast", "c/d"), 4, "'fast' is an alias of 'chat' on the gateway of local")
+    refused(run_cli("start", "Qwen/Qwen3-8B", "--name", "fast"), 4, "'fast' is an alias")
+    assert list(services()) == ["chat"]
+    assert services()["chat"]["aliases"] == ["fast"]
