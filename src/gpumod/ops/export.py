@@ -193,6 +193,11 @@ def model_spec(source: Source) -> ServiceSpec:
 
     model = source.model or ""
     known = find_model(model)
+    if known is None and not validate.hf_id(model):  # a path or a GGUF file is a service's
+        raise UsageError(f"invalid model {model!r}: --model takes a catalog model or a "
+                         "Hugging Face id (owner/name)",
+                         hint="`gpumod models --all` lists the catalog; for a path or a "
+                              "GGUF file, define a service and export it by name")
     engine = known.engine if known else "vllm"
     nodes = source.nodes or 1
     if nodes < 1:
@@ -264,8 +269,13 @@ def parse_image_options(values: Sequence[str]) -> tuple[str | None, dict[str, st
                 raise UsageError("--image without SERVICE= given twice",
                                  hint="name each: --image SERVICE=IMAGE")
             bare = value
+        elif not service.strip():
+            raise UsageError(f"--image {value}: the service name before '=' is empty",
+                             hint="--image SERVICE=IMAGE, or --image IMAGE for the one "
+                                  "service exported")
         elif service in named:
-            raise UsageError(f"--image {service}= given twice")
+            raise UsageError(f"--image {service}= given twice",
+                             hint="give each service one image")
         else:
             named[service] = image
     return bare, named

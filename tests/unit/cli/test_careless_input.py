@@ -201,6 +201,12 @@ def test_pods_alias_taken_on_the_head_is_refused_before_any_ssh(monkeypatch):
     (["keep", "--image", "other=img:1"], 2, "--image names a service that is not exported"),
     (["keep", "--proxy-image", ""], 2, "invalid image reference ''"),
     (["keep", "-o", ""], 2, "-o is empty"),
+    (["--model", "../../etc"], 2, "invalid model '../../etc': --model takes a catalog"),
+    (["--model", "Qwen/Qwen3-8B:x.gguf"], 2, "invalid model 'Qwen/Qwen3-8B:x.gguf'"),
+    (["--model", "/models/x"], 2, "invalid model '/models/x'"),
+    (["keep", "--image", "=img:1"], 2, "the service name before '=' is empty"),
+    (["keep", "--image", "keep=a:1", "--image", "keep=b:2"], 2, "--image keep= given twice"),
+    (["keep", "--image", "a:1", "--image", "b:2"], 2, "--image without SERVICE= given twice"),
 ])
 def test_export_kubernetes_refuses_bad_input(argv, code, fragment, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `-o ""` once wrote keep.yaml here
