@@ -153,6 +153,9 @@ def plan_shape(req: StartRequest, hosts: list[Host]) -> Shape:
 
 
 def _check_pods(store: Store, req: StartRequest, pods: list[str]) -> list[Host]:
+    if any(len(p.split()) > 1 for p in pods):
+        raise UsageError(f"--pods {','.join(pods)!r}: pod names are separated by commas",
+                         hint="e.g. --pods dc1,dc2 (the first is the head)")
     if len(pods) < 2:
         raise UsageError("--pods needs two or more pods", hint="for one pod use --pod NAME")
     if len(set(pods)) != len(pods):

@@ -137,6 +137,7 @@ def test_an_alias_used_on_another_host_is_fine():
     ("dc1,", [], "--pods needs two or more pods"),
     ("", [], "--pods needs two or more pods"),
     (",", [], "--pods needs two or more pods"),
+    ("dc1 dc2", [], "pod names are separated by commas"),
     ("dc1,dc2", ["--pod", "dc1"], "--pod and --pods exclude each other"),
     ("dc1,dc2", ["--gpus", "1"], "--gpus does not apply with --pods"),
     ("dc1,dc2", ["--engine", "llamacpp"], "multi-node deployments run vLLM"),
