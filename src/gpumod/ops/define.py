@@ -121,6 +121,10 @@ def _apply_options(req: AddRequest, base: dict[str, Any], extra: dict[str, Any],
 def _gpu_list(req: AddRequest, base: dict[str, Any], extra: dict[str, Any], engine: str,
               host: Host) -> list[int]:
     gpu_list: list[int] = list(base["gpus"] or [])
+    if req.gpus is not None and not req.gpus.strip():  # `--gpus "$GPUS"` with GPUS unset
+        raise UsageError("--gpus is empty",
+                         hint="give GPU indexes like 0 or 0,1, or none for the CPU; leave "
+                              "--gpus out to let the planner choose")
     if req.gpus is not None and req.gpus.strip().lower() == "none":
         if engine in inventory.GPU_ONLY_ENGINES:
             raise UsageError(f"--gpus none: {engine} cannot run without a GPU")

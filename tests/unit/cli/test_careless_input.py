@@ -358,3 +358,9 @@ def test_a_service_named_like_another_services_alias_is_refused(monkeypatch):
     refused(run_cli("start", "Qwen/Qwen3-8B", "--name", "fast"), 4, "'fast' is an alias")
     assert list(services()) == ["chat"]
     assert services()["chat"]["aliases"] == ["fast"]
+
+
+def test_service_add_with_empty_gpus_is_refused_not_left_to_the_planner():
+    refused(add("g", "a/b", "--gpus", ""), 2, "--gpus is empty")
+    refused(add("g", "a/b", "--gpus", " "), 2, "--gpus is empty")
+    assert services() == {}
