@@ -5,6 +5,7 @@ documented exit code, no traceback, and nothing already stored is lost or half-w
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -364,3 +365,23 @@ def test_service_add_with_empty_gpus_is_refused_not_left_to_the_planner():
     refused(add("g", "a/b", "--gpus", ""), 2, "--gpus is empty")
     refused(add("g", "a/b", "--gpus", " "), 2, "--gpus is empty")
     assert services() == {}
+
+
+def test_export_into_a_folder_without_write_permission(tmp_path):
+    """A read-only folder (root ignores modes, so there /sys/kernel: read-only for root
+    too): exit 2, one line naming the folder, nothing written."""
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    target = Path("/sys/kernel") if os.geteuid() == 0 else folder
+    assert target.is_dir()
+    try:
+        result = run_cli("export", "kubernetes", "--preset", "chat", "-o", str(target),
+                         prog="gpumod")
+        refused(result, 2, f"cannot write the manifests to {target}: Permission denied")
+        assert result.stdout == "" and list(folder.iterdir()) == []
+        assert not (target / "chat.yaml").exists()
+    finally:
+        folder.chmod(0o755)
