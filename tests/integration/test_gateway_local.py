@@ -91,3 +91,27 @@ def test_gateway_start_fails_cleanly_when_its_port_is_taken(store):
         result = run_cli("gateway", "start", "--port", str(port), "--supervisor", "process")
     assert result.code == 4 and "taken by another program" in result.stderr
     assert run_cli("gateway", "status").stdout.startswith("gateway on local: not started")
+
+
+def test_a_restart_that_cannot_work_leaves_the_running_gateway_alone(store, gpumod_home):
+    """`gateway start` again with a port another program holds, or a supervisor the host
+    lacks: refused before the running gateway is stopped (it used to be stopped first,
+    and the user was left with none)."""
+    import socket
+
+    port = free_port()
+    assert run_cli("gateway", "start", "--port", str(port), "--supervisor", "process",
+                   "-q").code == 0
+    pid = int((gpumod_home / "gateway/service.pid").read_text())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        result = run_cli("gateway", "start", "--port", str(taken), "--supervisor", "process")
+    assert result.code == 4, result.output
+    assert f"port {taken} on local is taken by another program" in result.stderr
+    assert f"the running one (port {port}) was left as it is" in result.stderr
+    status = json.loads(run_cli("gateway", "status", "--json").stdout)
+    assert (status["state"], status["port"]) == ("running", port)
+    assert int((gpumod_home / "gateway/service.pid").read_text()) == pid
+    assert subprocess.run(["kill", "-0", str(pid)]).returncode == 0

@@ -186,18 +186,22 @@ def _start_locked(store: Store, host: Host, transport: Transport, *, key: str, p
     from gpumod.ops.probe import listening_ports
 
     old = record(store, host.name)
-    if old is not None:
-        progress(f"gateway on {host.name}: stopping the running one first")
-        _stop_process(host, old, transport)
-        _drop(store, host.name)
+    # What was asked is checked before a running gateway is stopped: a restart with a
+    # port or supervisor that cannot work leaves the running one as it was.
     taken = {s.port: s.name for s in _services(store, host.name)}
     if port in taken:
         raise ConflictError(f"port {port} on {host.name} is used by service {taken[port]}",
                             hint="give the gateway another --port")
-    if port in listening_ports(transport):
+    if port in listening_ports(transport) and (old is None or old.port != port):
         raise ConflictError(f"port {port} on {host.name} is taken by another program",
-                            hint="give the gateway another --port")
+                            hint="give the gateway another --port" + (
+                                f"; the running one (port {old.port}) was left as it is"
+                                if old is not None else ""))
     sup_name, scope = _pick_supervisor(supervisor, transport)
+    if old is not None:
+        progress(f"gateway on {host.name}: stopping the running one first")
+        _stop_process(host, old, transport)
+        _drop(store, host.name)
     folder = gateway_dir(host)
     rec = GatewayRecord(host=host.name, port=port, bind=bind, url=endpoint_url(host, port),
                         supervisor=sup_name, scope=scope, default_ttl=idle_ttl,
