@@ -46,8 +46,9 @@ def _err(message: str) -> None:
 @click.option("--name", metavar="NAME", help="Name of the deployment (required with MODEL).")
 @pod_option
 @click.option("--pods", metavar="POD1,POD2,...",
-              help="One model across these pods on Ray (the first is the head; vLLM's "
-                   "tensor parallel inside a pod, pipeline parallel across).")
+              help="One model across these pods on Ray: two or more, comma separated, "
+                   "the first the head (vLLM's tensor parallel inside a pod, pipeline "
+                   "parallel across). Not with --pod, --gpus or --idle-ttl.")
 @click.option("--engine", type=click.Choice(["vllm", "llamacpp", "command"]),
               help="Inference engine (default: the catalog's, else vllm; llamacpp for .gguf).")
 @click.option("--memory", metavar="SHARE",
