@@ -385,3 +385,23 @@ def test_export_into_a_folder_without_write_permission(tmp_path):
         assert not (target / "chat.yaml").exists()
     finally:
         folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("name", ["a b", "a\nb", "a/b", "", "-x", "x" * 64])
+def test_bad_names_on_the_new_commands(name, monkeypatch):
+    monkeypatch.setenv("PI_API_KEY", "k" * 20)
+    checks = [
+        (run_cli("mode", "create", name, "--preset", "rag", prog="gpumod"), "invalid mode name"),
+        (add(name, "a/b", "--idle-ttl", "10m"), "invalid service name"),
+        (run_cli("start", "Qwen/Qwen3-8B", "--name", name, "--alias", "x"),
+         "invalid service name" if name else "--name is required"),
+        (run_cli("start", "Qwen/Qwen3-8B", "--name", name, "--pods", "dc1,dc2"),
+         "invalid service name" if name else "--name is required"),
+    ]
+    for result, fragment in checks:
+        if name == "-x" and "No such option" in result.stderr:  # click read it as an option
+            refused(result, 2, "No such option")
+            continue
+        refused(result, 2, fragment)
+    assert services() == {}
+    assert "rag" not in run_cli("mode", "list", prog="gpumod").stdout
