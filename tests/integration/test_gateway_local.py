@@ -115,3 +115,19 @@ def test_a_restart_that_cannot_work_leaves_the_running_gateway_alone(store, gpum
     assert (status["state"], status["port"]) == ("running", port)
     assert int((gpumod_home / "gateway/service.pid").read_text()) == pid
     assert subprocess.run(["kill", "-0", str(pid)]).returncode == 0
+
+
+def test_gateway_run_on_a_taken_port_is_a_conflict_not_not_found(store):
+    """uvicorn exits 3 when it cannot bind, which reads as "not found": the port is
+    checked first, exit 4 with the project's error shape."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("gateway", "run", "--port", str(port), prog="gpumod")
+    assert result.code == 4, result.output
+    assert result.stderr.splitlines() == [
+        f"error: port {port} on local is taken by another program",
+        "hint: give the gateway another --port"]

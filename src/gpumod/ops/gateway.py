@@ -381,6 +381,12 @@ def foreground(*, port: int | None = None, bind: str | None = None,
                            port=validate.port(port or DEFAULT_PORT), default_ttl=idle_ttl,
                            queue_wait=DEFAULT_QUEUE_WAIT if queue_wait is None else queue_wait)
     _check_installed()
+    from gpumod.hosts.transports.local import LocalTransport
+    from gpumod.ops.probe import listening_ports
+
+    if config.port in listening_ports(LocalTransport()):  # else uvicorn exits 3, "not found"
+        raise ConflictError(f"port {config.port} on local is taken by another program",
+                            hint="give the gateway another --port")
     return config, key
 
 
