@@ -53,9 +53,14 @@ def no_secret_in(values: Iterable[object], secrets: Iterable[str | None], where:
     texts = list(_texts(values))
     for secret in secrets:
         if secret and any(secret in text for text in texts):
+            hint = ("pass secrets only through PI_API_KEY / HF_TOKEN in your environment; "
+                    "gpumod hands them to the engine in a 0600 file")
+            if len(secret) < 12:  # `PI_API_KEY=k` turns up inside any path by chance
+                hint = (f"the secret is only {len(secret)} character(s) long, so it turns up "
+                        "by chance; use a longer one, e.g. export PI_API_KEY=$(python3 -c "
+                        "'import secrets; print(secrets.token_hex(16))')")
             raise UsageError(f"a secret value (PI_API_KEY or HF_TOKEN) appears in the {where}",
-                             hint="pass secrets only through PI_API_KEY / HF_TOKEN in your "
-                                  "environment; gpumod hands them to the engine in a 0600 file")
+                             hint=hint)
 
 
 def _texts(value: object) -> Iterable[str]:

@@ -282,6 +282,19 @@ def test_duplicate_name_is_refused(local_env):
     assert len(json.loads(run_cli("list", "--json").stdout)) == 1
 
 
+def test_an_alias_a_running_deployment_answers_to_is_refused_before_launch(local_env):
+    """The gateway routes a served model or a service name before any alias: `pi start
+    --alias` naming one of them is refused, and the first deployment runs on untouched."""
+    assert start(MODEL, "--name", "first", "--alias", "chat").code == 0
+    for alias in ("first", "chat"):  # (its served model is MODEL, second's own: dropped)
+        again = start(MODEL, "--name", "second", "--alias", alias)
+        assert again.code == 4, again.output
+        assert again.stderr.startswith(f"error: --alias {alias}: the gateway on local "
+                                       "already routes that name to 'first'")
+    (row,) = json.loads(run_cli("list", "--json").stdout)
+    assert (row["name"], row["state"], row["aliases"]) == ("first", "running", ["chat"])
+
+
 def test_unknown_pod_and_unknown_service(local_env):
     assert start(MODEL, "--name", "p", "--pod", "nope").code == 3
     for args in (["stop", "ghost"], ["logs", "ghost"], ["tunnel", "ghost"]):

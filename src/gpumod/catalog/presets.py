@@ -269,8 +269,14 @@ def get_preset(name: str, kind: str | None = None) -> Loaded:
     if not matches:
         known = ", ".join(sorted({i.preset.name for i in items
                                   if kind is None or i.preset.kind == kind}))
+        other = next((i.preset.kind for i in items if i.preset.name == name), None)
+        hint = f"known: {known}"
+        if other:  # `mode create --preset chat`: the name is right, the kind is not
+            hint = (f"{name!r} is a {other} preset" + (
+                f" (use it with `gpumod service add {name} --preset {name}`)"
+                if other == "service" else "") + f"; known {kind} presets: {known}")
         raise NotFoundError(f"unknown {kind or ''} preset {name!r}".replace("  ", " "),
-                            hint=f"known: {known}")
+                            hint=hint)
     return matches[0]
 
 

@@ -29,11 +29,13 @@ def json_option(func: F) -> F:
 def gateway_options(func: F) -> F:
     """--idle-ttl and --alias: how the gateway (and `gpumod watch`) treat a service."""
     func = click.option("--alias", "aliases", multiple=True, metavar="NAME",
-                        help="Another `model` name the gateway routes to it (repeatable).")(func)
+                        help="Another `model` name the gateway routes to it (repeatable); "
+                             "one another service of the host answers to is refused.")(func)
     return click.option("--idle-ttl", metavar="TTL",
-                        help="Put it to rest after this long idle (10m, 90s, 1h, never): the "
-                             "gateway and `gpumod watch` sleep it (or stop it if it cannot "
-                             "sleep).")(func)
+                        help="Put it to rest after this long idle (10m, 90s, 1h, 0, never): "
+                             "the gateway and `gpumod watch` sleep it (or stop it if it "
+                             "cannot sleep). Default: the gateway's host default (never, "
+                             "unless `gateway start --idle-ttl`).")(func)
 
 
 def store() -> Store:

@@ -46,8 +46,9 @@ def _err(message: str) -> None:
 @click.option("--name", metavar="NAME", help="Name of the deployment (required with MODEL).")
 @pod_option
 @click.option("--pods", metavar="POD1,POD2,...",
-              help="One model across these pods on Ray (the first is the head; vLLM's "
-                   "tensor parallel inside a pod, pipeline parallel across).")
+              help="One model across these pods on Ray: two or more, comma separated, "
+                   "the first the head (vLLM's tensor parallel inside a pod, pipeline "
+                   "parallel across). Not with --pod, --gpus or --idle-ttl.")
 @click.option("--engine", type=click.Choice(["vllm", "llamacpp", "command"]),
               help="Inference engine (default: the catalog's, else vllm; llamacpp for .gguf).")
 @click.option("--memory", metavar="SHARE",
@@ -81,6 +82,7 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
     pi start ~/models/tiny.gguf --name tiny --engine llamacpp --pod local
     pi start srv --name emb --engine command --vllm python -m my_server --port {port}
     pi start deepseek-ai/DeepSeek-R1 --name r1 --pods dc1,dc2
+    pi start BAAI/bge-m3 --name emb --idle-ttl 10m --alias embedder
 
     Without MODEL: the known models and which fit the target host.
     """
@@ -136,7 +138,15 @@ def start(ctx: click.Context, model: str | None, name: str | None, pod: str | No
               help="Forget deployments whose process is gone (not `gpumod service` definitions).")
 @json_option
 def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> None:
-    """Deployments with their real state (process and HTTP health, checked on the host)."""
+    """Deployments with their real state (process and HTTP health, checked on the host).
+
+    --prune forgets `pi start` deployments whose process is gone (crashed, or stopped
+    outside gpumod); never one put to rest by its idle TTL or the gateway, nor a
+    `gpumod service` definition. Exit 5 if a host cannot be reached.
+
+    \b
+    pi list --all-pods --prune
+    """
     from gpumod.errors import UsageError
     from gpumod.ops import gateway
     from gpumod.ops import hosts as hostops
@@ -144,7 +154,8 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
 
     s = store()
     if all_pods and pod:
-        raise UsageError("--pod and --all-pods exclude each other")
+        raise UsageError("--pod and --all-pods exclude each other",
+                         hint="--pod NAME lists one host, --all-pods every host")
     names = None if all_pods else [hostops.resolve_host(s, pod).name]
     hosts = names if names is not None else [h.name for h in hostops.list_hosts(s)]
     gateway.reconcile_hosts(s, hosts)  # a pod's gateway may have slept or started services
@@ -177,7 +188,8 @@ def list_cmd(pod: str | None, all_pods: bool, prune: bool, as_json: bool) -> Non
                     f"{n['pod']} ({n['role']}, {n['ip']}) {n['state']}" for n in st.nodes))
         for st in shown:
             if st.state != "running":
-                _err(f"{st.spec.name}: {st.state}: {st.detail}")
+                _err(f"{st.spec.name}: {st.state}"
+                     + (f": {st.detail}" if st.detail != st.state else ""))
     for name in removed:
         _err(f"pruned {name}")
     for name, why in kept:

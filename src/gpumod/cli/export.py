@@ -19,13 +19,17 @@ def export() -> None:
 @click.option("--mode", help="Export every service of this mode.")
 @click.option("--preset", help="Export a service or mode preset (no store needed).")
 @click.option("--model", help="Export a catalog model (or HF id) on vLLM, sized by --nodes.")
-@click.option("--name", "model_name", help="With --model: the deployment name.")
+@click.option("--name", "model_name",
+              help="With --model: the deployment name (default: the model's, lower-case).")
 @click.option("--nodes", type=click.IntRange(min=1),
-              help="With --model: pods for one model (2+ gives a LeaderWorkerSet on Ray).")
+              help="With --model: pods for one model (default 1: a Deployment; 2+ gives a "
+                   "LeaderWorkerSet on Ray).")
 @click.option("--gpus-per-node", type=click.IntRange(min=1),
-              help="With --model: GPUs per pod (tensor parallel size).")
+              help="With --model: GPUs per pod (tensor parallel size; default 8 with "
+                   "--nodes 2+, else the catalog's largest configuration).")
 @click.option("-o", "--output", "folder", type=click.Path(file_okay=False),
-              help="Write one file per service into this folder instead of stdout.")
+              help="Write one file per service (NAME.yaml) into this folder instead of "
+                   "stdout; made if missing, same-named files replaced.")
 @click.option("-n", "--namespace", help="Namespace of every object (default: kubectl's).")
 @click.option("--image", "images", multiple=True, metavar="[SERVICE=]IMAGE",
               help="Container image (needed for command engines); repeatable.")
@@ -44,12 +48,19 @@ def kubernetes(name: str | None, services: tuple[str, ...], mode: str | None,
                shm_size: str | None) -> None:
     """Deployment + Service per service, a LeaderWorkerSet for a multi-node one.
 
-    Secrets are referenced, never written. Apply with `kubectl apply -f`.
+    One source: NAME or --service (stored services or `pi start` deployments), --mode,
+    --preset (no store needed) or --model. Secrets are referenced, never written.
+    Prints YAML, or one file per service with -o. Apply with `kubectl apply -f`.
+
+    \b
+    gpumod export kubernetes chat
+    gpumod export kubernetes --mode rag -o k8s/
+    gpumod export kubernetes --model moonshotai/Kimi-K2-Instruct --nodes 2
     """
     from gpumod.ops.export import ExportOptions, Source, export_kubernetes, parse_image_options
 
     bare, named = parse_image_options(images)
-    source = Source(services=((name,) if name else ()) + services, mode=mode, preset=preset,
+    source = Source(services=((name,) if name is not None else ()) + services, mode=mode, preset=preset,
                     model=model, name=model_name, nodes=nodes, gpus_per_node=gpus_per_node)
     options = ExportOptions(namespace=namespace, images=named, image=bare,
                             storage_class=storage_class, cache_size=cache_size,

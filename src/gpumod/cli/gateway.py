@@ -44,7 +44,13 @@ def _options(func: F) -> F:
 @click.group()
 def gateway() -> None:
     """One keyed OpenAI endpoint per host: routes by `model`, wakes models on request,
-    puts idle ones to sleep."""
+    puts idle ones to sleep (docs/gateway.md).
+
+    \b
+    export PI_API_KEY=...            # the key clients send
+    gpumod gateway start --idle-ttl 10m
+    gpumod gateway status
+    """
 
 
 @gateway.command("start")
@@ -57,7 +63,15 @@ def gateway() -> None:
 @json_option
 def start_cmd(pod: str | None, port: int | None, bind: str | None, idle_ttl: str | None,
               queue_wait: float | None, supervisor: str, quiet: bool, as_json: bool) -> None:
-    """Run the gateway on the host (it outlives this command). Needs PI_API_KEY."""
+    """Run the gateway on the host (it outlives this command). Needs PI_API_KEY.
+
+    Defaults: port 8000; bind 127.0.0.1 on this machine, 0.0.0.0 on a pod; no idle
+    TTL for services without their own; requests wait up to 120 s for busy models.
+    Starting it again restarts it.
+
+    \b
+    gpumod gateway start --pod dc1 --idle-ttl 10m
+    """
     from gpumod.ops import gateway as ops
 
     log = (lambda line: None) if quiet else (lambda line: info(f"  | {line}"))
@@ -74,7 +88,11 @@ def start_cmd(pod: str | None, port: int | None, bind: str | None, idle_ttl: str
 @gateway.command("stop")
 @pod_option
 def stop_cmd(pod: str | None) -> None:
-    """Stop the host's gateway (its models keep their state)."""
+    """Stop the host's gateway (its models keep their state). Exit 3 if none runs.
+
+    \b
+    gpumod gateway stop --pod dc1
+    """
     from gpumod.ops import gateway as ops
 
     rec = ops.stop(store(), pod)
@@ -85,7 +103,14 @@ def stop_cmd(pod: str | None) -> None:
 @pod_option
 @json_option
 def status_cmd(pod: str | None, as_json: bool) -> None:
-    """The gateway's URL and state, and each model's state, idle time and TTL."""
+    """The gateway's URL and state, and each model's state, idle time and TTL.
+
+    Exit 0 also when no gateway was started (it says so); exit 5 when the host cannot be
+    reached. --json adds each model's aliases.
+
+    \b
+    gpumod gateway status --pod dc1 --json
+    """
     from gpumod.errors import TransportError
     from gpumod.ops import gateway as ops
     from gpumod.ops.idle import format_ttl
@@ -113,7 +138,14 @@ def status_cmd(pod: str | None, as_json: bool) -> None:
 @_options
 def run_cmd(port: int | None, bind: str | None, idle_ttl: str | None,
             queue_wait: float | None) -> None:
-    """Run this machine's gateway in the foreground (Ctrl+C stops). Needs PI_API_KEY."""
+    """Run this machine's gateway in the foreground (Ctrl+C stops). Needs PI_API_KEY.
+
+    For a terminal or your own supervisor; `gateway start` keeps one running instead.
+    Same defaults as `gateway start` (port 8000, bind 127.0.0.1).
+
+    \b
+    gpumod gateway run --port 8080 --idle-ttl 5m
+    """
     from gpumod.ops import gateway as ops
 
     config, key = ops.foreground(port=port, bind=bind, idle_ttl=_ttl(idle_ttl),
@@ -129,7 +161,14 @@ def run_cmd(port: int | None, bind: str | None, idle_ttl: str | None,
 @click.option("--local-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Local port (default: the gateway's port if free, else any free one).")
 def tunnel_cmd(pod: str | None, local_port: int | None) -> None:
-    """Forward a local port to a pod's gateway over SSH (pods without public ports)."""
+    """Forward a local port to a pod's gateway over SSH (pods without public ports).
+
+    Runs in the foreground and prints the OPENAI_BASE_URL to use; Ctrl+C closes it
+    (exit 0). Exit 3 if no gateway was started on the pod.
+
+    \b
+    gpumod gateway tunnel --pod dc1 --local-port 9000
+    """
     from gpumod.ops import gateway as ops
 
     rec, argv, url = ops.tunnel_plan(store(), pod, local_port)

@@ -104,7 +104,7 @@ def _run(argv: list[str], prog: str) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        _click_error(exc, prog)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         click.echo(f"interrupted ({exc})" if str(exc) else "interrupted", err=True)
@@ -118,6 +118,20 @@ def _run(argv: list[str], prog: str) -> None:
         click.echo("hint: run again with --debug for the traceback, and please report it",
                    err=True)
         sys.exit(70)
+
+
+def _click_error(exc: object, prog: str) -> None:
+    """click's own errors (bad option values, unknown options, missing arguments) in the
+    project's shape: one `error:` line, then a `hint:` naming the command's --help."""
+    import click
+
+    assert isinstance(exc, click.ClickException)
+    message = " ".join(exc.format_message().split())  # click may wrap over lines
+    click.echo(f"error: {message}", err=True)
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError):
+        path = ctx.command_path if ctx is not None else prog
+        click.echo(f"hint: see `{path} --help`", err=True)
 
 
 if __name__ == "__main__":

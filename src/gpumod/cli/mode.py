@@ -72,7 +72,15 @@ def status_cmd(pod: str | None, as_json: bool) -> None:
 @pod_option
 def create_cmd(name: str, services: str, sleep_on_idle: str, preset: str | None,
                description: str | None, pod: str | None) -> None:
-    """Create a mode from existing services of one host, or from a mode preset."""
+    """Create a mode from existing services of one host, or from a mode preset.
+
+    With --preset, services the preset names that are not defined yet are defined from
+    their service presets, all or nothing.
+
+    \b
+    gpumod mode create work --services chat,emb --sleep-on-idle emb
+    gpumod mode create rag --preset rag --pod dc1
+    """
     from gpumod.errors import UsageError
     from gpumod.ops import hosts as hosts_ops
     from gpumod.ops import inputs

@@ -41,5 +41,11 @@ def show_models(pod: str | None, *, as_json: bool, all_models: bool) -> None:
 @click.option("--all", "all_models", is_flag=True, help="Also the models that do not fit.")
 @json_option
 def models(pod: str | None, all_models: bool, as_json: bool) -> None:
-    """Known models and which fit the target host (GPU type and count)."""
+    """Known models and which fit the target host (GPU type and count).
+
+    `pi start` without MODEL prints the same. On a pod its GPUs are read over SSH.
+
+    \b
+    pi models --pod dc1 --all
+    """
     show_models(pod, as_json=as_json, all_models=all_models)

@@ -56,7 +56,12 @@ def add(name: str, preset: str | None, engine: str | None, model: str | None, po
         args_text: str | None, env_items: tuple[str, ...], vram_mib: int | None,
         supervisor: str, bind: str | None, image: str | None,
         container_port: int | None, idle_ttl: str | None, aliases: tuple[str, ...]) -> None:
-    """Define a service from a preset or from an engine and a model."""
+    """Define a service from a preset or from an engine and a model (nothing starts).
+
+    \b
+    gpumod service add chat --preset chat
+    gpumod service add emb --engine vllm --model BAAI/bge-m3 --idle-ttl 10m --alias embedder
+    """
     from gpumod.ops.define import AddRequest, define_service
 
     added = define_service(store(), AddRequest(

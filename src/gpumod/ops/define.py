@@ -113,7 +113,7 @@ def _apply_options(req: AddRequest, base: dict[str, Any], extra: dict[str, Any],
 
         parse_config(docker_cfg)
         extra["docker"] = docker_cfg
-    if req.bind:
+    if req.bind is not None:  # `--bind ""` is refused below, not taken for the default
         extra["bind"] = req.bind
     extra.update(gateway_extra(req.idle_ttl, req.aliases))  # over the preset's idle_ttl
 
@@ -121,6 +121,10 @@ def _apply_options(req: AddRequest, base: dict[str, Any], extra: dict[str, Any],
 def _gpu_list(req: AddRequest, base: dict[str, Any], extra: dict[str, Any], engine: str,
               host: Host) -> list[int]:
     gpu_list: list[int] = list(base["gpus"] or [])
+    if req.gpus is not None and not req.gpus.strip():  # `--gpus "$GPUS"` with GPUS unset
+        raise UsageError("--gpus is empty",
+                         hint="give GPU indexes like 0 or 0,1, or none for the CPU; leave "
+                              "--gpus out to let the planner choose")
     if req.gpus is not None and req.gpus.strip().lower() == "none":
         if engine in inventory.GPU_ONLY_ENGINES:
             raise UsageError(f"--gpus none: {engine} cannot run without a GPU")
@@ -161,6 +165,7 @@ def _supervisor(req: AddRequest, engine: str, host: Host, extra: dict[str, Any])
 def define_service(store: Store, req: AddRequest) -> Added:
     """Merge, check and record the definition REQ asks for (state 'stopped')."""
     from gpumod.ops.definitions import add_service
+    from gpumod.ops.gateway_routes import claim_aliases
     from gpumod.ops.probe import listening_ports
 
     validate.name(req.name, "service name")
@@ -172,6 +177,7 @@ def define_service(store: Store, req: AddRequest) -> Added:
     _apply_options(req, base, extra, engine)
     gpu_list = _gpu_list(req, base, extra, engine, host)
     chosen = _supervisor(req, engine, host, extra)
+    claim_aliases(store, host.name, req.name, model, extra)
     try:  # ports other programs hold there are not offered (as `pi start` does)
         listening = listening_ports(hosts_ops.transport_for(host))
     except GpumodError:

@@ -73,7 +73,7 @@ def add_service(store: Store, spec: ServiceSpec, *, listening: set[int] | None =
         raise UsageError(f"invalid VRAM budget {spec.vram_mib!r} MiB",
                          hint="give a positive number of MiB per GPU")
     bind = spec.extra.get("bind")
-    if bind and bind not in BINDS:
+    if bind is not None and bind not in BINDS:
         raise UsageError(f"invalid bind address {bind!r}", hint=f"use {', '.join(BINDS)}")
     for key, value in spec.env.items():
         validate.no_control_chars(f"{key}={value}", "environment")

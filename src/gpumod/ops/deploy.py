@@ -176,6 +176,7 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     validate.name(req.name, "service name")
     if req.port is not None:
         validate.port(req.port)
+    from gpumod.ops.gateway_routes import claim_aliases
     from gpumod.ops.idle import gateway_extra
 
     gateway = gateway_extra(req.idle_ttl, req.aliases)
@@ -184,6 +185,7 @@ def start(store: Store, req: StartRequest, *, out: Output = lambda s: None,
     if existing is not None:
         raise ConflictError(f"a service named {req.name!r} already exists (on {existing.host})",
                             hint=f"pick another --name, or `pi stop {req.name}` first")
+    claim_aliases(store, host.name, req.name, req.model, gateway)
     plan = plan_start(req, host)
     validate.no_secret_in([req.model, plan.args, plan.env], [api_key, os.environ.get("HF_TOKEN")],
                           "engine's arguments or environment")

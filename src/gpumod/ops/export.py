@@ -61,6 +61,8 @@ class Exported:
 
     def write(self, folder: str | Path) -> list[Path]:
         """One file per service (`<name>.yaml`), each written whole or not at all."""
+        if not str(folder).strip():
+            raise UsageError("-o is empty", hint="give a folder, or leave -o out for stdout")
         root = Path(folder)
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -118,6 +120,11 @@ def export_kubernetes(store: Store | None, source: Source, options: ExportOption
 
 def gather(store: Store | None, source: Source) -> tuple[str, list[tuple[ServiceSpec,
                                                                           Host | None]]]:
+    for flag, value in (("--mode", source.mode), ("--preset", source.preset),
+                        ("--model", source.model), ("--name", source.name),
+                        ("a service name", "" if "" in source.services else None)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty", hint="give it a value, or leave it out")
     chosen = [what for what, given in (("a service name", bool(source.services)),
                                        ("--mode", bool(source.mode)),
                                        ("--preset", bool(source.preset)),
@@ -128,7 +135,9 @@ def gather(store: Store | None, source: Source) -> tuple[str, list[tuple[Service
                                                 else ""),
                          hint="e.g. gpumod export kubernetes --mode rag")
     if not source.model and (source.nodes or source.gpus_per_node or source.name):
-        raise UsageError("--nodes, --gpus-per-node and --name go with --model")
+        raise UsageError("--nodes, --gpus-per-node and --name go with --model",
+                         hint="a service, mode or preset keeps its own size and name; e.g. "
+                              "--model Qwen/Qwen3-8B --nodes 2")
     if source.preset:
         return f"preset {source.preset}", [(s, None) for s in preset_specs(source.preset)]
     if source.model:
@@ -145,7 +154,8 @@ def gather(store: Store | None, source: Source) -> tuple[str, list[tuple[Service
         label = f"mode {source.mode}"
     else:
         if len(set(source.services)) != len(source.services):
-            raise UsageError("a service is named twice")
+            raise UsageError("a service is named twice",
+                             hint="name each once: NAME --service OTHER ...")
         names, label = source.services, f"service(s) {', '.join(source.services)}"
     specs = [records.get_service(store, n) for n in names]
     hosts = {s.host: hosts_ops.get_host(store, s.host) for s in specs}
@@ -183,6 +193,11 @@ def model_spec(source: Source) -> ServiceSpec:
 
     model = source.model or ""
     known = find_model(model)
+    if known is None and not validate.hf_id(model):  # a path or a GGUF file is a service's
+        raise UsageError(f"invalid model {model!r}: --model takes a catalog model or a "
+                         "Hugging Face id (owner/name)",
+                         hint="`gpumod models --all` lists the catalog; for a path or a "
+                              "GGUF file, define a service and export it by name")
     engine = known.engine if known else "vllm"
     nodes = source.nodes or 1
     if nodes < 1:
@@ -229,7 +244,9 @@ def _check_options(options: ExportOptions) -> None:
                          hint="lower-case letters, digits, '-' and '.'")
     if options.storage_class is not None and not re.fullmatch(
             r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", options.storage_class):
-        raise UsageError(f"invalid storage class {options.storage_class!r}")
+        raise UsageError(f"invalid storage class {options.storage_class!r}",
+                         hint="lower-case letters, digits, '-' and '.' (`kubectl get "
+                              "storageclass` lists them); leave it out for the default")
     for what, size in (("--cache-size", options.cache_size), ("--shm-size", options.shm_size)):
         if size is not None and not _SIZE.fullmatch(size):
             raise UsageError(f"invalid {what} {size!r}", hint="use e.g. 100Gi, 2Ti or 512Mi")
@@ -252,8 +269,13 @@ def parse_image_options(values: Sequence[str]) -> tuple[str | None, dict[str, st
                 raise UsageError("--image without SERVICE= given twice",
                                  hint="name each: --image SERVICE=IMAGE")
             bare = value
+        elif not service.strip():
+            raise UsageError(f"--image {value}: the service name before '=' is empty",
+                             hint="--image SERVICE=IMAGE, or --image IMAGE for the one "
+                                  "service exported")
         elif service in named:
-            raise UsageError(f"--image {service}= given twice")
+            raise UsageError(f"--image {service}= given twice",
+                             hint="give each service one image")
         else:
             named[service] = image
     return bare, named

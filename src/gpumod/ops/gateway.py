@@ -162,7 +162,8 @@ def start(store: Store, pod: str | None = None, *, port: int | None = None,
     key = api_key_from_env()
     host = hosts_ops.resolve_host(store, pod)
     port = validate.port(port or DEFAULT_PORT)
-    bind = _checked_bind(bind or ("127.0.0.1" if host.is_local else "0.0.0.0"))  # noqa: S104
+    bind = _checked_bind(("127.0.0.1" if host.is_local else "0.0.0.0")  # noqa: S104
+                         if bind is None else bind)  # `--bind ""` is a typo, not the default
     if supervisor not in ("auto", "process", "systemd"):
         raise UsageError(f"unknown supervisor {supervisor!r}", hint="use auto, process or systemd")
     if host.is_local:
@@ -185,14 +186,17 @@ def _start_locked(store: Store, host: Host, transport: Transport, *, key: str, p
     from gpumod.ops.probe import listening_ports
 
     old = record(store, host.name)
+    # What was asked is checked before a running gateway is stopped: a restart with a
+    # port or supervisor that cannot work leaves the running one as it was.
     taken = {s.port: s.name for s in _services(store, host.name)}
     if port in taken:
         raise ConflictError(f"port {port} on {host.name} is used by service {taken[port]}",
                             hint="give the gateway another --port")
-    # checked before the running gateway is stopped: a bad restart must not lose it
-    if port in listening_ports(transport) and (old is None or port != old.port):
+    if port in listening_ports(transport) and (old is None or old.port != port):
         raise ConflictError(f"port {port} on {host.name} is taken by another program",
-                            hint="give the gateway another --port")
+                            hint="give the gateway another --port" + (
+                                f"; the running one (port {old.port}) was left as it is"
+                                if old is not None else ""))
     sup_name, scope = _pick_supervisor(supervisor, transport)
     folder = gateway_dir(host)
     rec = GatewayRecord(host=host.name, port=port, bind=bind, url=endpoint_url(host, port),
@@ -373,10 +377,16 @@ def foreground(*, port: int | None = None, bind: str | None = None,
     from gpumod.ops.startplan import api_key_from_env
 
     key = api_key_from_env()
-    config = GatewayConfig(host="local", bind=_checked_bind(bind or "127.0.0.1"),
+    config = GatewayConfig(host="local", bind=_checked_bind("127.0.0.1" if bind is None else bind),
                            port=validate.port(port or DEFAULT_PORT), default_ttl=idle_ttl,
                            queue_wait=DEFAULT_QUEUE_WAIT if queue_wait is None else queue_wait)
     _check_installed()
+    from gpumod.hosts.transports.local import LocalTransport
+    from gpumod.ops.probe import listening_ports
+
+    if config.port in listening_ports(LocalTransport()):  # else uvicorn exits 3, "not found"
+        raise ConflictError(f"port {config.port} on local is taken by another program",
+                            hint="give the gateway another --port")
     return config, key
 
 

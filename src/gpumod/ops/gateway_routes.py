@@ -149,3 +149,40 @@ def router_models(models: str) -> list[str]:
         return sorted(f[:-5] for f in os.listdir(models) if f.lower().endswith(".gguf"))
     except (OSError, configparser.Error):
         return []
+
+
+def claim_aliases(store: Store, host_name: str, service: str, model: str,
+                  extra: dict[str, Any]) -> None:
+    """Check `--alias` names (extra["aliases"]) before SERVICE is recorded on HOST_NAME.
+
+    A repeat, or the service's own name or model, is dropped (the gateway routes those
+    already). A name another service on the host answers to (its served model, its name
+    or one of its aliases) is refused: the gateway would route it there (a served model
+    or service name outranks an alias), so the alias could never reach this service.
+    So is a SERVICE name that is another service's alias: it would take that alias over.
+    """
+    from gpumod.errors import ConflictError
+
+    wanted = [str(a) for a in extra.get("aliases") or ()]
+    own = {service, model}
+    aliases = [a for i, a in enumerate(wanted) if a not in own and a not in wanted[:i]]
+    owners: dict[str, str] = {}
+    for route in routes(store, host_name, None):
+        if route.service == service:
+            continue
+        if service in route.aliases:
+            raise ConflictError(f"{service!r} is an alias of {route.service!r} on the gateway "
+                                f"of {host_name}: a service of that name would take it over",
+                                hint="pick another name")
+        for name in (route.served_model, route.service, *route.aliases):
+            owners.setdefault(name, route.service)
+    for alias in aliases:
+        if alias in owners:
+            raise ConflictError(f"--alias {alias}: the gateway on {host_name} already routes "
+                                f"that name to {owners[alias]!r}",
+                                hint="pick another --alias: a request for that name "
+                                     "would never reach this one")
+    if aliases:
+        extra["aliases"] = aliases
+    else:
+        extra.pop("aliases", None)

@@ -38,6 +38,10 @@ def active_host_name(store: Store) -> str:
 
 def resolve_host(store: Store, pod: str | None) -> Host:
     """The host a command targets: --pod NAME, else the active pod, else local."""
+    if pod is not None and not pod.strip():  # `--pod "$POD"` with POD unset: not the active
+        raise UsageError("--pod is empty",
+                         hint="name a pod (`pi pods` lists them), 'local', or leave --pod out "
+                              "for the active one")
     return get_host(store, pod if pod else active_host_name(store))
 
 

@@ -3,7 +3,8 @@
 One mechanism for `gpumod watch` and the gateway:
 
 - :func:`parse_ttl` / :func:`format_ttl`: ``10m``, ``90s``, ``1h``, ``600`` (seconds) or
-  ``never``; ``0`` means "right after the last request ends" (Ollama's keep_alive 0).
+  ``never``; ``0`` is refused (llama-swap's ``ttl: 0`` means never, Ollama's keep_alive 0
+  means at once: either reading would surprise someone).
 - :func:`service_ttl`: a service's own TTL (``extra.idle_ttl``, set by ``--idle-ttl`` on
   `gpumod service add` and `pi start`) wins over the caller's default (the host default of
   the gateway, or `watch --idle-ttl` for the mode's sleep-on-idle services).

@@ -51,6 +51,7 @@ from gpumod.ops import inventory, netcheck, ray_nodes
 from gpumod.ops import multinode as mn_ops
 from gpumod.ops import services as records
 from gpumod.ops.deploy import DEFAULT_DEADLINE, StartResult, download
+from gpumod.ops.gateway_routes import claim_aliases
 from gpumod.ops.idle import gateway_extra
 from gpumod.ops.multinode_launch import Launch, launch
 from gpumod.ops.preflight import Preflight, _engine_path_prefix, preflight
@@ -152,22 +153,27 @@ def plan_shape(req: StartRequest, hosts: list[Host]) -> Shape:
 
 
 def _check_pods(store: Store, req: StartRequest, pods: list[str]) -> list[Host]:
+    if any(len(p.split()) > 1 for p in pods):
+        raise UsageError(f"--pods {','.join(pods)!r}: pod names are separated by commas",
+                         hint="e.g. --pods dc1,dc2 (the first is the head)")
     if len(pods) < 2:
         raise UsageError("--pods needs two or more pods", hint="for one pod use --pod NAME")
     if len(set(pods)) != len(pods):
-        raise UsageError(f"--pods names a pod twice: {','.join(pods)}")
-    hosts = [hosts_ops.get_host(store, p) for p in pods]
-    for host in hosts:
-        if host.is_local:
-            raise UsageError("multi-node runs on pods, not on this machine",
-                             hint="give pods set up with `pi pods setup`")
+        raise UsageError(f"--pods names a pod twice: {','.join(pods)}",
+                         hint="name each pod once, the head first: --pods dc1,dc2")
+    if req.pod:  # what was typed is checked before any pod is looked up
+        raise UsageError("--pod and --pods exclude each other",
+                         hint="--pods HEAD,WORKER... for one model across pods; --pod for one")
     if req.engine not in (None, "vllm"):
         raise UsageError("multi-node deployments run vLLM", hint="leave --engine out")
     if req.gpus is not None:
         raise UsageError("--gpus does not apply with --pods",
                          hint="every GPU of each pod is used (tp = GPUs per pod)")
-    if req.pod:
-        raise UsageError("--pod and --pods exclude each other")
+    hosts = [hosts_ops.get_host(store, p) for p in pods]
+    for host in hosts:
+        if host.is_local:
+            raise UsageError("multi-node runs on pods, not on this machine",
+                             hint="give pods set up with `pi pods setup`")
     return hosts
 
 
@@ -236,6 +242,7 @@ def start(store: Store, req: StartRequest, pods: list[str], *,
     if existing is not None:
         raise ConflictError(f"a service named {req.name!r} already exists (on {existing.host})",
                             hint=f"pick another --name, or `pi stop {req.name}` first")
+    claim_aliases(store, hosts[0].name, req.name, req.model, gateway)
     if all(h.gpus for h in hosts):  # the arguments checked before any pod is asked
         plan_shape(req, hosts)
     hf_repo = req.model if hf else None

@@ -98,8 +98,14 @@ def create_mode_from_preset(store: Store, name: str, preset: str, *, pod: str | 
     result = ModeFromPreset(mode=None)
     try:
         for service in missing:
-            result.defined.append(define_service(store, AddRequest(
-                name=service, preset=service, pod=host)))
+            try:
+                result.defined.append(define_service(store, AddRequest(
+                    name=service, preset=service, pod=host)))
+            except ConflictError as exc:  # e.g. the preset's port: --port is not ours here
+                exc.hint = (f"define {service} first with its own options, e.g. `gpumod "
+                            f"service add {service} --preset {service} --port N`, then "
+                            "run this again")
+                raise
         result.mode = modes.create_mode(
             store, name, list(p.services), host=host,
             description=p.description if description is None else description,

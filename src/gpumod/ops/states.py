@@ -74,6 +74,8 @@ class ServiceStatus:
                 "sleep_mode": s.sleep_mode, "args": list(s.args),
                 "depends_on": list(s.depends_on), "note": s.note,
                 "served_model": s.extra.get("served_model", s.model),
+                "aliases": list(s.extra.get("aliases") or ()),  # --alias: gateway names
+                "idle_ttl": s.extra.get("idle_ttl"),  # --idle-ttl seconds; -1 never; None
                 **({"nodes": self.nodes} if self.nodes else {})}
 
 
