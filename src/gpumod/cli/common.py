@@ -75,17 +75,20 @@ def info(message: str) -> None:
 
 def _die_with(parent: int) -> Callable[[], None]:
     """For a child, before exec: the kernel sends it SIGTERM when `parent` dies, even by
-    SIGKILL, which no handler sees (Linux's PR_SET_PDEATHSIG); elsewhere nothing."""
+    SIGKILL, which no handler sees (Linux's PR_SET_PDEATHSIG); elsewhere nothing.
+    libc is looked up here, in the parent: the forked child only makes the call (no
+    imports or loading between fork and exec)."""
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return lambda: None
+    sigterm = int(signal.SIGTERM)
 
     def arm() -> None:
-        import ctypes
-        import signal
-
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
+        prctl(1, sigterm, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
         if os.getppid() != parent:  # it died before the line above
             os._exit(1)
 
